@@ -1,0 +1,116 @@
+/* A small S3 client on libcurl: path-style addressing, SigV4 signing,
+ * bounded retries.  One `struct s3` is one connection (one curl easy
+ * handle, reused across requests): it is NOT thread-safe.  Threads that work
+ * in parallel each open their own from the same `struct s3_config`. */
+#ifndef IMGSTORE_STORE_S3_H
+#define IMGSTORE_STORE_S3_H
+
+#include "common/err.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+struct s3_config {
+	char *endpoint;   /* "https://s3.example.com" or "http://127.0.0.1:8080" */
+	char *bucket;
+	char *access_key; /* secret-ish: never logged */
+	char *secret_key; /* secret: never logged */
+	char *region;     /* default "us-east-1" */
+	char *ca_bundle;  /* extra CA file, or NULL */
+	double retry_budget_s; /* total time one call may spend retrying; default 30 */
+	int max_attempts;      /* per call; default 5 */
+	double connect_timeout_s; /* default 10 */
+	double low_speed_timeout_s; /* abort a transfer stalled this long; default 30 */
+};
+
+/* Fill defaults for fields left zero/NULL (region, timeouts). */
+void s3_config_defaults(struct s3_config *cfg);
+/* Deep copy / free (free wipes the secret). */
+int s3_config_copy(struct s3_config *dst, const struct s3_config *src, struct err *e);
+void s3_config_free(struct s3_config *cfg);
+
+struct s3;
+
+struct s3 *s3_open(const struct s3_config *cfg, struct err *e);
+void s3_close(struct s3 *s);
+
+#define S3_ETAG_MAX 128
+
+struct s3_object {
+	char *key;
+	uint64_t size;
+	char etag[S3_ETAG_MAX]; /* with its quotes, as the server sends it */
+	time_t mtime;
+};
+
+/* HEAD: ERR_NOTFOUND when missing. */
+int s3_head(struct s3 *s, const char *key, struct s3_object *out, struct err *e);
+
+/* Streaming GET of [off, off+len) (len UINT64_MAX = to the end).  if_match
+ * (an ETag with quotes) may be NULL; a changed object gives ERR_PRECONDITION.
+ * The callback returns 0 to go on, non-zero to abort (error ERR_IO unless the
+ * callback set e).  A retried GET resumes where the callback left off. */
+typedef int (*s3_sink_fn)(void *ud, const void *data, size_t n);
+int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, const char *if_match,
+	   s3_sink_fn sink, void *ud, struct err *e);
+/* GET a range into a caller buffer; *got = bytes received (short only at EOF). */
+int s3_get_range(struct s3 *s, const char *key, uint64_t off, size_t len, const char *if_match,
+		 void *buf, size_t *got, struct err *e);
+/* Whole small object into a malloc'd, NUL-terminated buffer. */
+int s3_get_all(struct s3 *s, const char *key, char **data, size_t *len, char etag[S3_ETAG_MAX],
+	       struct err *e);
+
+/* PUT a buffer. etag_out may be NULL. */
+int s3_put(struct s3 *s, const char *key, const void *data, size_t n, const char *content_type,
+	   char etag_out[S3_ETAG_MAX], struct err *e);
+
+int s3_delete(struct s3 *s, const char *key, struct err *e);
+/* DeleteObjects in batches of up to 1000 keys; fails if any key failed. */
+int s3_delete_many(struct s3 *s, char *const *keys, size_t n, struct err *e);
+
+/* Multipart upload. */
+struct s3_part {
+	int number; /* 1-based */
+	char etag[S3_ETAG_MAX];
+};
+int s3_mpu_create(struct s3 *s, const char *key, const char *content_type, char **upload_id,
+		  struct err *e);
+int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
+		    const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e);
+int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
+		    const struct s3_part *parts, size_t nparts, char etag_out[S3_ETAG_MAX],
+		    struct err *e);
+int s3_mpu_abort(struct s3 *s, const char *key, const char *upload_id, struct err *e);
+
+struct s3_upload {
+	char *key;
+	char *upload_id;
+	time_t initiated;
+};
+/* ListMultipartUploads under prefix (all pages). Free with s3_uploads_free. */
+int s3_mpu_list(struct s3 *s, const char *prefix, struct s3_upload **out, size_t *n,
+		struct err *e);
+void s3_uploads_free(struct s3_upload *u, size_t n);
+
+/* ListObjectsV2 (all pages). delimiter may be NULL; with one, common
+ * prefixes come back in *prefixes. Free with s3_objects_free/s3_strings_free. */
+int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_object **objs,
+	    size_t *nobjs, char ***prefixes, size_t *nprefixes, struct err *e);
+void s3_objects_free(struct s3_object *o, size_t n);
+void s3_strings_free(char **v, size_t n);
+
+/* Counters for stats and tests (per connection). */
+struct s3_stats {
+	uint64_t requests;
+	uint64_t retries;
+	uint64_t bytes_in;
+	uint64_t bytes_out;
+};
+void s3_get_stats(const struct s3 *s, struct s3_stats *out);
+
+/* Call once per process before any thread opens a connection. */
+int s3_global_init(struct err *e);
+void s3_global_cleanup(void);
+
+#endif

@@ -1,0 +1,138 @@
+"""Shared fixtures for the integration tests.
+
+Everything here is real: a Swift + s3api server on loopback (deploy/local-s3.sh),
+the built labctl/imgfs binaries, boto3 as an independent S3 client to check
+what landed in the bucket.
+"""
+import os
+import random
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("IMGSTORE_BUILD", ROOT / "build")).resolve()
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared")).resolve()
+LOCAL_S3 = ROOT / "deploy" / "local-s3.sh"
+ACCESS_KEY = "test:tester"
+SECRET_KEY = "testing"
+
+
+def binary(name):
+    path = BUILD / {"labctl": "sync/labctl", "imgfs": "fs/imgfs"}.get(name, name)
+    if not path.exists():
+        pytest.fail(f"{path} is not built (IMGSTORE_BUILD={BUILD})")
+    return str(path)
+
+
+def _ports_free(base, count):
+    for p in range(base, base + count):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                return False
+    return True
+
+
+def free_port_block(count=5):
+    for _ in range(200):
+        base = random.randrange(20000, 40000, 10)
+        if _ports_free(base, count):
+            return base
+    raise RuntimeError("no free port block on 127.0.0.1")
+
+
+class S3Server:
+    def __init__(self, workdir, port):
+        self.dir = workdir
+        self.port = port
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def start(self):
+        subprocess.run([str(LOCAL_S3), "start", str(self.dir), str(self.port), "imgstore"],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self):
+        subprocess.run([str(LOCAL_S3), "stop", str(self.dir)], check=False,
+                       stdout=subprocess.DEVNULL)
+
+    def client(self):
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"},
+                          retries={"max_attempts": 3, "mode": "standard"}))
+
+
+@pytest.fixture(scope="session")
+def s3server(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("s3"), free_port_block())
+    server.start()
+    yield server
+    server.stop()
+
+
+def clean_env():
+    """The process environment without anything that could point our programs
+    (or boto3) somewhere else."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("E2_", "AWS_", "SOPS_")) and k != "GITHUB_OUTPUT"}
+    env.setdefault("IMGSTORE_LOG", "info")
+    return env
+
+
+class Bucket:
+    """A fresh bucket per test, with the E2_* environment that names it."""
+
+    def __init__(self, server):
+        self.server = server
+        self.name = "t-" + uuid.uuid4().hex[:12]
+        self.s3 = server.client()
+        self.s3.create_bucket(Bucket=self.name)
+
+    @property
+    def env(self):
+        env = clean_env()
+        env.update(E2_ENDPOINT=self.server.endpoint, E2_BUCKET=self.name,
+                   E2_ACCESS_KEY=ACCESS_KEY, E2_SECRET_KEY=SECRET_KEY,
+                   E2_REGION="us-east-1")
+        return env
+
+    def keys(self, prefix=""):
+        out = []
+        pager = self.s3.get_paginator("list_objects_v2")
+        for page in pager.paginate(Bucket=self.name, Prefix=prefix):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return sorted(out)
+
+    def get(self, key):
+        return self.s3.get_object(Bucket=self.name, Key=key)["Body"].read()
+
+    def put(self, key, data):
+        return self.s3.put_object(Bucket=self.name, Key=key, Body=data)
+
+    def pending_uploads(self):
+        r = self.s3.list_multipart_uploads(Bucket=self.name)
+        return r.get("Uploads", [])
+
+
+@pytest.fixture
+def bucket(s3server):
+    return Bucket(s3server)
+
+
+def run(args, env=None, check=None, timeout=600, **kw):
+    """Run a command, capture text output; `check` is the expected exit code."""
+    p = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True,
+                       timeout=timeout, **kw)
+    if check is not None and p.returncode != check:
+        raise AssertionError(
+            f"{args!r} exited {p.returncode}, expected {check}\n"
+            f"--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}")
+    return p
