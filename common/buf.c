@@ -35,7 +35,10 @@ int buf_append(struct buf *b, const void *data, size_t n)
 	return 0;
 }
 
-int buf_appends(struct buf *b, const char *s) { return buf_append(b, s, strlen(s)); }
+int buf_appends(struct buf *b, const char *s)
+{
+	return buf_append(b, s, strlen(s));
+}
 
 int buf_appendf(struct buf *b, const char *fmt, ...)
 {

@@ -10,9 +10,12 @@ struct buf {
 	size_t cap;
 };
 
-#define BUF_INIT {NULL, 0, 0}
+#define BUF_INIT                                                                                   \
+	{                                                                                          \
+		NULL, 0, 0                                                                         \
+	}
 
-int buf_reserve(struct buf *b, size_t extra);             /* 0 or -1 (ENOMEM) */
+int buf_reserve(struct buf *b, size_t extra);              /* 0 or -1 (ENOMEM) */
 int buf_append(struct buf *b, const void *data, size_t n); /* 0 or -1 */
 int buf_appendf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int buf_appends(struct buf *b, const char *s);

@@ -33,8 +33,7 @@ int err_errno(struct err *e, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(what, sizeof(what), fmt, ap);
 	va_end(ap);
-	return err_set(e, saved == ENOENT ? ERR_NOTFOUND : ERR_IO, "%s: %s", what,
-		       strerror(saved));
+	return err_set(e, saved == ENOENT ? ERR_NOTFOUND : ERR_IO, "%s: %s", what, strerror(saved));
 }
 
 int err_prefix(struct err *e, const char *fmt, ...)

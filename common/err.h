@@ -36,7 +36,7 @@ struct err {
 
 /* Set code and message; always returns -1 so callers can `return err_set(...)`. */
 int err_set(struct err *e, enum err_code code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 int err_vset(struct err *e, enum err_code code, const char *fmt, va_list ap);
 /* Set from errno: "<what>: strerror(errno)", code ERR_IO (or ERR_NOTFOUND for ENOENT). */
 int err_errno(struct err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -12,7 +12,10 @@ struct hash {
 	const EVP_MD *md;
 };
 
-static const EVP_MD *alg_md(enum hash_alg alg) { return alg == HASH_SHA512 ? EVP_sha512() : EVP_sha256(); }
+static const EVP_MD *alg_md(enum hash_alg alg)
+{
+	return alg == HASH_SHA512 ? EVP_sha512() : EVP_sha256();
+}
 
 struct hash *hash_new(enum hash_alg alg)
 {
@@ -28,7 +31,10 @@ struct hash *hash_new(enum hash_alg alg)
 	return h;
 }
 
-void hash_update(struct hash *h, const void *data, size_t n) { EVP_DigestUpdate(h->ctx, data, n); }
+void hash_update(struct hash *h, const void *data, size_t n)
+{
+	EVP_DigestUpdate(h->ctx, data, n);
+}
 
 size_t hash_final(struct hash *h, unsigned char *out)
 {
@@ -53,9 +59,15 @@ void hash_free(struct hash *h)
 	free(h);
 }
 
-size_t hash_len(enum hash_alg alg) { return alg == HASH_SHA512 ? 64 : 32; }
+size_t hash_len(enum hash_alg alg)
+{
+	return alg == HASH_SHA512 ? 64 : 32;
+}
 
-const char *hash_alg_name(enum hash_alg alg) { return alg == HASH_SHA512 ? "sha512" : "sha256"; }
+const char *hash_alg_name(enum hash_alg alg)
+{
+	return alg == HASH_SHA512 ? "sha512" : "sha256";
+}
 
 int hash_alg_parse(const char *name, enum hash_alg *out)
 {

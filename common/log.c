@@ -36,7 +36,10 @@ void log_use_syslog(int on)
 		openlog(log_prog, LOG_PID, LOG_DAEMON);
 }
 
-enum log_level log_get_level(void) { return log_level; }
+enum log_level log_get_level(void)
+{
+	return log_level;
+}
 
 void log_msg(enum log_level level, const char *fmt, ...)
 {

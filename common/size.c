@@ -20,10 +20,22 @@ int size_parse(const char *s, uint64_t *out)
 	if (errno || end == s || !isfinite(v) || v < 0)
 		return -1;
 	switch (toupper((unsigned char)*end)) {
-	case 'K': mult = 1024.0; end++; break;
-	case 'M': mult = 1024.0 * 1024; end++; break;
-	case 'G': mult = 1024.0 * 1024 * 1024; end++; break;
-	case 'T': mult = 1024.0 * 1024 * 1024 * 1024; end++; break;
+	case 'K':
+		mult = 1024.0;
+		end++;
+		break;
+	case 'M':
+		mult = 1024.0 * 1024;
+		end++;
+		break;
+	case 'G':
+		mult = 1024.0 * 1024 * 1024;
+		end++;
+		break;
+	case 'T':
+		mult = 1024.0 * 1024 * 1024 * 1024;
+		end++;
+		break;
 	default: break;
 	}
 	if (mult > 1 && (!strcasecmp(end, "iB") || !strcasecmp(end, "B")))

@@ -12,15 +12,15 @@
 #include <time.h>
 
 struct s3_config {
-	char *endpoint;   /* "https://s3.example.com" or "http://127.0.0.1:8080" */
+	char *endpoint; /* "https://s3.example.com" or "http://127.0.0.1:8080" */
 	char *bucket;
-	char *access_key; /* secret-ish: never logged */
-	char *secret_key; /* secret: never logged */
-	char *region;     /* default "us-east-1" */
-	char *ca_bundle;  /* extra CA file, or NULL */
-	double retry_budget_s; /* total time one call may spend retrying; default 30 */
-	int max_attempts;      /* per call; default 5 */
-	double connect_timeout_s; /* default 10 */
+	char *access_key;           /* secret-ish: never logged */
+	char *secret_key;           /* secret: never logged */
+	char *region;               /* default "us-east-1" */
+	char *ca_bundle;            /* extra CA file, or NULL */
+	double retry_budget_s;      /* total time one call may spend retrying; default 30 */
+	int max_attempts;           /* per call; default 5 */
+	double connect_timeout_s;   /* default 10 */
 	double low_speed_timeout_s; /* abort a transfer stalled this long; default 30 */
 };
 
@@ -53,17 +53,17 @@ int s3_head(struct s3 *s, const char *key, struct s3_object *out, struct err *e)
  * callback set e).  A retried GET resumes where the callback left off. */
 typedef int (*s3_sink_fn)(void *ud, const void *data, size_t n);
 int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, const char *if_match,
-	   s3_sink_fn sink, void *ud, struct err *e);
+           s3_sink_fn sink, void *ud, struct err *e);
 /* GET a range into a caller buffer; *got = bytes received (short only at EOF). */
 int s3_get_range(struct s3 *s, const char *key, uint64_t off, size_t len, const char *if_match,
-		 void *buf, size_t *got, struct err *e);
+                 void *buf, size_t *got, struct err *e);
 /* Whole small object into a malloc'd, NUL-terminated buffer. */
 int s3_get_all(struct s3 *s, const char *key, char **data, size_t *len, char etag[S3_ETAG_MAX],
-	       struct err *e);
+               struct err *e);
 
 /* PUT a buffer. etag_out may be NULL. */
 int s3_put(struct s3 *s, const char *key, const void *data, size_t n, const char *content_type,
-	   char etag_out[S3_ETAG_MAX], struct err *e);
+           char etag_out[S3_ETAG_MAX], struct err *e);
 
 int s3_delete(struct s3 *s, const char *key, struct err *e);
 /* DeleteObjects in batches of up to 1000 keys; fails if any key failed. */
@@ -75,12 +75,12 @@ struct s3_part {
 	char etag[S3_ETAG_MAX];
 };
 int s3_mpu_create(struct s3 *s, const char *key, const char *content_type, char **upload_id,
-		  struct err *e);
+                  struct err *e);
 int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
-		    const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e);
+                    const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e);
 int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
-		    const struct s3_part *parts, size_t nparts, char etag_out[S3_ETAG_MAX],
-		    struct err *e);
+                    const struct s3_part *parts, size_t nparts, char etag_out[S3_ETAG_MAX],
+                    struct err *e);
 int s3_mpu_abort(struct s3 *s, const char *key, const char *upload_id, struct err *e);
 
 struct s3_upload {
@@ -89,14 +89,13 @@ struct s3_upload {
 	time_t initiated;
 };
 /* ListMultipartUploads under prefix (all pages). Free with s3_uploads_free. */
-int s3_mpu_list(struct s3 *s, const char *prefix, struct s3_upload **out, size_t *n,
-		struct err *e);
+int s3_mpu_list(struct s3 *s, const char *prefix, struct s3_upload **out, size_t *n, struct err *e);
 void s3_uploads_free(struct s3_upload *u, size_t n);
 
 /* ListObjectsV2 (all pages). delimiter may be NULL; with one, common
  * prefixes come back in *prefixes. Free with s3_objects_free/s3_strings_free. */
 int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_object **objs,
-	    size_t *nobjs, char ***prefixes, size_t *nprefixes, struct err *e);
+            size_t *nobjs, char ***prefixes, size_t *nprefixes, struct err *e);
 void s3_objects_free(struct s3_object *o, size_t n);
 void s3_strings_free(char **v, size_t n);
 

@@ -42,15 +42,17 @@ static void test_hash(void)
 	hash_final_hex(h, hex);
 	hash_free(h);
 	CHECK_STR(hex, "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a"
-		       "2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f");
-	CHECK(hash_checksum_parse("sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
-				  &alg, hex) == 0);
+	               "2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f");
+	CHECK(hash_checksum_parse(
+	              "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
+	              &alg, hex) == 0);
 	CHECK(alg == HASH_SHA256);
 	CHECK_STR(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 	CHECK(hash_checksum_parse("sha256:abc", &alg, hex) == -1);
 	CHECK(hash_checksum_parse("md5:ba7816bf8f01cfea414140de5dae2223", &alg, hex) == -1);
 	unsigned char raw[3];
-	CHECK(hex_decode("0aFf10", 3, raw) == 0 && raw[0] == 0x0a && raw[1] == 0xff && raw[2] == 0x10);
+	CHECK(hex_decode("0aFf10", 3, raw) == 0 && raw[0] == 0x0a && raw[1] == 0xff &&
+	      raw[2] == 0x10);
 	CHECK(hex_decode("0g", 1, raw) == -1);
 }
 
