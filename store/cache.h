@@ -1,0 +1,58 @@
+/* The bounded SQLite block cache (DESIGN.md "Cache keys").
+ *
+ * Verified blocks are stored under their SHA-256 (content address), so
+ * identical blocks across images and versions are stored once.  Blocks of
+ * unverified objects use a key the caller derives from (etag, block index)
+ * with cache_key_unverified().  Inserts go through a writer thread with
+ * batched transactions: cache_put() never waits on the disk, and a slow or
+ * full disk only means fewer blocks get cached.  All calls are thread-safe. */
+#ifndef IMGSTORE_STORE_CACHE_H
+#define IMGSTORE_STORE_CACHE_H
+
+#include "common/err.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CACHE_KEY_LEN 32
+
+struct cache;
+
+struct cache_opts {
+	const char *dir;      /* created 0700 when missing */
+	uint64_t limit_bytes; /* bound on block bytes kept; LRU eviction above it */
+};
+
+int cache_open(const struct cache_opts *o, struct cache **out, struct err *e);
+/* Flushes pending inserts, checkpoints the WAL, closes. */
+void cache_close(struct cache *c);
+
+/* 1 hit (exactly len bytes copied into buf), 0 miss, -1 error. */
+int cache_get(struct cache *c, const unsigned char key[CACHE_KEY_LEN], void *buf, size_t len,
+              struct err *e);
+/* 1 when the key is cached (no data read). */
+int cache_has(struct cache *c, const unsigned char key[CACHE_KEY_LEN]);
+/* Queue an insert; the data is copied.  Never blocks on I/O: drops the block
+ * when the queue is full.  Caller has verified the bytes. */
+void cache_put(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const void *data,
+               size_t len);
+/* Wait until every queued insert is on disk (tests, unmount). */
+void cache_flush(struct cache *c);
+
+/* Small named blobs (the listing, checksum records) so that a remount while
+ * the bucket is unreachable still shows the tree.  Written synchronously. */
+int cache_meta_put(struct cache *c, const char *name, const void *data, size_t len, struct err *e);
+/* 1 found (*data malloc'd, NUL-terminated), 0 missing, -1 error. */
+int cache_meta_get(struct cache *c, const char *name, char **data, size_t *len, struct err *e);
+
+void cache_key_unverified(const char *etag, uint64_t block_index, unsigned char key[CACHE_KEY_LEN]);
+
+struct cache_stats {
+	uint64_t hits, misses;
+	uint64_t bytes; /* block bytes stored */
+	uint64_t limit_bytes;
+	uint64_t inserts, evictions, dropped; /* dropped: queue full or disk error */
+};
+void cache_get_stats(struct cache *c, struct cache_stats *out);
+
+#endif

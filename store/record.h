@@ -1,0 +1,51 @@
+/* The checksum record (metadata/<destination>.json, DESIGN.md) and the block
+ * map that is computed while an image streams through. */
+#ifndef IMGSTORE_STORE_RECORD_H
+#define IMGSTORE_STORE_RECORD_H
+
+#include "common/err.h"
+#include "common/hash.h"
+#include "store/s3.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RECORD_DEFAULT_BLOCK_SIZE (1024u * 1024u)
+#define RECORD_CHECKSUM_MAX       (7 + HASH_MAX_HEX) /* "sha512:" + hex + NUL */
+
+struct record {
+	char *name;
+	char checksum[RECORD_CHECKSUM_MAX]; /* "sha256:<hex>" of the stored bytes */
+	uint64_t size;
+	char uploaded_at[32];   /* RFC 3339 UTC */
+	char *source_url;       /* NULL when unknown (e.g. a local upload) */
+	char etag[S3_ETAG_MAX]; /* of images/<destination> when written, quotes included */
+	uint32_t block_size;
+	size_t nblocks;
+	unsigned char (*hashes)[32]; /* SHA-256 of each block; the last may be short */
+};
+
+/* Parse and validate the JSON (types, hex lengths, nblocks == ceil(size/bs)). */
+int record_parse(const char *json, size_t len, struct record *out, struct err *e);
+/* Serialize to a malloc'd JSON text; NULL and e set on failure. */
+char *record_to_json(const struct record *r, struct err *e);
+void record_free(struct record *r);
+/* Does the record describe this object? (size and etag match) */
+int record_matches_object(const struct record *r, uint64_t size, const char *etag, struct err *e);
+/* Length of block i (the last one may be short). */
+uint32_t record_block_len(const struct record *r, size_t i);
+
+/* Streaming: feeds the whole-object checksum (alg) and the per-block SHA-256
+ * map (block_size) in one pass. */
+struct blockmap;
+struct blockmap *blockmap_new(enum hash_alg checksum_alg, uint32_t block_size);
+int blockmap_update(struct blockmap *b, const void *data, size_t n, struct err *e);
+/* Fill r->checksum, r->size, r->block_size, r->nblocks, r->hashes. */
+int blockmap_finish(struct blockmap *b, struct record *r, struct err *e);
+void blockmap_free(struct blockmap *b);
+
+/* The key names of an image: "images/<dest>" and "metadata/<dest>.json" (malloc'd). */
+char *record_image_key(const char *destination);
+char *record_meta_key(const char *destination);
+
+#endif
