@@ -1,0 +1,38 @@
+#!/bin/bash
+# Set up everything and run every test: unit tests under ASan+UBSan, then the
+# integration suite (real S3 server, real FUSE mounts, real qemu-img / QEMU).
+#
+#   deploy/test.sh [PYTEST_ARGS...]      e.g. deploy/test.sh -k imgfs
+# Environment: IMGSTORE_TEST_SLOW=0 skips the 1 GiB and VM-boot tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+deploy/setup.sh --no-build
+
+# 1. warnings are errors in every build
+[ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized -Dwerror=true >/dev/null
+ninja -C build
+[ -f build-asan/build.ninja ] || meson setup build-asan --buildtype=debug -Dwerror=true \
+	-Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+ninja -C build-asan
+
+# 2. unit tests, under the sanitizers
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+meson test -C build-asan --print-errorlogs
+
+# 3. formatting: every C file is clang-format clean
+bad=$(git ls-files '*.c' '*.h' | xargs clang-format --dry-run 2>&1 | grep -c 'warning:' || true)
+if [ "$bad" != 0 ]; then
+	git ls-files '*.c' '*.h' | xargs clang-format --dry-run 2>&1 | grep warning: | cut -d: -f1 | sort -u >&2
+	echo "test.sh: clang-format found $bad places to fix (clang-format -i FILE)" >&2
+	exit 1
+fi
+
+# 4. integration tests against the optimized build (the sanitizer build runs the
+#    quick ones too: see tests/integration/conftest.py IMGSTORE_ASAN_BUILD)
+markers=()
+[ "${IMGSTORE_TEST_SLOW:-1}" = 0 ] && markers=(-m "not slow")
+export IMGSTORE_BUILD=$ROOT/build IMGSTORE_ASAN_BUILD=$ROOT/build-asan
+/usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider "${markers[@]}" "$@"
