@@ -11,7 +11,9 @@
 #include <stdint.h>
 
 #define RECORD_DEFAULT_BLOCK_SIZE (1024u * 1024u)
-#define RECORD_CHECKSUM_MAX       (7 + HASH_MAX_HEX) /* "sha512:" + hex + NUL */
+#define RECORD_MIN_BLOCK_SIZE     (4096u)               /* block sizes are powers of two */
+#define RECORD_MAX_BLOCK_SIZE     (64u * 1024u * 1024u) /* in [MIN, MAX] */
+#define RECORD_CHECKSUM_MAX       (7 + HASH_MAX_HEX)    /* "sha512:" + hex + NUL */
 
 struct record {
 	char *name;
@@ -32,15 +34,27 @@ char *record_to_json(const struct record *r, struct err *e);
 void record_free(struct record *r);
 /* Does the record describe this object? (size and etag match) */
 int record_matches_object(const struct record *r, uint64_t size, const char *etag, struct err *e);
-/* Length of block i (the last one may be short). */
+/* Length of block i (the last one may be short); 0 when i >= nblocks. */
 uint32_t record_block_len(const struct record *r, size_t i);
+/* The checks of record_parse() on a record built in memory (record_to_json
+ * runs them too, so an invalid record is never written). */
+int record_validate(const struct record *r, struct err *e);
+/* SHA-256 of `len` zero bytes (computed once per length, thread-safe). */
+void record_zero_hash(uint32_t len, unsigned char out[32]);
+/* 1 when block i is all zeros according to its hash (sparse regions of raw
+ * and qcow2 images): the reader can serve it without fetching or caching. */
+int record_block_is_zero(const struct record *r, size_t i);
 
 /* Streaming: feeds the whole-object checksum (alg) and the per-block SHA-256
  * map (block_size) in one pass. */
 struct blockmap;
 struct blockmap *blockmap_new(enum hash_alg checksum_alg, uint32_t block_size);
 int blockmap_update(struct blockmap *b, const void *data, size_t n, struct err *e);
-/* Fill r->checksum, r->size, r->block_size, r->nblocks, r->hashes. */
+/* blockmap_new: NULL when out of memory or block_size is not a power of two
+ * in [RECORD_MIN_BLOCK_SIZE, RECORD_MAX_BLOCK_SIZE].
+ * blockmap_finish: fill r->checksum, r->size, r->block_size, r->nblocks,
+ * r->hashes (the old r->hashes is freed; other fields are left alone).  The
+ * blockmap is spent afterwards: only blockmap_free() remains. */
 int blockmap_finish(struct blockmap *b, struct record *r, struct err *e);
 void blockmap_free(struct blockmap *b);
 
