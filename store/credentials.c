@@ -1,0 +1,214 @@
+/* Bucket settings from flags, environment and SOPS file.  See credentials.h. */
+#include "store/credentials.h"
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "store/sops.h"
+
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static void free_str(char **s)
+{
+	if (*s) {
+		OPENSSL_cleanse(*s, strlen(*s));
+		free(*s);
+		*s = NULL;
+	}
+}
+
+void credentials_config_clear(struct s3_config *cfg)
+{
+	if (!cfg)
+		return;
+	free_str(&cfg->endpoint);
+	free_str(&cfg->bucket);
+	free_str(&cfg->access_key);
+	free_str(&cfg->secret_key);
+	free_str(&cfg->region);
+	free_str(&cfg->ca_bundle);
+}
+
+void credentials_file_free(struct cred_file *f)
+{
+	if (!f)
+		return;
+	free_str(&f->endpoint);
+	free_str(&f->bucket);
+	free_str(&f->access_key);
+	free_str(&f->secret_key);
+	free_str(&f->region);
+}
+
+const char *credentials_age_key_file(const char *explicit_path, char *buf, size_t cap)
+{
+	const char *env = getenv("SOPS_AGE_KEY_FILE"), *xdg = getenv("XDG_CONFIG_HOME"),
+	           *home = getenv("HOME");
+	struct stat st;
+	if (explicit_path && *explicit_path)
+		return explicit_path;
+	if (env && *env)
+		return env;
+	if (xdg && *xdg)
+		snprintf(buf, cap, "%s/sops/age/keys.txt", xdg);
+	else if (home && *home)
+		snprintf(buf, cap, "%s/.config/sops/age/keys.txt", home);
+	else
+		return NULL;
+	return stat(buf, &st) == 0 ? buf : NULL;
+}
+
+static int take(const struct sops_tree *t, const char *key, char **out, struct err *e)
+{
+	const struct sops_leaf *l = sops_tree_get(t, key);
+	if (!l || !l->value_len)
+		return 0;
+	if (memchr(l->value, '\0', l->value_len))
+		return err_set(e, ERR_INVALID, "`%s` contains a NUL byte", key);
+	if (!(*out = strdup(l->value)))
+		return err_set(e, ERR_IO, "out of memory");
+	return 0;
+}
+
+int credentials_load_file(const char *path, const char *age_key_file, struct cred_file *out,
+                          struct err *e)
+{
+	struct sops_tree t;
+	struct sops_keys k;
+	struct sops_file *f = NULL;
+	unsigned char key[SOPS_DATA_KEY_LEN];
+	char defpath[512];
+	const char *kf = credentials_age_key_file(age_key_file, defpath, sizeof(defpath));
+	int rc = -1;
+	memset(out, 0, sizeof(*out));
+	memset(&k, 0, sizeof(k));
+	k.age_key_file = kf;
+	k.age_key_text = getenv("SOPS_AGE_KEY");
+	snprintf(out->age_key_file, sizeof(out->age_key_file), "%s", kf ? kf : "");
+	memset(&t, 0, sizeof(t));
+	if (sops_load(path, &f, e)) {
+		err_prefix(e, "reading credentials file");
+		goto out;
+	}
+	if (sops_data_key(f, &k, key, out->key_source, sizeof(out->key_source), e)) {
+		err_prefix(e, "credentials file %s: finding the data key", path);
+		goto out;
+	}
+	if (sops_decrypt(f, key, 0, &t, e)) {
+		err_prefix(e, "credentials file %s: decrypting", path);
+		goto out;
+	}
+	if (take(&t, "endpoint", &out->endpoint, e) || take(&t, "bucket", &out->bucket, e) ||
+	    take(&t, "access_key", &out->access_key, e) ||
+	    take(&t, "secret_key", &out->secret_key, e) || take(&t, "region", &out->region, e)) {
+		err_prefix(e, "credentials file %s", path);
+		goto out;
+	}
+	rc = 0;
+out:
+	OPENSSL_cleanse(key, sizeof(key));
+	sops_tree_free(&t);
+	sops_file_free(f);
+	if (rc)
+		credentials_file_free(out);
+	return rc;
+}
+
+static const char *env_nonempty(const char *name)
+{
+	const char *v = getenv(name);
+	return v && *v ? v : NULL;
+}
+
+static int set_field(char **dst, const char *a, const char *b, const char *c)
+{
+	const char *v = a ? a : b ? b : c;
+	if (!v || *dst)
+		return 0;
+	*dst = strdup(v);
+	return *dst ? 0 : -1;
+}
+
+int credentials_resolve(const struct cred_opts *o, struct s3_config *out, struct err *e)
+{
+	static const struct {
+		const char *field, *env;
+	} req[] = {{"endpoint", "E2_ENDPOINT"},
+	           {"bucket", "E2_BUCKET"},
+	           {"access_key", "E2_ACCESS_KEY"},
+	           {"secret_key", "E2_SECRET_KEY"}};
+	struct cred_file cf;
+	struct buf missing = BUF_INIT;
+	const char *cli_endpoint = o && o->endpoint && *o->endpoint ? o->endpoint : NULL;
+	const char *cli_bucket = o && o->bucket && *o->bucket ? o->bucket : NULL;
+	const char *path =
+	        o && o->credentials_path && *o->credentials_path ? o->credentials_path : NULL;
+	const char *ep = cli_endpoint ? cli_endpoint : env_nonempty("E2_ENDPOINT");
+	const char *bk = cli_bucket ? cli_bucket : env_nonempty("E2_BUCKET");
+	const char *ak = env_nonempty("E2_ACCESS_KEY"), *sk = env_nonempty("E2_SECRET_KEY");
+	size_t i, nmissing = 0;
+	int rc = -1;
+	memset(out, 0, sizeof(*out));
+	memset(&cf, 0, sizeof(cf));
+	if ((!ep || !bk || !ak || !sk) && path) {
+		if (credentials_load_file(path, o->age_key_file, &cf, e))
+			return -1;
+		log_debug("credentials: %s opened with %s", path, cf.key_source);
+	} else if (path) {
+		log_debug("credentials: the E2_* environment/flags are complete; %s not read",
+		          path);
+	}
+	if (set_field(&out->endpoint, ep, cf.endpoint, NULL) ||
+	    set_field(&out->bucket, bk, cf.bucket, NULL) ||
+	    set_field(&out->access_key, ak, cf.access_key, NULL) ||
+	    set_field(&out->secret_key, sk, cf.secret_key, NULL) ||
+	    set_field(&out->region, env_nonempty("E2_REGION"), cf.region, "us-east-1") ||
+	    set_field(&out->ca_bundle, o && o->ca_bundle && *o->ca_bundle ? o->ca_bundle : NULL,
+	              NULL, NULL)) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < sizeof(req) / sizeof(*req); i++) {
+		char *v = i == 0   ? out->endpoint
+		          : i == 1 ? out->bucket
+		          : i == 2 ? out->access_key
+		                   : out->secret_key;
+		if (v)
+			continue;
+		nmissing++;
+		buf_appendf(&missing, "%s%s (set %s%s, or put `%s` in the --credentials file)",
+		            missing.len ? "; " : "", req[i].field, req[i].env,
+		            i == 0   ? " or pass --endpoint"
+		            : i == 1 ? " or pass --bucket"
+		                     : "",
+		            req[i].field);
+	}
+	if (nmissing) {
+		if (path)
+			err_set(e, ERR_USAGE,
+			        "bucket settings incomplete: missing %s (%s lacks it)",
+			        missing.data ? missing.data : "", path);
+		else
+			err_set(e, ERR_USAGE, "bucket settings incomplete: missing %s",
+			        missing.data ? missing.data : "");
+		goto out;
+	}
+	if (!out->retry_budget_s)
+		out->retry_budget_s = 30;
+	if (!out->max_attempts)
+		out->max_attempts = 5;
+	if (!out->connect_timeout_s)
+		out->connect_timeout_s = 10;
+	if (!out->low_speed_timeout_s)
+		out->low_speed_timeout_s = 30;
+	rc = 0;
+out:
+	buf_free(&missing);
+	credentials_file_free(&cf);
+	if (rc)
+		credentials_config_clear(out);
+	return rc;
+}
