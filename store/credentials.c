@@ -132,83 +132,90 @@ static int set_field(char **dst, const char *a, const char *b, const char *c)
 	return *dst ? 0 : -1;
 }
 
-int credentials_resolve(const struct cred_opts *o, struct s3_config *out, struct err *e)
+int credentials_merge(const struct cred_opts *o, const struct cred_file *cf, struct s3_config *out,
+                      struct err *e)
 {
 	static const struct {
-		const char *field, *env;
-	} req[] = {{"endpoint", "E2_ENDPOINT"},
-	           {"bucket", "E2_BUCKET"},
-	           {"access_key", "E2_ACCESS_KEY"},
-	           {"secret_key", "E2_SECRET_KEY"}};
-	struct cred_file cf;
+		const char *field, *env, *flag;
+	} req[] = {{"endpoint", "E2_ENDPOINT", " or pass --endpoint"},
+	           {"bucket", "E2_BUCKET", " or pass --bucket"},
+	           {"access_key", "E2_ACCESS_KEY", ""},
+	           {"secret_key", "E2_SECRET_KEY", ""}};
+	static const struct cred_file none;
 	struct buf missing = BUF_INIT;
-	const char *cli_endpoint = o && o->endpoint && *o->endpoint ? o->endpoint : NULL;
-	const char *cli_bucket = o && o->bucket && *o->bucket ? o->bucket : NULL;
 	const char *path =
 	        o && o->credentials_path && *o->credentials_path ? o->credentials_path : NULL;
-	const char *ep = cli_endpoint ? cli_endpoint : env_nonempty("E2_ENDPOINT");
-	const char *bk = cli_bucket ? cli_bucket : env_nonempty("E2_BUCKET");
-	const char *ak = env_nonempty("E2_ACCESS_KEY"), *sk = env_nonempty("E2_SECRET_KEY");
-	size_t i, nmissing = 0;
+	size_t i;
 	int rc = -1;
+	if (!cf)
+		cf = &none;
 	memset(out, 0, sizeof(*out));
-	memset(&cf, 0, sizeof(cf));
-	if ((!ep || !bk || !ak || !sk) && path) {
-		if (credentials_load_file(path, o->age_key_file, &cf, e))
-			return -1;
-		log_debug("credentials: %s opened with %s", path, cf.key_source);
-	} else if (path) {
-		log_debug("credentials: the E2_* environment/flags are complete; %s not read",
-		          path);
-	}
-	if (set_field(&out->endpoint, ep, cf.endpoint, NULL) ||
-	    set_field(&out->bucket, bk, cf.bucket, NULL) ||
-	    set_field(&out->access_key, ak, cf.access_key, NULL) ||
-	    set_field(&out->secret_key, sk, cf.secret_key, NULL) ||
-	    set_field(&out->region, env_nonempty("E2_REGION"), cf.region, "us-east-1") ||
+	if (set_field(&out->endpoint, o && o->endpoint && *o->endpoint ? o->endpoint : NULL,
+	              env_nonempty("E2_ENDPOINT"), cf->endpoint) ||
+	    set_field(&out->bucket, o && o->bucket && *o->bucket ? o->bucket : NULL,
+	              env_nonempty("E2_BUCKET"), cf->bucket) ||
+	    set_field(&out->access_key, env_nonempty("E2_ACCESS_KEY"), cf->access_key, NULL) ||
+	    set_field(&out->secret_key, env_nonempty("E2_SECRET_KEY"), cf->secret_key, NULL) ||
+	    set_field(&out->region, env_nonempty("E2_REGION"), cf->region, "us-east-1") ||
 	    set_field(&out->ca_bundle, o && o->ca_bundle && *o->ca_bundle ? o->ca_bundle : NULL,
 	              NULL, NULL)) {
 		err_set(e, ERR_IO, "out of memory");
 		goto out;
 	}
 	for (i = 0; i < sizeof(req) / sizeof(*req); i++) {
-		char *v = i == 0   ? out->endpoint
-		          : i == 1 ? out->bucket
-		          : i == 2 ? out->access_key
-		                   : out->secret_key;
+		const char *v = i == 0   ? out->endpoint
+		                : i == 1 ? out->bucket
+		                : i == 2 ? out->access_key
+		                         : out->secret_key;
 		if (v)
 			continue;
-		nmissing++;
 		buf_appendf(&missing, "%s%s (set %s%s, or put `%s` in the --credentials file)",
-		            missing.len ? "; " : "", req[i].field, req[i].env,
-		            i == 0   ? " or pass --endpoint"
-		            : i == 1 ? " or pass --bucket"
-		                     : "",
+		            missing.len ? "; " : "", req[i].field, req[i].env, req[i].flag,
 		            req[i].field);
 	}
-	if (nmissing) {
+	if (missing.len) {
 		if (path)
 			err_set(e, ERR_USAGE,
 			        "bucket settings incomplete: missing %s (%s lacks it)",
-			        missing.data ? missing.data : "", path);
+			        missing.data, path);
 		else
 			err_set(e, ERR_USAGE, "bucket settings incomplete: missing %s",
-			        missing.data ? missing.data : "");
+			        missing.data);
 		goto out;
 	}
-	if (!out->retry_budget_s)
-		out->retry_budget_s = 30;
-	if (!out->max_attempts)
-		out->max_attempts = 5;
-	if (!out->connect_timeout_s)
-		out->connect_timeout_s = 10;
-	if (!out->low_speed_timeout_s)
-		out->low_speed_timeout_s = 30;
+	out->retry_budget_s = 30;
+	out->max_attempts = 5;
+	out->connect_timeout_s = 10;
+	out->low_speed_timeout_s = 30;
 	rc = 0;
 out:
 	buf_free(&missing);
-	credentials_file_free(&cf);
 	if (rc)
 		credentials_config_clear(out);
+	return rc;
+}
+
+int credentials_resolve(const struct cred_opts *o, struct s3_config *out, struct err *e)
+{
+	struct cred_file cf;
+	const char *path =
+	        o && o->credentials_path && *o->credentials_path ? o->credentials_path : NULL;
+	int have_file = 0, rc;
+	int complete = (o && o->endpoint && *o->endpoint ? 1 : !!env_nonempty("E2_ENDPOINT")) &&
+	               (o && o->bucket && *o->bucket ? 1 : !!env_nonempty("E2_BUCKET")) &&
+	               env_nonempty("E2_ACCESS_KEY") && env_nonempty("E2_SECRET_KEY");
+	memset(out, 0, sizeof(*out));
+	if (path && !complete) {
+		if (credentials_load_file(path, o->age_key_file, &cf, e))
+			return -1;
+		have_file = 1;
+		log_debug("credentials: %s opened with %s", path, cf.key_source);
+	} else if (path) {
+		log_debug("credentials: the E2_* environment/flags are complete; %s not read",
+		          path);
+	}
+	rc = credentials_merge(o, have_file ? &cf : NULL, out, e);
+	if (have_file)
+		credentials_file_free(&cf);
 	return rc;
 }

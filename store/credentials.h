@@ -51,6 +51,12 @@ struct cred_file {
 	char age_key_file[512]; /* the identity file that was used/tried ("" if none) */
 };
 
+/* The merge step of credentials_resolve with an already decrypted file
+ * (`file` may be NULL): flags, environment, file, defaults; ERR_USAGE for
+ * missing fields (naming o->credentials_path when set). */
+int credentials_merge(const struct cred_opts *o, const struct cred_file *file,
+                      struct s3_config *out, struct err *e);
+
 /* Decrypt and verify path with the age identity file (NULL: SOPS_AGE_KEY_FILE,
  * then the default file) or gpg.  Missing fields are not an error here. */
 int credentials_load_file(const char *path, const char *age_key_file, struct cred_file *out,
