@@ -846,6 +846,12 @@ static int payload_decrypt(const unsigned char file_key[AGE_FILE_KEY_LEN], const
 	}
 	p += AGE_NONCE_LEN;
 	n -= AGE_NONCE_LEN;
+	/* One allocation for the whole plaintext: growing by realloc would leave
+	 * copies of it in freed memory. */
+	if (buf_reserve(out, n)) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
 	for (;;) {
 		size_t clen = n > AGE_CHUNK + AGE_TAG ? AGE_CHUNK + AGE_TAG : n;
 		int last = clen == n;

@@ -106,8 +106,16 @@ static int read_input(const char *path, struct buf *b, struct err *e)
 	char chunk[8192];
 	int fd = strcmp(path, "-") ? open(path, O_RDONLY | O_CLOEXEC) : 0, rc = -1;
 	ssize_t n;
+	struct stat st;
 	if (fd < 0)
 		return err_errno(e, "%s", path);
+	/* Reserve once for a regular file, so the plaintext is not copied around
+	 * by realloc (freed memory is not wiped). */
+	if (!fstat(fd, &st) && S_ISREG(st.st_mode) && st.st_size > 0 &&
+	    (size_t)st.st_size <= PLAIN_MAX && buf_reserve(b, (size_t)st.st_size)) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
 	for (;;) {
 		n = read(fd, chunk, sizeof(chunk));
 		if (n < 0 && errno == EINTR)
