@@ -1,0 +1,162 @@
+/* labctl images list [--json] */
+#include "common/log.h"
+#include "common/size.h"
+#include "store/record.h"
+#include "sync/bucket.h"
+#include "sync/cli.h"
+#include "sync/commands.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { OPT_JSON = 1 };
+
+static const struct optdef list_opts[] = {
+        {"json", OPT_JSON, 0, NULL, "print one JSON array (for scripts)"},
+        CLI_OPT_CREDENTIALS,
+        CLI_OPT_SOPS_AGE_KEY_FILE,
+        CLI_OPT_CA_BUNDLE,
+        CLI_OPT_END,
+};
+
+static const struct cmd_spec list_spec = {
+        "images list",
+        "[--json] [--credentials PATH] [--sops-age-key-file PATH] [--ca-bundle FILE]",
+        "List every image in the bucket (images/) with its name, destination, size,\n"
+        "checksum and upload time.  An image whose checksum record is missing or does not\n"
+        "describe the object (an unfinished upload, a foreign object) is incomplete.\n"
+        "--json fields: name, destination, size, checksum, uploadedAt, complete, etag,\n"
+        "sourceUrl, problem.",
+        list_opts,
+};
+
+static int list_opt(void *ud, int id, const char *v, struct err *e)
+{
+	(void)v;
+	(void)e;
+	if (id == OPT_JSON)
+		*(int *)ud = 1;
+	return 0;
+}
+
+static json_t *str_or_null(const char *s)
+{
+	return s && *s ? json_string(s) : json_null();
+}
+
+static int print_json(const struct bucket_image *imgs, size_t n, struct err *e)
+{
+	json_t *arr = json_array();
+	char *text = NULL;
+	int rc = -1;
+	if (!arr)
+		return err_set(e, ERR_IO, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		const struct bucket_image *im = &imgs[i];
+		const struct record *r = im->complete ? &im->rec : NULL;
+		json_t *o = json_object();
+		if (!o || json_array_append_new(arr, o))
+			goto out;
+		json_object_set_new(o, "name", str_or_null(im->has_record ? im->rec.name : NULL));
+		json_object_set_new(o, "destination", json_string(im->destination));
+		json_object_set_new(o, "size", json_integer((json_int_t)im->size));
+		json_object_set_new(o, "checksum", str_or_null(r ? r->checksum : NULL));
+		json_object_set_new(o, "uploadedAt", str_or_null(r ? r->uploaded_at : NULL));
+		json_object_set_new(o, "complete", json_boolean(im->complete));
+		json_object_set_new(o, "etag", str_or_null(im->etag));
+		json_object_set_new(o, "sourceUrl", str_or_null(r ? r->source_url : NULL));
+		json_object_set_new(o, "problem", str_or_null(im->complete ? NULL : im->problem));
+	}
+	text = json_dumps(arr, JSON_INDENT(2) | JSON_ENSURE_ASCII);
+	if (!text)
+		goto out;
+	printf("%s\n", text);
+	rc = 0;
+out:
+	if (rc)
+		err_set(e, ERR_IO, "out of memory");
+	free(text);
+	json_decref(arr);
+	return rc;
+}
+
+static void print_table(const struct bucket_image *imgs, size_t n, const char *bucket)
+{
+	int wn = 4, wd = 11;
+	size_t incomplete = 0;
+	if (!n) {
+		printf("no images in bucket %s\n", bucket);
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		int ln = imgs[i].has_record ? (int)strlen(imgs[i].rec.name) : 1;
+		int ld = (int)strlen(imgs[i].destination);
+		wn = ln > wn ? ln : wn;
+		wd = ld > wd ? ld : wd;
+	}
+	printf("%-*s  %-*s  %10s  %-23s  %-20s  %s\n", wn, "NAME", wd, "DESTINATION", "SIZE",
+	       "CHECKSUM", "UPLOADED", "STATUS");
+	for (size_t i = 0; i < n; i++) {
+		const struct bucket_image *im = &imgs[i];
+		char size[32], sum[32];
+		size_format(im->size, size, sizeof(size));
+		if (im->complete)
+			snprintf(sum, sizeof(sum), "%.22s…", im->rec.checksum);
+		else
+			snprintf(sum, sizeof(sum), "-");
+		printf("%-*s  %-*s  %10s  %-*s  %-20s  %s\n", wn,
+		       im->has_record ? im->rec.name : "-", wd, im->destination, size,
+		       im->complete ? 25 : 23, sum, im->complete ? im->rec.uploaded_at : "-",
+		       im->complete ? "complete" : "INCOMPLETE");
+		if (!im->complete)
+			incomplete++;
+	}
+	if (incomplete) {
+		printf("\n%zu incomplete image(s):\n", incomplete);
+		for (size_t i = 0; i < n; i++)
+			if (!imgs[i].complete)
+				printf("  %s: %s\n", imgs[i].destination, imgs[i].problem);
+		printf("('labctl images sync' re-uploads them; 'labctl images prune' removes "
+		       "those the manifest does not name)\n");
+	}
+}
+
+int cmd_list(int argc, char **argv)
+{
+	struct common_opts common = {0};
+	struct s3_config cfg = {0};
+	struct bucket_image *imgs = NULL;
+	struct s3 *s3 = NULL;
+	size_t n = 0;
+	struct err e = {0};
+	int json = 0, rc;
+
+	rc = cli_parse(&list_spec, argc, argv, &common, list_opt, &json, &e);
+	if (rc)
+		return rc > 0 ? 0 : cli_fail(&e);
+	if (cli_s3_config(&common, &cfg, &e))
+		return cli_fail(&e);
+	rc = 1;
+	s3 = s3_open(&cfg, &e);
+	if (!s3 || bucket_scan(s3, &imgs, &n, &e)) {
+		err_prefix(&e, "listing bucket %s at %s", cfg.bucket, cfg.endpoint);
+		rc = cli_fail(&e);
+		goto out;
+	}
+	if (json) {
+		if (print_json(imgs, n, &e)) {
+			rc = cli_fail(&e);
+			goto out;
+		}
+	} else {
+		print_table(imgs, n, cfg.bucket);
+	}
+	rc = 0;
+out:
+	bucket_images_free(imgs, n);
+	s3_close(s3);
+	s3_config_free(&cfg);
+	return rc;
+}

@@ -1,0 +1,47 @@
+/* One image of `labctl images sync`, in one streaming pass:
+ *
+ *   HTTPS GET (resumed) -> source checksum -> decompress -> upload pipeline
+ *   (checksum + block map, parallel parts) -> both checksums checked ->
+ *   complete -> record.
+ *
+ * A mismatch of either checksum aborts the upload: nothing is left behind. */
+#ifndef IMGSTORE_SYNC_JOB_H
+#define IMGSTORE_SYNC_JOB_H
+
+#include "common/err.h"
+#include "store/record.h"
+#include "store/s3.h"
+#include "sync/decompress.h"
+
+#include <stdint.h>
+
+struct image_job {
+	const struct s3_config *cfg;
+	const char *name;
+	const char *destination;
+	const char *url;
+	const char *source_checksum; /* "sha256:<hex>" of the downloaded bytes */
+	enum decomp_kind decompress;
+	const char *expected;  /* of the stored (decompressed) bytes, or NULL */
+	const char *ca_bundle; /* extra CA for the download */
+	int xz_threads;        /* 1: single-threaded xz */
+	int part_workers;      /* parallel part uploads (0: default) */
+};
+
+struct job_result {
+	uint64_t source_bytes; /* downloaded */
+	uint64_t stored_bytes; /* uploaded (after decompression) */
+	int resumes;           /* download resumed after a dropped connection */
+	double seconds;
+	char checksum[RECORD_CHECKSUM_MAX]; /* of the stored bytes */
+};
+
+/* The checksum the record must hold: validation.expected ?? source.checksum. */
+const char *job_effective_checksum(const struct image_job *j);
+
+int job_run(const struct image_job *j, struct job_result *res, struct err *e);
+
+/* "sha256:ABC" and "sha256:abc" are the same checksum. */
+int checksum_equal(const char *a, const char *b);
+
+#endif

@@ -1,0 +1,597 @@
+#include "sync/pipeline.h"
+
+#include "common/log.h"
+#include "common/timefmt.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MIB           (1024u * 1024u)
+#define MIN_PART_SIZE (5u * MIB) /* S3: every part but the last */
+#define MAX_PARTS     10000
+#define TIER_PARTS    2000 /* the part size doubles every TIER_PARTS parts ... */
+#define MAX_TIER      4    /* ... four times: 8 MiB base -> up to 496 GiB */
+
+struct pbuf {
+	unsigned char *data;
+	size_t cap;
+	size_t len;
+	int part; /* 1-based part number */
+	struct pbuf *next;
+};
+
+struct queue {
+	struct pbuf *head, *tail;
+};
+
+struct pipeline {
+	struct s3_config cfg;
+	char *key;
+	char *meta_key;
+	char *name;
+	char *source_url;
+	char *expected;
+	enum hash_alg alg;
+	size_t base_part;
+	int nworkers;
+
+	struct s3 *s3; /* the producer's connection: create, complete, abort, PUT */
+	struct s3 **wconn;
+	char *upload_id;
+	struct blockmap *bm;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct pbuf **bufs; /* every buffer ever allocated, for freeing */
+	int nbufs, max_bufs;
+	struct pbuf *free_list;
+	struct queue hashq, upq;
+	struct s3_part *parts;
+	int parts_cap;
+	int next_part;
+	int inflight; /* submitted, not yet uploaded */
+	int stop;
+	int failed;
+	struct err ferr;
+
+	pthread_t hasher;
+	pthread_t *workers;
+	int nthreads; /* started: hasher + workers */
+
+	struct pbuf *cur; /* being filled by the producer */
+	uint64_t bytes;
+	int finished;
+};
+
+static void q_push(struct queue *q, struct pbuf *b)
+{
+	b->next = NULL;
+	if (q->tail)
+		q->tail->next = b;
+	else
+		q->head = b;
+	q->tail = b;
+}
+
+static struct pbuf *q_pop(struct queue *q)
+{
+	struct pbuf *b = q->head;
+	if (b) {
+		q->head = b->next;
+		if (!q->head)
+			q->tail = NULL;
+		b->next = NULL;
+	}
+	return b;
+}
+
+static size_t part_size_for(const struct pipeline *p, int part)
+{
+	int tier = (part - 1) / TIER_PARTS;
+	if (tier > MAX_TIER)
+		tier = MAX_TIER;
+	return p->base_part << tier;
+}
+
+/* Record the first failure; wakes everybody up. Call without the lock. */
+static void set_failed(struct pipeline *p, const struct err *e)
+{
+	pthread_mutex_lock(&p->mu);
+	if (!p->failed) {
+		p->failed = 1;
+		p->ferr = *e;
+	}
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+static int get_failure(struct pipeline *p, struct err *e)
+{
+	int failed;
+	pthread_mutex_lock(&p->mu);
+	failed = p->failed;
+	if (failed && e)
+		*e = p->ferr;
+	pthread_mutex_unlock(&p->mu);
+	return failed ? -1 : 0;
+}
+
+static void *hash_main(void *arg)
+{
+	struct pipeline *p = arg;
+	for (;;) {
+		struct pbuf *b;
+		struct err e = {0};
+		int failed;
+		pthread_mutex_lock(&p->mu);
+		while (!p->stop && !p->hashq.head)
+			pthread_cond_wait(&p->cv, &p->mu);
+		b = q_pop(&p->hashq);
+		failed = p->failed;
+		pthread_mutex_unlock(&p->mu);
+		if (!b)
+			break; /* stopping, queue drained */
+		if (!failed && blockmap_update(p->bm, b->data, b->len, &e)) {
+			err_prefix(&e, "hashing");
+			set_failed(p, &e);
+			failed = 1;
+		}
+		pthread_mutex_lock(&p->mu);
+		if (failed || p->failed) {
+			b->next = p->free_list;
+			p->free_list = b;
+			p->inflight--;
+		} else {
+			q_push(&p->upq, b);
+		}
+		pthread_cond_broadcast(&p->cv);
+		pthread_mutex_unlock(&p->mu);
+	}
+	return NULL;
+}
+
+struct worker_arg {
+	struct pipeline *p;
+	struct s3 *s3;
+};
+
+static void *worker_main(void *arg)
+{
+	struct pipeline *p = ((struct worker_arg *)arg)->p;
+	struct s3 *s3 = ((struct worker_arg *)arg)->s3;
+	free(arg);
+	for (;;) {
+		struct pbuf *b;
+		struct err e = {0};
+		char etag[S3_ETAG_MAX] = "";
+		int failed, rc = 0;
+		pthread_mutex_lock(&p->mu);
+		while (!p->stop && !p->upq.head)
+			pthread_cond_wait(&p->cv, &p->mu);
+		b = q_pop(&p->upq);
+		failed = p->failed;
+		pthread_mutex_unlock(&p->mu);
+		if (!b)
+			break;
+		if (!failed) {
+			log_debug("%s: uploading part %d (%zu bytes)", p->key, b->part, b->len);
+			rc = s3_mpu_put_part(s3, p->key, p->upload_id, b->part, b->data, b->len,
+			                     etag, &e);
+			if (rc) {
+				err_prefix(&e, "uploading part %d of %s", b->part, p->key);
+				set_failed(p, &e);
+			}
+		}
+		pthread_mutex_lock(&p->mu);
+		if (!failed && !rc) {
+			p->parts[b->part - 1].number = b->part;
+			memcpy(p->parts[b->part - 1].etag, etag, S3_ETAG_MAX);
+		}
+		b->len = 0;
+		b->next = p->free_list;
+		p->free_list = b;
+		p->inflight--;
+		pthread_cond_broadcast(&p->cv);
+		pthread_mutex_unlock(&p->mu);
+	}
+	return NULL;
+}
+
+static void stop_threads(struct pipeline *p)
+{
+	if (!p->nthreads)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stop = 1;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	pthread_join(p->hasher, NULL);
+	for (int i = 0; i < p->nthreads - 1; i++)
+		pthread_join(p->workers[i], NULL);
+	p->nthreads = 0;
+}
+
+/* Abort the multipart upload, if one was started. */
+static void abort_upload(struct pipeline *p)
+{
+	struct err e = {0};
+	stop_threads(p);
+	if (!p->upload_id)
+		return;
+	if (s3_mpu_abort(p->s3, p->key, p->upload_id, &e))
+		log_warn("could not abort the multipart upload of %s (prune removes it after "
+		         "24 h): %s",
+		         p->key, e.msg);
+	else
+		log_debug("%s: multipart upload aborted", p->key);
+	free(p->upload_id);
+	p->upload_id = NULL;
+}
+
+struct pipeline *pipeline_new(const struct pipeline_opts *o, struct err *e)
+{
+	struct pipeline *p = calloc(1, sizeof(*p));
+	if (!p) {
+		err_set(e, ERR_IO, "out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	p->alg = o->alg;
+	p->nworkers = o->workers > 0 ? o->workers : PIPELINE_WORKERS;
+	p->max_bufs = p->nworkers + 2; /* one filling, one hashing, one per worker */
+	p->base_part = o->part_size ? o->part_size : PIPELINE_PART_SIZE;
+	if (p->base_part < MIN_PART_SIZE)
+		p->base_part = MIN_PART_SIZE;
+	/* only for huge known sizes: grow the base so that the parts suffice */
+	while (o->size_hint / ((uint64_t)TIER_PARTS * 31) > p->base_part)
+		p->base_part += MIB;
+	p->next_part = 1;
+	if (s3_config_copy(&p->cfg, o->cfg, e))
+		goto fail;
+	p->key = record_image_key(o->destination);
+	p->meta_key = record_meta_key(o->destination);
+	p->name = strdup(o->name ? o->name : o->destination);
+	p->source_url = o->source_url ? strdup(o->source_url) : NULL;
+	p->expected = o->expected ? strdup(o->expected) : NULL;
+	p->bm = blockmap_new(o->alg, RECORD_DEFAULT_BLOCK_SIZE);
+	if (!p->key || !p->meta_key || !p->name || (o->source_url && !p->source_url) ||
+	    (o->expected && !p->expected) || !p->bm) {
+		err_set(e, ERR_IO, "out of memory");
+		goto fail;
+	}
+	if (p->expected) {
+		enum hash_alg alg;
+		char hex[HASH_MAX_HEX];
+		if (hash_checksum_parse(p->expected, &alg, hex) || alg != p->alg) {
+			err_set(e, ERR_INVALID, "expected checksum '%s' is not a %s checksum",
+			        p->expected, hash_alg_name(p->alg));
+			goto fail;
+		}
+	}
+	p->s3 = s3_open(&p->cfg, e);
+	if (!p->s3)
+		goto fail;
+	return p;
+fail:
+	pipeline_free(p);
+	return NULL;
+}
+
+static int start_multipart(struct pipeline *p, struct err *e)
+{
+	if (s3_mpu_create(p->s3, p->key, "application/octet-stream", &p->upload_id, e))
+		return err_prefix(e, "starting the upload of %s", p->key);
+	log_debug("%s: multipart upload started", p->key);
+	p->wconn = calloc(p->nworkers, sizeof(*p->wconn));
+	p->workers = calloc(p->nworkers, sizeof(*p->workers));
+	if (!p->wconn || !p->workers)
+		return err_set(e, ERR_IO, "out of memory");
+	for (int i = 0; i < p->nworkers; i++) {
+		p->wconn[i] = s3_open(&p->cfg, e);
+		if (!p->wconn[i])
+			return -1;
+	}
+	if (pthread_create(&p->hasher, NULL, hash_main, p))
+		return err_set(e, ERR_IO, "cannot start a thread");
+	p->nthreads = 1;
+	for (int i = 0; i < p->nworkers; i++) {
+		struct worker_arg *a = malloc(sizeof(*a));
+		if (!a)
+			return err_set(e, ERR_IO, "out of memory");
+		a->p = p;
+		a->s3 = p->wconn[i];
+		if (pthread_create(&p->workers[i], NULL, worker_main, a)) {
+			free(a);
+			return err_set(e, ERR_IO, "cannot start a thread");
+		}
+		p->nthreads++;
+	}
+	return 0;
+}
+
+/* Hand the current (full) buffer to the hash thread. */
+static int submit(struct pipeline *p, struct err *e)
+{
+	struct pbuf *b = p->cur;
+	if (!p->upload_id && start_multipart(p, e))
+		return -1;
+	pthread_mutex_lock(&p->mu);
+	if (p->next_part > MAX_PARTS) {
+		pthread_mutex_unlock(&p->mu);
+		return err_set(e, ERR_IO, "%s: more than %d parts", p->key, MAX_PARTS);
+	}
+	if (p->next_part > p->parts_cap) {
+		int cap = p->parts_cap ? 2 * p->parts_cap : 256;
+		struct s3_part *np = realloc(p->parts, cap * sizeof(*np));
+		if (!np) {
+			pthread_mutex_unlock(&p->mu);
+			return err_set(e, ERR_IO, "out of memory");
+		}
+		memset(np + p->parts_cap, 0, (cap - p->parts_cap) * sizeof(*np));
+		p->parts = np;
+		p->parts_cap = cap;
+	}
+	b->part = p->next_part++;
+	p->inflight++;
+	q_push(&p->hashq, b);
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	p->cur = NULL;
+	return 0;
+}
+
+/* A free buffer big enough for the next part (waits while all are in flight). */
+static int take_buffer(struct pipeline *p, struct err *e)
+{
+	size_t need = part_size_for(p, p->next_part);
+	struct pbuf *b = NULL;
+	int alloc = 0;
+	pthread_mutex_lock(&p->mu);
+	while (!p->failed && !p->free_list && p->nbufs >= p->max_bufs)
+		pthread_cond_wait(&p->cv, &p->mu);
+	if (p->failed) {
+		*e = p->ferr;
+		pthread_mutex_unlock(&p->mu);
+		return -1;
+	}
+	if (p->free_list) {
+		b = p->free_list;
+		p->free_list = b->next;
+	} else {
+		alloc = 1;
+		p->nbufs++;
+	}
+	pthread_mutex_unlock(&p->mu);
+	if (alloc) {
+		struct pbuf **nb = realloc(p->bufs, p->nbufs * sizeof(*nb));
+		b = calloc(1, sizeof(*b));
+		if (nb)
+			p->bufs = nb;
+		if (!nb || !b) {
+			free(b);
+			pthread_mutex_lock(&p->mu);
+			p->nbufs--;
+			pthread_mutex_unlock(&p->mu);
+			return err_set(e, ERR_IO, "out of memory");
+		}
+		p->bufs[p->nbufs - 1] = b;
+	}
+	if (b->cap < need) {
+		unsigned char *d = realloc(b->data, need);
+		if (!d) {
+			pthread_mutex_lock(&p->mu);
+			b->next = p->free_list;
+			p->free_list = b;
+			pthread_mutex_unlock(&p->mu);
+			return err_set(e, ERR_IO, "out of memory (part buffer of %zu bytes)", need);
+		}
+		b->data = d;
+		b->cap = need;
+	}
+	b->len = 0;
+	b->next = NULL;
+	p->cur = b;
+	return 0;
+}
+
+int pipeline_buffer(struct pipeline *p, void **buf, size_t *avail, struct err *e)
+{
+	size_t limit;
+	if (p->cur && p->cur->len >= part_size_for(p, p->next_part) && submit(p, e))
+		return -1;
+	if (!p->cur && take_buffer(p, e))
+		return -1;
+	limit = part_size_for(p, p->next_part);
+	*buf = p->cur->data + p->cur->len;
+	*avail = limit - p->cur->len;
+	return 0;
+}
+
+int pipeline_commit(struct pipeline *p, size_t n, struct err *e)
+{
+	p->cur->len += n;
+	p->bytes += n;
+	return get_failure(p, e);
+}
+
+int pipeline_write(struct pipeline *p, const void *data, size_t n, struct err *e)
+{
+	const unsigned char *d = data;
+	while (n) {
+		void *buf;
+		size_t avail;
+		if (pipeline_buffer(p, &buf, &avail, e))
+			return -1;
+		if (avail > n)
+			avail = n;
+		memcpy(buf, d, avail);
+		if (pipeline_commit(p, avail, e))
+			return -1;
+		d += avail;
+		n -= avail;
+	}
+	return 0;
+}
+
+uint64_t pipeline_bytes(const struct pipeline *p)
+{
+	return p->bytes;
+}
+
+static int verify(struct pipeline *p, const struct record *r, struct err *e)
+{
+	enum hash_alg alg;
+	char hex[HASH_MAX_HEX];
+	const char *got = strchr(r->checksum, ':');
+	if (!p->expected)
+		return 0;
+	if (hash_checksum_parse(p->expected, &alg, hex) || !got || strcmp(got + 1, hex))
+		return err_set(e, ERR_INTEGRITY,
+		               "checksum mismatch for %s: expected %s, got %s (nothing was "
+		               "stored; check the manifest's checksum)",
+		               p->key, p->expected, r->checksum);
+	return 0;
+}
+
+static int wait_parts(struct pipeline *p, struct err *e)
+{
+	pthread_mutex_lock(&p->mu);
+	while (!p->failed && p->inflight > 0)
+		pthread_cond_wait(&p->cv, &p->mu);
+	pthread_mutex_unlock(&p->mu);
+	if (get_failure(p, e))
+		return -1;
+	stop_threads(p);
+	return 0;
+}
+
+int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
+{
+	struct record r = {0};
+	struct s3_object obj = {0};
+	char etag[S3_ETAG_MAX] = "";
+	char *json = NULL;
+	int rc = -1, nparts;
+
+	if (get_failure(p, e))
+		goto out;
+	if (!p->upload_id) {
+		/* smaller than one part: hash and verify, then a single PUT */
+		const void *data = p->cur ? (const void *)p->cur->data : "";
+		size_t len = p->cur ? p->cur->len : 0;
+		if (len && blockmap_update(p->bm, data, len, e))
+			goto out;
+		if (blockmap_finish(p->bm, &r, e) || verify(p, &r, e))
+			goto out;
+		if (s3_put(p->s3, p->key, data, len, "application/octet-stream", etag, e)) {
+			err_prefix(e, "uploading %s", p->key);
+			goto out;
+		}
+	} else {
+		if (p->cur && p->cur->len && submit(p, e))
+			goto out;
+		if (wait_parts(p, e))
+			goto out;
+		if (blockmap_finish(p->bm, &r, e) || verify(p, &r, e))
+			goto out;
+		nparts = p->next_part - 1;
+		for (int i = 0; i < nparts; i++)
+			if (p->parts[i].number != i + 1) {
+				err_set(e, ERR_IO, "%s: part %d missing", p->key, i + 1);
+				goto out;
+			}
+		if (s3_mpu_complete(p->s3, p->key, p->upload_id, p->parts, nparts, etag, e)) {
+			err_prefix(e, "completing the upload of %s", p->key);
+			goto out;
+		}
+		free(p->upload_id);
+		p->upload_id = NULL;
+	}
+	/* what readers will see: size and ETag of the object as stored */
+	if (s3_head(p->s3, p->key, &obj, e)) {
+		err_prefix(e, "checking %s after the upload", p->key);
+		goto out_delete;
+	}
+	if (obj.size != r.size) {
+		err_set(e, ERR_INTEGRITY, "%s: the server stored %llu bytes, %llu were sent",
+		        p->key, (unsigned long long)obj.size, (unsigned long long)r.size);
+		goto out_delete;
+	}
+	if (obj.etag[0])
+		memcpy(etag, obj.etag, S3_ETAG_MAX);
+	if (!etag[0]) {
+		err_set(e, ERR_SERVER, "%s: the server returned no ETag", p->key);
+		goto out_delete;
+	}
+	memcpy(r.etag, etag, S3_ETAG_MAX);
+	r.name = strdup(p->name);
+	if (p->source_url)
+		r.source_url = strdup(p->source_url);
+	time_format_rfc3339(time(NULL), r.uploaded_at);
+	if (!r.name || (p->source_url && !r.source_url)) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out_delete;
+	}
+	json = record_to_json(&r, e);
+	if (!json)
+		goto out_delete;
+	if (s3_put(p->s3, p->meta_key, json, strlen(json), "application/json", NULL, e)) {
+		err_prefix(e, "writing the record %s", p->meta_key);
+		goto out_delete;
+	}
+	p->finished = 1;
+	rc = 0;
+	if (out) {
+		*out = r;
+		memset(&r, 0, sizeof(r));
+	}
+	goto out;
+out_delete : {
+	/* the object is there but has no record: do not leave it behind */
+	struct err de = {0};
+	if (s3_delete(p->s3, p->key, &de))
+		log_warn("could not delete %s after a failed upload: %s", p->key, de.msg);
+}
+out:
+	if (rc)
+		abort_upload(p);
+	free(obj.key);
+	free(json);
+	record_free(&r);
+	return rc;
+}
+
+void pipeline_free(struct pipeline *p)
+{
+	if (!p)
+		return;
+	if (!p->finished)
+		abort_upload(p);
+	stop_threads(p);
+	if (p->wconn)
+		for (int i = 0; i < p->nworkers; i++)
+			s3_close(p->wconn[i]);
+	free(p->wconn);
+	free(p->workers);
+	s3_close(p->s3);
+	for (int i = 0; i < p->nbufs; i++) {
+		free(p->bufs[i]->data);
+		free(p->bufs[i]);
+	}
+	free(p->bufs);
+	free(p->parts);
+	free(p->upload_id);
+	blockmap_free(p->bm);
+	free(p->key);
+	free(p->meta_key);
+	free(p->name);
+	free(p->source_url);
+	free(p->expected);
+	s3_config_free(&p->cfg);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->cv);
+	free(p);
+}

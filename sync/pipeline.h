@@ -1,0 +1,58 @@
+/* The upload pipeline shared by `labctl images upload` and `sync`.
+ *
+ * One streaming pass with bounded memory, whatever the size:
+ *
+ *   caller writes bytes -> part buffer (a bounded pool) -> hash thread:
+ *   checksum + block map, in order -> upload workers (each with its own S3
+ *   connection) PUT the parts in parallel -> finish: checksum verified, the
+ *   multipart upload completed, the record PUT last (the commit point).
+ *
+ * An object smaller than one part goes up with a single PUT, after it is
+ * hashed and verified.  Any failure, a checksum mismatch or pipeline_free()
+ * before pipeline_finish() succeeded aborts the multipart upload: no object,
+ * no record, no pending upload. */
+#ifndef IMGSTORE_SYNC_PIPELINE_H
+#define IMGSTORE_SYNC_PIPELINE_H
+
+#include "common/err.h"
+#include "common/hash.h"
+#include "store/record.h"
+#include "store/s3.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PIPELINE_PART_SIZE (8u * 1024u * 1024u)
+#define PIPELINE_WORKERS   3
+
+struct pipeline_opts {
+	const struct s3_config *cfg;
+	const char *destination; /* images/<destination>, metadata/<destination>.json */
+	const char *name;        /* record name */
+	const char *source_url;  /* for the record; NULL for a local file */
+	enum hash_alg alg;       /* checksum algorithm of the stored bytes */
+	const char *expected;    /* "sha256:<hex>" the stored bytes must have, or NULL */
+	uint64_t size_hint;      /* expected total size, 0 when unknown (for part sizing) */
+	size_t part_size;        /* 0: PIPELINE_PART_SIZE (at least 5 MiB) */
+	int workers;             /* parallel part uploads, 0: PIPELINE_WORKERS */
+};
+
+struct pipeline;
+
+struct pipeline *pipeline_new(const struct pipeline_opts *o, struct err *e);
+/* Space to write into: *buf gets at least 1 byte of room (*avail bytes).
+ * Blocks while every buffer is in flight; fails when a worker failed. */
+int pipeline_buffer(struct pipeline *p, void **buf, size_t *avail, struct err *e);
+/* n bytes were written into the space from pipeline_buffer(). */
+int pipeline_commit(struct pipeline *p, size_t n, struct err *e);
+/* Copying convenience on top of the two above. */
+int pipeline_write(struct pipeline *p, const void *data, size_t n, struct err *e);
+/* Verify, complete and commit the record.  out (may be NULL) receives the
+ * record as written; free it with record_free. */
+int pipeline_finish(struct pipeline *p, struct record *out, struct err *e);
+/* Bytes written so far. */
+uint64_t pipeline_bytes(const struct pipeline *p);
+/* Abort (when not finished) and release everything. */
+void pipeline_free(struct pipeline *p);
+
+#endif

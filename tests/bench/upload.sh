@@ -1,0 +1,86 @@
+#!/bin/bash
+# Benchmark: `labctl images upload` of a 1 GiB file against `curl -T` (one
+# single PUT, no hashing) of the same file to the same local S3 server, in the
+# same run.  Prints both times, rates, labctl's peak RSS and the ratio
+# (labctl time / curl time; below 1.0 means labctl is faster).
+#
+#   tests/bench/upload.sh [SIZE_MIB] [ROUNDS]      defaults: 1024 MiB, 3 rounds
+# Environment: IMGSTORE_BUILD (default ./build), BENCH_PORT (default 24000),
+# BENCH_DIR (work dir, default a fresh /tmp dir, removed afterwards).
+#
+# curl 7.88's --aws-sigv4 sends no x-amz-content-sha256 header, which Swift's
+# s3api requires; passing `x-amz-content-sha256: UNSIGNED-PAYLOAD` ourselves
+# works (curl signs it with the other headers).  The access key "test:tester"
+# contains ':', so the key pair goes through a netrc file, not --user.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+SIZE_MIB=${1:-1024}
+ROUNDS=${2:-3}
+BUILD=${IMGSTORE_BUILD:-$ROOT/build}
+PORT=${BENCH_PORT:-24000}
+LABCTL=$BUILD/sync/labctl
+[ -x "$LABCTL" ] || { echo "upload.sh: $LABCTL is not built (ninja -C $BUILD)" >&2; exit 1; }
+
+own_dir=0
+if [ -z "${BENCH_DIR:-}" ]; then
+	BENCH_DIR=$(mktemp -d /tmp/imgstore-bench-upload.XXXXXX)
+	own_dir=1
+fi
+S3DIR=$BENCH_DIR/s3
+cleanup() {
+	deploy/local-s3.sh stop "$S3DIR" >/dev/null 2>&1 || true
+	[ $own_dir = 1 ] && rm -rf "$BENCH_DIR"
+}
+trap cleanup EXIT
+
+deploy/local-s3.sh start "$S3DIR" "$PORT" bench >/dev/null
+eval "$(deploy/local-s3.sh env "$S3DIR")"
+export IMGSTORE_LOG=warn
+
+FILE=$BENCH_DIR/image.raw
+echo "upload.sh: writing a ${SIZE_MIB} MiB test file"
+# random data (incompressible, no zero blocks): the worst case for nobody
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$FILE"
+cat "$FILE" >/dev/null # page cache: both readers start warm
+
+NETRC=$BENCH_DIR/netrc
+umask 077
+printf 'machine 127.0.0.1 login %s password %s\n' "$E2_ACCESS_KEY" "$E2_SECRET_KEY" >"$NETRC"
+umask 022
+
+now() { date +%s.%N; }
+calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+best_labctl=999999 best_curl=999999 rss=0
+for r in $(seq 1 "$ROUNDS"); do
+	t0=$(now)
+	curl -sS -f -o /dev/null --aws-sigv4 "aws:amz:${E2_REGION}:s3" --netrc-file "$NETRC" \
+		-H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -T "$FILE" \
+		"$E2_ENDPOINT/$E2_BUCKET/curl/image-$r.raw"
+	t1=$(now)
+	/usr/bin/time -f '%M' -o "$BENCH_DIR/time.out" "$LABCTL" images upload --source "$FILE" \
+		--destination "labctl/image-$r.raw" >/dev/null
+	t2=$(now)
+	c=$(calc "$t1 - $t0")
+	l=$(calc "$t2 - $t1")
+	m=$(tail -n1 "$BENCH_DIR/time.out")
+	printf 'round %d: curl -T %.2f s, labctl upload %.2f s (peak RSS %d MiB)\n' "$r" "$c" "$l" $((m / 1024))
+	best_curl=$(calc "$c < $best_curl ? $c : $best_curl")
+	best_labctl=$(calc "$l < $best_labctl ? $l : $best_labctl")
+	((m > rss)) && rss=$m
+done
+
+# the uploads are real: same size on the server, labctl's record complete
+"$LABCTL" images list --json | /usr/bin/python3 -c '
+import json, sys
+items = [i for i in json.load(sys.stdin) if i["destination"].startswith("labctl/")]
+assert items and all(i["complete"] for i in items), items
+'
+
+mb=$((SIZE_MIB * 1048576))
+echo
+printf '%-28s %8s %10s\n' "" "best s" "MB/s"
+printf '%-28s %8.2f %10.1f\n' "curl -T (single PUT)" "$best_curl" "$(calc "$mb / $best_curl / 1000000")"
+printf '%-28s %8.2f %10.1f\n' "labctl images upload" "$best_labctl" "$(calc "$mb / $best_labctl / 1000000")"
+printf 'ratio labctl/curl: %.2f  (goal <= 1.00)   labctl peak RSS: %d MiB (goal < 64)\n' \
+	"$(calc "$best_labctl / $best_curl")" $((rss / 1024))
