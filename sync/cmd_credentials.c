@@ -44,7 +44,8 @@ static void help_encrypt(FILE *out)
 	        "    region: us-east-1\n"
 	        ") into a SOPS file (sops " SOPS_VERSION
 	        " format, AES-256-GCM, MAC) that sops, labctl and\n"
-	        "imgfs can decrypt.  Keys ending in _unencrypted stay in the clear.\n\n"
+	        "imgfs can decrypt.  Keys ending in _unencrypted stay in the clear; comments in\n"
+	        "the plaintext are not carried over.\n\n"
 	        "Options:\n"
 	        "  --age RECIPIENT   an age X25519 recipient (age1..., from age-keygen); repeat "
 	        "or\n"
