@@ -39,15 +39,23 @@ int err_errno(struct err *e, const char *fmt, ...)
 int err_prefix(struct err *e, const char *fmt, ...)
 {
 	char ctx[ERR_MSG_MAX];
-	char old[ERR_MSG_MAX];
+	size_t n, old;
 	va_list ap;
 	if (!e)
 		return -1;
 	va_start(ap, fmt);
-	vsnprintf(ctx, sizeof(ctx), fmt, ap);
+	vsnprintf(ctx, sizeof(ctx) - 2, fmt, ap);
 	va_end(ap);
-	memcpy(old, e->msg, sizeof(old));
-	snprintf(e->msg, sizeof(e->msg), "%s: %s", ctx, old);
+	memcpy(ctx + strlen(ctx), ": ", 3);
+	n = strlen(ctx);
+	if (n >= sizeof(e->msg) - 1)
+		n = sizeof(e->msg) - 1;
+	old = strnlen(e->msg, sizeof(e->msg) - 1);
+	if (n + old > sizeof(e->msg) - 1)
+		old = sizeof(e->msg) - 1 - n;
+	memmove(e->msg + n, e->msg, old);
+	memcpy(e->msg, ctx, n);
+	e->msg[n + old] = '\0';
 	return -1;
 }
 
