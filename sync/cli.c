@@ -1,6 +1,7 @@
 #include "sync/cli.h"
 
 #include "common/log.h"
+#include "manifest/manifest.h"
 #include "store/credentials.h"
 
 #include <errno.h>
@@ -140,29 +141,31 @@ int cli_s3_config(const struct common_opts *c, struct s3_config *cfg, struct err
 	return 0;
 }
 
-int cli_check_destination(const char *dest, struct err *e)
+const char *cli_manifest_path(const struct common_opts *c)
 {
-	const char *seg = dest;
-	if (!*dest)
-		return err_set(e, ERR_USAGE, "the destination is empty");
-	if (dest[0] == '/')
-		return err_set(e, ERR_USAGE,
-		               "destination '%s' must be a relative path (no leading '/')", dest);
-	for (const unsigned char *c = (const unsigned char *)dest; *c; c++)
-		if (*c < 0x20 || *c == 0x7f)
-			return err_set(e, ERR_USAGE, "destination contains a control character");
-	for (;;) {
-		size_t len = strcspn(seg, "/");
-		if (len == 0 || (len == 1 && seg[0] == '.') ||
-		    (len == 2 && seg[0] == '.' && seg[1] == '.'))
-			return err_set(e, ERR_USAGE,
-			               "destination '%s' has an empty, '.' or '..' path segment",
-			               dest);
-		if (!seg[len])
-			break;
-		seg += len + 1;
+	return c->manifest ? c->manifest : MF_DEFAULT_PATH;
+}
+
+int cli_load_manifest(const struct common_opts *c, struct manifest **m, struct err *e)
+{
+	struct mf_problems probs = MF_PROBLEMS_INIT;
+	const char *path = cli_manifest_path(c);
+	*m = NULL;
+	if (manifest_load(path, m, &probs, e)) {
+		if (e && e->code == ERR_INVALID) {
+			mf_problems_print(stderr, &probs);
+			err_set(e, ERR_INVALID,
+			        "manifest %s is invalid: %zu problem%s (listed above)", path,
+			        probs.n, probs.n == 1 ? "" : "s");
+		} else if (e && e->code == ERR_NOTFOUND) {
+			err_set(e, ERR_USAGE,
+			        "no manifest at %s (run from the repo root or pass --manifest "
+			        "PATH)",
+			        path);
+		}
+		mf_problems_free(&probs);
+		return -1;
 	}
-	if (strlen(dest) > 900)
-		return err_set(e, ERR_USAGE, "destination is longer than 900 characters");
+	mf_problems_free(&probs);
 	return 0;
 }

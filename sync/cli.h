@@ -66,8 +66,6 @@ struct common_opts {
 	const char *manifest;
 };
 
-#define CLI_DEFAULT_MANIFEST "images/images.yaml"
-
 /* Handler for a command's own flags (value NULL for flags without argument). */
 typedef int (*cli_opt_fn)(void *ud, int id, const char *value, struct err *e);
 
@@ -87,9 +85,12 @@ int cli_s3_config(const struct common_opts *c, struct s3_config *cfg, struct err
 /* An extra CA file to trust for HTTPS sources (NULL when none). */
 const char *cli_ca_bundle(const struct common_opts *c);
 
-/* A destination is a relative path without "..", empty or "." segments,
- * a leading "/" or control characters (the manifest's rule). */
-int cli_check_destination(const char *dest, struct err *e);
+struct manifest;
+/* Load and validate --manifest (default images/images.yaml).  An invalid
+ * manifest prints every problem to stderr and fails with ERR_INVALID; a
+ * missing one fails with ERR_USAGE. */
+int cli_load_manifest(const struct common_opts *c, struct manifest **m, struct err *e);
+const char *cli_manifest_path(const struct common_opts *c);
 
 /* Parse a positive integer flag value in [min, max]. */
 int cli_parse_int(const char *flag, const char *value, long min, long max, long *out,

@@ -1,6 +1,7 @@
 /* labctl images upload --source FILE --destination DEST [--name NAME] */
 #include "common/log.h"
 #include "common/size.h"
+#include "manifest/manifest.h"
 #include "store/record.h"
 #include "sync/cli.h"
 #include "sync/commands.h"
@@ -170,8 +171,9 @@ int cmd_upload(int argc, char **argv)
 		        "(see 'labctl images upload --help')");
 		return cli_fail(&e);
 	}
-	if (cli_check_destination(a.destination, &e)) {
-		err_prefix(&e, "images upload: --destination");
+	if (mf_check_destination(a.destination, &e)) {
+		e.code = ERR_USAGE;
+		err_prefix(&e, "images upload: --destination %s", a.destination);
 		return cli_fail(&e);
 	}
 	if (cli_s3_config(&common, &cfg, &e))

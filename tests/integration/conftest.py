@@ -127,6 +127,16 @@ def bucket(s3server):
     return Bucket(s3server)
 
 
+@pytest.fixture(scope="session")
+def https(tmp_path_factory):
+    """A local HTTPS file server with a test CA (https_server.py): put files in
+    `https.root`, fetch `https.url(name)`, trust `https.ca` (--ca-bundle)."""
+    from https_server import HTTPSServer
+    srv = HTTPSServer(tmp_path_factory.mktemp("www"), tmp_path_factory.mktemp("ca")).start()
+    yield srv
+    srv.stop()
+
+
 def run(args, env=None, check=None, timeout=600, **kw):
     """Run a command, capture text output; `check` is the expected exit code."""
     p = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True,
