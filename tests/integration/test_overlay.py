@@ -8,7 +8,6 @@ import re
 import subprocess
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
