@@ -16,6 +16,8 @@ void bucket_image_clear(struct bucket_image *im)
 
 void bucket_images_free(struct bucket_image *v, size_t n)
 {
+	if (!v)
+		return;
 	for (size_t i = 0; i < n; i++)
 		bucket_image_clear(&v[i]);
 	free(v);
@@ -157,6 +159,7 @@ int bucket_scan(struct s3 *s3, struct bucket_image **out, size_t *n, struct err 
 	*out = v;
 	*n = count;
 	v = NULL;
+	count = 0;
 	rc = 0;
 out:
 	bucket_images_free(v, count);

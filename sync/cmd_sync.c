@@ -84,7 +84,7 @@ struct item {
 	const struct mf_image *img;
 	enum action action;
 	int ok; /* skipped or uploaded successfully */
-	char reason[600];
+	char reason[1100];
 	struct job_result res;
 	struct err e;
 	int files_failed;
@@ -254,7 +254,7 @@ static void print_summary(struct item *items, size_t n, int changed)
 	       "DETAIL");
 	for (size_t i = 0; i < n; i++) {
 		struct item *it = &items[i];
-		char size[32] = "-", dur[32] = "-", rate[32] = "-", detail[700];
+		char size[32] = "-", dur[32] = "-", rate[32] = "-", detail[1400];
 		if (it->action == ACT_UPLOAD) {
 			size_format(it->res.stored_bytes, size, sizeof(size));
 			progress_duration(it->res.seconds, dur, sizeof(dur));

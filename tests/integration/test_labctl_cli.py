@@ -74,8 +74,3 @@ def test_bad_parallel():
     for v in ("0", "x", "-1"):
         p = run(labctl("images", "sync", "--parallel", v), env=clean_env(), check=2)
         assert "--parallel" in p.stderr
-
-
-def test_overlay_not_implemented_yet():
-    run(labctl("images", "overlay", "--mount", "/x", "--overlay-dir", "/y"), env=clean_env(),
-        check=1)

@@ -76,7 +76,7 @@ BAD = [
     ("http-url", HEADER + image(url="http://example.org/a.raw"), "http://", ["https"]),
     ("ftp-url", HEADER + image(url="ftp://example.org/a.raw"), "ftp://", ["https"]),
     ("no-checksum", HEADER + image().replace("        checksum: '" + SHA + "'\n", ""),
-     "source:", ["checksum"]),
+     "url: 'https", ["checksum"]),
     ("bad-checksum", HEADER + image(checksum="sha256:1234"), "sha256:1234", []),
     ("md5-checksum", HEADER + image(checksum="md5:" + "a" * 32), "md5:", []),
     ("bad-algorithm", HEADER + image(extra="      validation:\n        algorithm: md5\n"),
