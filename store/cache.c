@@ -1,0 +1,1362 @@
+/* The bounded SQLite block cache (see cache.h and DESIGN.md "Cache keys").
+ *
+ * One database, <dir>/cache.db, in WAL mode with 64 KiB pages:
+ *
+ *   blocks(id INTEGER PRIMARY KEY, data BLOB)      the block bytes, one row per block
+ *   idx(key PRIMARY KEY, id, len, atime)            key -> row, length, LRU clock
+ *   idx_atime ON idx(atime)                         eviction order
+ *   meta(name PRIMARY KEY, data)                    small named blobs
+ *   state(k = 0, bytes, clock)                      exact byte count and LRU clock
+ *
+ * The LRU bookkeeping lives in idx, never in a blob row: a hit only records
+ * the key in memory, and the writer thread applies recorded hits in batches.
+ *
+ * Writes: cache_put() copies the block into a bounded in-memory queue; one
+ * writer thread takes everything queued (up to a batch cap) and stores it in
+ * one transaction, evicting least-recently-used rows first so that freed
+ * pages are reused and the file stays near the limit.  `bytes` and the clock
+ * are read and written inside that transaction, so they stay exact (also
+ * with several processes sharing the directory).  A block row and its idx row
+ * commit together or not at all, so a crash or power cut can lose recent
+ * inserts but never expose a partial block.
+ *
+ * Reads: a small pool of read-only connections, one per concurrent reader.
+ * The key lookup statement stays active while the blob is opened and read,
+ * so both happen in the same WAL snapshot (an evicted row id reused by a
+ * later insert can never be read under the old key).  The blob is read with
+ * sqlite3_blob_read() straight into the caller's buffer; pages that are in
+ * the main file (not the WAL) are then read by SQLite directly into it,
+ * bypassing its page cache, which is why the writer checkpoints often. */
+#include "store/cache.h"
+
+#include "common/log.h"
+#include "common/timefmt.h"
+#include "store/cache_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CACHE_APP_ID         0x696d6763 /* "imgc" */
+#define CACHE_SCHEMA_VERSION 1
+#define CACHE_PAGE_SIZE      65536
+
+#define QUEUE_MAX_BYTES   (64u << 20) /* copies waiting for the writer */
+#define BATCH_MAX_BLOCKS  256
+#define BATCH_MAX_BYTES   (16u << 20)
+#define TOUCH_MAX         8192 /* hits recorded between two writer batches */
+#define DELETE_MAX        256
+#define POOL_MAX          32 /* read connections */
+#define BUSY_TIMEOUT_MS   5000
+#define FULL_BACKOFF_S    30.0
+#define ERROR_BACKOFF_S   2.0
+#define IDLE_CHECKPOINT_S 1.0
+/* Page cache per connection.  The writer's is small on purpose: a batch
+ * spills to the WAL early and reuses hot buffers; with 32 MiB inserts ran
+ * at 130 MB/s instead of 350 (tests/bench/README.md). */
+#define WRITER_CACHE_KIB 2048
+#define READER_CACHE_KIB 4096
+
+/* ---- types ---- */
+
+struct qent {
+	struct qent *next;
+	unsigned char key[CACHE_KEY_LEN];
+	size_t len;
+	unsigned char data[];
+};
+
+/* A synchronous cache_meta_put(), handed to the writer thread so that one
+ * connection does all the writing (no lock contention inside a process). */
+struct meta_req {
+	struct meta_req *next;
+	const char *name;
+	const void *data;
+	size_t len;
+	int rc, done;
+	char msg[256];
+};
+
+struct rconn {
+	struct rconn *next;
+	sqlite3 *db;
+	sqlite3_stmt *lookup, *meta_get;
+};
+
+struct wstmts {
+	sqlite3_stmt *begin, *commit, *rollback, *state_get, *state_set, *find, *touch, *oldest,
+	        *del_block, *del_idx, *ins_block, *ins_idx, *freelist, *sum, *meta_put;
+};
+
+struct cache {
+	char *dir, *path, *marker;
+	uint64_t limit;
+	uint64_t batch_bytes; /* per transaction */
+	unsigned wal_pages;   /* autocheckpoint threshold */
+
+	/* writer connection: used by cache_open, then only by the writer thread */
+	sqlite3 *wdb;
+	struct wstmts w;
+
+	/* queue, hits, deletes, flush handshake: all under mu */
+	pthread_mutex_t mu;
+	pthread_cond_t wake; /* writer: there is work */
+	pthread_cond_t done; /* flushers: progress */
+	struct qent *qhead, *qtail;
+	size_t qbytes; /* queued + reserved */
+	uint64_t put_seq, done_seq;
+	unsigned char (*touch)[CACHE_KEY_LEN], (*touch_spare)[CACHE_KEY_LEN];
+	size_t ntouch;
+	uint64_t touch_seq, touch_done;
+	unsigned char (*del)[CACHE_KEY_LEN];
+	size_t ndel;
+	uint64_t flush_gen, flush_done, flush_put_target, flush_touch_target;
+	int stop;
+	int need_evict; /* opened over the limit: evict without waiting for a put */
+	double degraded_until;
+	double next_err_log; /* rate limit of write-error warnings */
+	double full_backoff;
+	unsigned test_max_pages, applied_max_pages;
+	uint64_t bytes; /* as of the last commit */
+	pthread_t writer;
+	int writer_started;
+
+	/* read connection pool */
+	pthread_mutex_t pool_mu;
+	pthread_cond_t pool_cv;
+	struct rconn *pool;
+	int nconns;
+
+	/* meta writes, done by the writer thread (under mu) */
+	struct meta_req *meta_head;
+
+	atomic_uint_fast64_t hits, misses, inserts, evictions, dropped;
+	atomic_int corrupt;
+	atomic_int full_logged;
+};
+
+/* ---- small helpers ---- */
+
+static char *path_join(const char *dir, const char *name)
+{
+	size_t ld = strlen(dir), ln = strlen(name);
+	char *p = malloc(ld + ln + 2);
+	if (!p)
+		return NULL;
+	memcpy(p, dir, ld);
+	p[ld] = '/';
+	memcpy(p + ld + 1, name, ln + 1);
+	return p;
+}
+
+static int mkdir_p(const char *dir, struct err *e)
+{
+	char *p = strdup(dir);
+	struct stat st;
+	int rc = -1;
+	if (!p)
+		return err_set(e, ERR_IO, "out of memory");
+	for (char *s = p + 1;; s++) {
+		if (*s != '/' && *s != '\0')
+			continue;
+		char saved = *s;
+		*s = '\0';
+		if (mkdir(p, 0700) && errno != EEXIST) {
+			err_errno(e, "creating cache directory %s", p);
+			goto out;
+		}
+		*s = saved;
+		if (!saved)
+			break;
+	}
+	if (stat(dir, &st) || !S_ISDIR(st.st_mode)) {
+		err_set(e, ERR_IO, "cache directory %s is not a directory", dir);
+		goto out;
+	}
+	rc = 0;
+out:
+	free(p);
+	return rc;
+}
+
+static int is_corruption(int rc)
+{
+	rc &= 0xff;
+	return rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB;
+}
+
+static int is_disk_full(int rc)
+{
+	/* A full disk shows up as SQLITE_FULL, or as a write error (EFBIG,
+	 * quota, ENOSPC while extending the WAL). */
+	return (rc & 0xff) == SQLITE_FULL || rc == SQLITE_IOERR_WRITE ||
+	       rc == SQLITE_IOERR_TRUNCATE || rc == SQLITE_IOERR_FSYNC;
+}
+
+static int db_err(struct err *e, sqlite3 *db, int rc, const char *what)
+{
+	return err_set(e, ERR_IO, "block cache: %s: %s (SQLite %d)", what,
+	               db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), rc);
+}
+
+/* Remember that the file is damaged: the next cache_open() moves it aside
+ * (moving it now would pull it from under other connections). */
+static void mark_corrupt(struct cache *c, int rc)
+{
+	int fd;
+	if (atomic_exchange(&c->corrupt, 1))
+		return;
+	log_warn("block cache %s is damaged (SQLite %d): caching is off until the next start, "
+	         "which starts a fresh cache",
+	         c->path, rc);
+	fd = open(c->marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		close(fd);
+}
+
+static int step_done(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+static int exec(sqlite3 *db, const char *sql)
+{
+	return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+/* A PRAGMA that returns one integer; -1 on error (rc in *rcp when given). */
+static long long pragma_int(sqlite3 *db, const char *sql, int *rcp)
+{
+	sqlite3_stmt *st = NULL;
+	long long v = -1;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	if (rc == SQLITE_OK) {
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW) {
+			v = sqlite3_column_int64(st, 0);
+			rc = SQLITE_OK;
+		} else if (rc == SQLITE_DONE) {
+			rc = SQLITE_OK;
+			v = 0;
+		}
+	}
+	sqlite3_finalize(st);
+	if (rcp)
+		*rcp = rc;
+	return v;
+}
+
+static int open_conn(const char *path, int cache_kib, sqlite3 **out)
+{
+	sqlite3 *db = NULL;
+	char sql[128];
+	int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc == SQLITE_OK) {
+		sqlite3_extended_result_codes(db, 1);
+		sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+		/* mmap: DESIGN.md measured it at ~200 MB/s against 2.9-7.5 GB/s. */
+		snprintf(sql, sizeof(sql),
+		         "PRAGMA mmap_size=0; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%d;",
+		         cache_kib);
+		rc = exec(db, sql);
+	}
+	if (rc != SQLITE_OK) {
+		sqlite3_close(db);
+		db = NULL;
+	}
+	*out = db;
+	return rc;
+}
+
+/* ---- open: schema, corruption, move aside ---- */
+
+static const char schema_sql[] =
+        "CREATE TABLE blocks(id INTEGER PRIMARY KEY, data BLOB NOT NULL);"
+        "CREATE TABLE idx(key BLOB PRIMARY KEY, id INTEGER NOT NULL, len INTEGER NOT NULL,"
+        " atime INTEGER NOT NULL) WITHOUT ROWID;"
+        "CREATE INDEX idx_atime ON idx(atime);"
+        "CREATE TABLE meta(name TEXT PRIMARY KEY, data BLOB NOT NULL);"
+        "CREATE TABLE state(k INTEGER PRIMARY KEY CHECK (k = 0), bytes INTEGER NOT NULL,"
+        " clock INTEGER NOT NULL);"
+        "INSERT INTO state VALUES(0, 0, 0);";
+
+/* Create the schema in a database that has none. */
+static int init_schema(sqlite3 *db)
+{
+	char sql[128];
+	int rc;
+	/* Both only take effect before the first table exists. */
+	rc = exec(db, "PRAGMA page_size=65536; PRAGMA auto_vacuum=INCREMENTAL;");
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = exec(db, "PRAGMA journal_mode=WAL;");
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = exec(db, "BEGIN IMMEDIATE");
+	if (rc != SQLITE_OK)
+		return rc;
+	/* Another process may have created it meanwhile. */
+	if (pragma_int(db, "SELECT count(*) FROM sqlite_schema", &rc) == 0 && rc == SQLITE_OK) {
+		rc = exec(db, schema_sql);
+		if (rc == SQLITE_OK) {
+			snprintf(sql, sizeof(sql),
+			         "PRAGMA application_id=%d; PRAGMA user_version=%d;", CACHE_APP_ID,
+			         CACHE_SCHEMA_VERSION);
+			rc = exec(db, sql);
+		}
+	}
+	if (rc == SQLITE_OK)
+		rc = exec(db, "COMMIT");
+	if (rc != SQLITE_OK)
+		exec(db, "ROLLBACK");
+	return rc;
+}
+
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
+{
+	return sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
+}
+
+static void finalize_writer(struct cache *c)
+{
+	sqlite3_stmt **v = (sqlite3_stmt **)&c->w;
+	for (size_t i = 0; i < sizeof(c->w) / sizeof(*v); i++) {
+		sqlite3_finalize(v[i]);
+		v[i] = NULL;
+	}
+}
+
+static int prepare_writer(struct cache *c)
+{
+	struct wstmts *w = &c->w;
+	sqlite3 *db = c->wdb;
+	int rc;
+#define P(field, sql)                                                                              \
+	do {                                                                                       \
+		if ((rc = prepare(db, sql, &w->field)) != SQLITE_OK)                               \
+			return rc;                                                                 \
+	} while (0)
+	P(begin, "BEGIN IMMEDIATE");
+	P(commit, "COMMIT");
+	P(rollback, "ROLLBACK");
+	P(state_get, "SELECT bytes, clock FROM state WHERE k = 0");
+	P(state_set, "UPDATE state SET bytes = ?1, clock = ?2 WHERE k = 0");
+	P(find, "SELECT id, len FROM idx WHERE key = ?1");
+	P(touch, "UPDATE idx SET atime = ?2 WHERE key = ?1");
+	P(oldest, "SELECT key, id, len FROM idx ORDER BY atime LIMIT 1");
+	P(del_block, "DELETE FROM blocks WHERE id = ?1");
+	P(del_idx, "DELETE FROM idx WHERE key = ?1");
+	P(ins_block, "INSERT INTO blocks(data) VALUES(?1)");
+	P(ins_idx, "INSERT INTO idx(key, id, len, atime) VALUES(?1, ?2, ?3, ?4)");
+	P(freelist, "PRAGMA freelist_count");
+	P(sum, "SELECT coalesce(sum(len), 0), coalesce(max(atime), 0) FROM idx");
+	P(meta_put, "INSERT OR REPLACE INTO meta(name, data) VALUES(?1, ?2)");
+#undef P
+	return SQLITE_OK;
+}
+
+/* Read bytes and clock, cross-checked against idx (one small row per block,
+ * so this is cheap even for a large cache).  An SQLite code. */
+static int load_state(struct cache *c)
+{
+	uint64_t bytes = 0, sum = 0, clock = 0, maxatime = 0;
+	int rc = sqlite3_step(c->w.state_get);
+	if (rc == SQLITE_ROW) {
+		bytes = (uint64_t)sqlite3_column_int64(c->w.state_get, 0);
+		clock = (uint64_t)sqlite3_column_int64(c->w.state_get, 1);
+		rc = SQLITE_OK;
+	} else if (rc == SQLITE_DONE) {
+		rc = SQLITE_CORRUPT; /* the state row is gone */
+	}
+	sqlite3_reset(c->w.state_get);
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = sqlite3_step(c->w.sum);
+	if (rc == SQLITE_ROW) {
+		sum = (uint64_t)sqlite3_column_int64(c->w.sum, 0);
+		maxatime = (uint64_t)sqlite3_column_int64(c->w.sum, 1);
+		rc = SQLITE_OK;
+	}
+	sqlite3_reset(c->w.sum);
+	if (rc != SQLITE_OK)
+		return rc;
+	if (sum != bytes || maxatime > clock) {
+		log_warn("block cache %s: state said %llu bytes, the index holds %llu; fixed",
+		         c->path, (unsigned long long)bytes, (unsigned long long)sum);
+		sqlite3_bind_int64(c->w.state_set, 1, (sqlite3_int64)sum);
+		sqlite3_bind_int64(c->w.state_set, 2,
+		                   (sqlite3_int64)(maxatime > clock ? maxatime : clock));
+		rc = step_done(c->w.state_set);
+		if (rc != SQLITE_OK)
+			return rc;
+		bytes = sum;
+	}
+	c->bytes = bytes;
+	return SQLITE_OK;
+}
+
+/* Open the writer connection and check the file.  0 ok; 1 the file is not
+ * a usable cache (move it aside); -1 another error (e set). */
+static int try_open(struct cache *c, struct err *e)
+{
+	long long appid, version, ntables;
+	int rc, fd;
+	char sql[160];
+
+	/* Create the file ourselves so it is 0600 whatever the umask. */
+	fd = open(c->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return err_errno(e, "opening block cache %s", c->path);
+	close(fd);
+
+	rc = open_conn(c->path, WRITER_CACHE_KIB, &c->wdb);
+	if (rc != SQLITE_OK) {
+		if (is_corruption(rc))
+			return 1;
+		return db_err(e, NULL, rc, "opening the database");
+	}
+	appid = pragma_int(c->wdb, "PRAGMA application_id", &rc);
+	if (rc != SQLITE_OK)
+		goto fail;
+	version = pragma_int(c->wdb, "PRAGMA user_version", &rc);
+	if (rc != SQLITE_OK)
+		goto fail;
+	ntables = pragma_int(c->wdb, "SELECT count(*) FROM sqlite_schema", &rc);
+	if (rc != SQLITE_OK)
+		goto fail;
+	if (appid == 0 && version == 0 && ntables == 0) {
+		rc = init_schema(c->wdb);
+		if (rc != SQLITE_OK)
+			goto fail;
+	} else if (appid != CACHE_APP_ID || version != CACHE_SCHEMA_VERSION) {
+		log_warn("block cache %s: not an imgstore cache of schema %d (application_id %lld, "
+		         "version %lld)",
+		         c->path, CACHE_SCHEMA_VERSION, appid, version);
+		return 1;
+	}
+	/* Per-connection settings.  secure_delete is on in Debian's build: it
+	 * would overwrite every evicted block with zeros, doubling the writes. */
+	snprintf(sql, sizeof(sql),
+	         "PRAGMA journal_mode=WAL; PRAGMA secure_delete=OFF; PRAGMA journal_size_limit=%u;",
+	         c->wal_pages * CACHE_PAGE_SIZE);
+	rc = exec(c->wdb, sql);
+	if (rc != SQLITE_OK)
+		goto fail;
+	sqlite3_wal_autocheckpoint(c->wdb, (int)c->wal_pages);
+	rc = prepare_writer(c);
+	if (rc != SQLITE_OK)
+		goto fail;
+	rc = load_state(c);
+	if (rc != SQLITE_OK)
+		goto fail;
+	return 0;
+fail:
+	if (is_corruption(rc) || (rc & 0xff) == SQLITE_ERROR) {
+		/* SQLITE_ERROR here: a table or column of the schema is missing. */
+		log_warn("block cache %s: %s", c->path, sqlite3_errmsg(c->wdb));
+		return 1;
+	}
+	return db_err(e, c->wdb, rc, "opening the database");
+}
+
+static void close_writer_conn(struct cache *c)
+{
+	finalize_writer(c);
+	sqlite3_close(c->wdb);
+	c->wdb = NULL;
+}
+
+static void move_aside(struct cache *c, const char *why)
+{
+	static const char *const sfx[] = {"", "-wal"};
+	char stamp[32], from[PATH_MAX], to[PATH_MAX];
+	time_format_rfc3339(time(NULL), stamp);
+	for (size_t i = 0; i < 2; i++) {
+		snprintf(from, sizeof(from), "%s%s", c->path, sfx[i]);
+		snprintf(to, sizeof(to), "%s/" CACHE_CORRUPT_TAG "-%s%s", c->dir, stamp, sfx[i]);
+		if (rename(from, to) && errno != ENOENT)
+			log_warn("block cache: cannot move %s aside: %s", from, strerror(errno));
+	}
+	snprintf(from, sizeof(from), "%s-shm", c->path);
+	unlink(from);
+	unlink(c->marker);
+	log_warn("block cache %s %s: moved it to %s/" CACHE_CORRUPT_TAG "-%s and started a fresh "
+	         "cache",
+	         c->path, why, c->dir, stamp);
+}
+
+/* ---- read connection pool ---- */
+
+static void rconn_free(struct rconn *r)
+{
+	if (!r)
+		return;
+	sqlite3_finalize(r->lookup);
+	sqlite3_finalize(r->meta_get);
+	sqlite3_close(r->db);
+	free(r);
+}
+
+static struct rconn *rconn_open(struct cache *c, struct err *e)
+{
+	struct rconn *r = calloc(1, sizeof(*r));
+	int rc;
+	if (!r) {
+		err_set(e, ERR_IO, "out of memory");
+		return NULL;
+	}
+	rc = open_conn(c->path, READER_CACHE_KIB, &r->db);
+	if (rc == SQLITE_OK)
+		rc = exec(r->db, "PRAGMA query_only=1");
+	if (rc == SQLITE_OK)
+		rc = prepare(r->db, "SELECT id, len FROM idx WHERE key = ?1", &r->lookup);
+	if (rc == SQLITE_OK)
+		rc = prepare(r->db, "SELECT data FROM meta WHERE name = ?1", &r->meta_get);
+	if (rc != SQLITE_OK) {
+		db_err(e, r->db, rc, "opening a read connection");
+		if (is_corruption(rc))
+			mark_corrupt(c, rc);
+		rconn_free(r);
+		return NULL;
+	}
+	return r;
+}
+
+static struct rconn *conn_get(struct cache *c, struct err *e)
+{
+	struct rconn *r;
+	pthread_mutex_lock(&c->pool_mu);
+	while (!c->pool && c->nconns >= POOL_MAX)
+		pthread_cond_wait(&c->pool_cv, &c->pool_mu);
+	if ((r = c->pool)) {
+		c->pool = r->next;
+		pthread_mutex_unlock(&c->pool_mu);
+		return r;
+	}
+	c->nconns++;
+	pthread_mutex_unlock(&c->pool_mu);
+	r = rconn_open(c, e);
+	if (!r) {
+		pthread_mutex_lock(&c->pool_mu);
+		c->nconns--;
+		pthread_cond_signal(&c->pool_cv);
+		pthread_mutex_unlock(&c->pool_mu);
+	}
+	return r;
+}
+
+static void conn_put(struct cache *c, struct rconn *r)
+{
+	pthread_mutex_lock(&c->pool_mu);
+	r->next = c->pool;
+	c->pool = r;
+	pthread_cond_signal(&c->pool_cv);
+	pthread_mutex_unlock(&c->pool_mu);
+}
+
+/* ---- writer thread ---- */
+
+struct batch {
+	struct qent *head;
+	size_t n;
+	unsigned char (*touch)[CACHE_KEY_LEN];
+	size_t ntouch;
+	unsigned char del[DELETE_MAX][CACHE_KEY_LEN];
+	size_t ndel;
+	/* results, applied after a successful commit */
+	uint64_t bytes, inserts, evictions, dropped;
+};
+
+/* Delete the row of key (id and len known). */
+static int delete_row(struct cache *c, const void *key, sqlite3_int64 id)
+{
+	int rc;
+	sqlite3_bind_int64(c->w.del_block, 1, id);
+	rc = step_done(c->w.del_block);
+	if (rc != SQLITE_OK)
+		return rc;
+	sqlite3_bind_blob(c->w.del_idx, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
+	return step_done(c->w.del_idx);
+}
+
+/* Evict least recently used rows until bytes + need <= limit. */
+static int evict(struct cache *c, struct batch *b, uint64_t need)
+{
+	while (b->bytes + need > c->limit && b->bytes > 0) {
+		unsigned char key[CACHE_KEY_LEN];
+		sqlite3_int64 id, len;
+		int rc = sqlite3_step(c->w.oldest);
+		if (rc != SQLITE_ROW) {
+			sqlite3_reset(c->w.oldest);
+			if (rc != SQLITE_DONE)
+				return rc;
+			/* Nothing left to evict: the count was off. */
+			log_warn("block cache: %llu bytes accounted but no rows left",
+			         (unsigned long long)b->bytes);
+			b->bytes = 0;
+			break;
+		}
+		if (sqlite3_column_bytes(c->w.oldest, 0) != CACHE_KEY_LEN) {
+			sqlite3_reset(c->w.oldest);
+			return SQLITE_CORRUPT;
+		}
+		memcpy(key, sqlite3_column_blob(c->w.oldest, 0), CACHE_KEY_LEN);
+		id = sqlite3_column_int64(c->w.oldest, 1);
+		len = sqlite3_column_int64(c->w.oldest, 2);
+		sqlite3_reset(c->w.oldest);
+		rc = delete_row(c, key, id);
+		if (rc != SQLITE_OK)
+			return rc;
+		b->bytes = b->bytes > (uint64_t)len ? b->bytes - (uint64_t)len : 0;
+		b->evictions++;
+	}
+	return SQLITE_OK;
+}
+
+/* 1 found (id, len), 0 not, or an SQLite error code < 0 (negated). */
+static int find(struct cache *c, const void *key, sqlite3_int64 *id, sqlite3_int64 *len)
+{
+	int rc;
+	sqlite3_bind_blob(c->w.find, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
+	rc = sqlite3_step(c->w.find);
+	if (rc == SQLITE_ROW) {
+		*id = sqlite3_column_int64(c->w.find, 0);
+		*len = sqlite3_column_int64(c->w.find, 1);
+		rc = 1;
+	} else {
+		rc = rc == SQLITE_DONE ? 0 : -rc;
+	}
+	sqlite3_reset(c->w.find);
+	return rc;
+}
+
+static int touch_key(struct cache *c, const void *key, uint64_t clock)
+{
+	sqlite3_bind_blob(c->w.touch, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
+	sqlite3_bind_int64(c->w.touch, 2, (sqlite3_int64)clock);
+	return step_done(c->w.touch);
+}
+
+/* Free pages beyond what the next batch will reuse go back to the file
+ * system (auto_vacuum=INCREMENTAL), so that a lowered limit or deleted rows
+ * shrink the file. */
+static int maybe_vacuum(struct cache *c)
+{
+	long long keep = (long long)(c->batch_bytes / CACHE_PAGE_SIZE) + 16, nfree;
+	long long slack = (long long)(c->limit / 16 / CACHE_PAGE_SIZE);
+	char sql[64];
+	int rc = sqlite3_step(c->w.freelist);
+	nfree = rc == SQLITE_ROW ? sqlite3_column_int64(c->w.freelist, 0) : 0;
+	sqlite3_reset(c->w.freelist);
+	if (rc != SQLITE_ROW)
+		return rc;
+	if (nfree <= keep + (slack > 16 ? slack : 16))
+		return SQLITE_OK;
+	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%lld)", nfree - keep);
+	return exec(c->wdb, sql);
+}
+
+static int run_batch(struct cache *c, struct batch *b)
+{
+	uint64_t clock;
+	sqlite3_int64 id = 0, len = 0;
+	int rc, f;
+
+	rc = step_done(c->w.begin);
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = sqlite3_step(c->w.state_get);
+	if (rc != SQLITE_ROW) {
+		sqlite3_reset(c->w.state_get);
+		rc = rc == SQLITE_DONE ? SQLITE_CORRUPT : rc;
+		goto fail;
+	}
+	b->bytes = (uint64_t)sqlite3_column_int64(c->w.state_get, 0);
+	clock = (uint64_t)sqlite3_column_int64(c->w.state_get, 1);
+	sqlite3_reset(c->w.state_get);
+
+	for (size_t i = 0; i < b->ndel; i++) {
+		f = find(c, b->del[i], &id, &len);
+		if (f < 0) {
+			rc = -f;
+			goto fail;
+		}
+		if (f == 1) {
+			if ((rc = delete_row(c, b->del[i], id)) != SQLITE_OK)
+				goto fail;
+			b->bytes = b->bytes > (uint64_t)len ? b->bytes - (uint64_t)len : 0;
+		}
+	}
+	for (size_t i = 0; i < b->ntouch; i++)
+		if ((rc = touch_key(c, b->touch[i], ++clock)) != SQLITE_OK)
+			goto fail;
+	for (struct qent *q = b->head; q; q = q->next) {
+		f = find(c, q->key, &id, &len);
+		if (f < 0) {
+			rc = -f;
+			goto fail;
+		}
+		if (f == 1) { /* already cached (another reader got it too) */
+			if ((rc = touch_key(c, q->key, ++clock)) != SQLITE_OK)
+				goto fail;
+			continue;
+		}
+		if (q->len > c->limit) {
+			b->dropped++;
+			continue;
+		}
+		if ((rc = evict(c, b, q->len)) != SQLITE_OK)
+			goto fail;
+		sqlite3_bind_blob64(c->w.ins_block, 1, q->data, q->len, SQLITE_STATIC);
+		if ((rc = step_done(c->w.ins_block)) != SQLITE_OK)
+			goto fail;
+		id = sqlite3_last_insert_rowid(c->wdb);
+		sqlite3_bind_blob(c->w.ins_idx, 1, q->key, CACHE_KEY_LEN, SQLITE_STATIC);
+		sqlite3_bind_int64(c->w.ins_idx, 2, id);
+		sqlite3_bind_int64(c->w.ins_idx, 3, (sqlite3_int64)q->len);
+		sqlite3_bind_int64(c->w.ins_idx, 4, (sqlite3_int64)++clock);
+		if ((rc = step_done(c->w.ins_idx)) != SQLITE_OK)
+			goto fail;
+		b->bytes += q->len;
+		b->inserts++;
+	}
+	/* The limit may have been lowered since the last run. */
+	if ((rc = evict(c, b, 0)) != SQLITE_OK)
+		goto fail;
+	if ((rc = maybe_vacuum(c)) != SQLITE_OK)
+		goto fail;
+	sqlite3_bind_int64(c->w.state_set, 1, (sqlite3_int64)b->bytes);
+	sqlite3_bind_int64(c->w.state_set, 2, (sqlite3_int64)clock);
+	if ((rc = step_done(c->w.state_set)) != SQLITE_OK)
+		goto fail;
+	if ((rc = step_done(c->w.commit)) != SQLITE_OK)
+		goto fail;
+	return SQLITE_OK;
+fail:
+	step_done(c->w.rollback);
+	return rc;
+}
+
+static void checkpoint(struct cache *c, int mode)
+{
+	int rc = sqlite3_wal_checkpoint_v2(c->wdb, NULL, mode, NULL, NULL);
+	if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
+		log_debug("block cache: checkpoint: %s", sqlite3_errmsg(c->wdb));
+}
+
+/* Writer thread: run the queued meta writes, each its own transaction. */
+static void run_meta(struct cache *c, struct meta_req *list)
+{
+	for (struct meta_req *r = list; r; r = r->next) {
+		sqlite3_bind_text(c->w.meta_put, 1, r->name, -1, SQLITE_STATIC);
+		sqlite3_bind_blob64(c->w.meta_put, 2, r->data, r->len, SQLITE_STATIC);
+		r->rc = step_done(c->w.meta_put);
+		sqlite3_clear_bindings(c->w.meta_put);
+		if (r->rc != SQLITE_OK) {
+			snprintf(r->msg, sizeof(r->msg), "%s (SQLite %d)", sqlite3_errmsg(c->wdb),
+			         r->rc);
+			if (is_corruption(r->rc))
+				mark_corrupt(c, r->rc);
+		}
+	}
+}
+
+static void apply_test_knobs(struct cache *c)
+{
+	char sql[64];
+	unsigned want = c->test_max_pages;
+	if (want == c->applied_max_pages)
+		return;
+	snprintf(sql, sizeof(sql), "PRAGMA max_page_count=%u", want ? want : 1073741823u);
+	exec(c->wdb, sql);
+	c->applied_max_pages = want;
+}
+
+/* Take the next batch off the queue (mu held). */
+static void take_batch(struct cache *c, struct batch *b)
+{
+	size_t bytes = 0;
+	struct qent **tail = &b->head;
+	while (c->qhead && b->n < BATCH_MAX_BLOCKS && (bytes < c->batch_bytes || !b->n)) {
+		struct qent *q = c->qhead;
+		c->qhead = q->next;
+		q->next = NULL;
+		*tail = q;
+		tail = &q->next;
+		bytes += q->len;
+		b->n++;
+	}
+	if (!c->qhead)
+		c->qtail = NULL;
+	/* Swap the hit buffer with the spare: readers keep appending. */
+	b->touch = c->touch;
+	b->ntouch = c->ntouch;
+	c->touch = c->touch_spare;
+	c->touch_spare = b->touch;
+	c->ntouch = 0;
+	memcpy(b->del, c->del, c->ndel * CACHE_KEY_LEN);
+	b->ndel = c->ndel;
+	c->ndel = 0;
+}
+
+static int has_work(struct cache *c)
+{
+	return c->qhead || c->ntouch || c->ndel || c->need_evict || c->meta_head ||
+	       c->flush_done != c->flush_gen;
+}
+
+static void *writer_main(void *arg)
+{
+	struct cache *c = arg;
+	int dirty = 0; /* committed since the last checkpoint */
+	struct timespec ts;
+
+	pthread_mutex_lock(&c->mu);
+	for (;;) {
+		struct batch b;
+		struct qent *skipped;
+		uint64_t touch_target, put_target;
+		double now;
+		struct meta_req *meta;
+		int rc, ran, evict_only;
+
+		while (!c->stop && !has_work(c)) {
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			ts.tv_sec += (time_t)IDLE_CHECKPOINT_S;
+			if (pthread_cond_timedwait(&c->wake, &c->mu, &ts) == ETIMEDOUT && dirty &&
+			    !has_work(c)) {
+				/* Idle: move the WAL into the main file, where
+				 * blob reads bypass the page cache. */
+				pthread_mutex_unlock(&c->mu);
+				checkpoint(c, SQLITE_CHECKPOINT_PASSIVE);
+				dirty = 0;
+				pthread_mutex_lock(&c->mu);
+			}
+		}
+		if (c->stop && !has_work(c))
+			break;
+
+		memset(&b, 0, sizeof(b));
+		take_batch(c, &b);
+		put_target = c->done_seq + b.n;
+		touch_target = c->touch_seq;
+		now = time_mono();
+		skipped = NULL;
+		if (now < c->degraded_until || atomic_load(&c->corrupt)) {
+			/* Disk full or damaged: do not even try. */
+			skipped = b.head;
+			b.head = NULL;
+			b.dropped = b.n;
+			b.ntouch = 0;
+		}
+		evict_only = c->need_evict;
+		c->need_evict = 0;
+		meta = c->meta_head;
+		c->meta_head = NULL;
+		apply_test_knobs(c);
+		pthread_mutex_unlock(&c->mu);
+
+		if (meta) {
+			run_meta(c, meta);
+			dirty = 1;
+		}
+
+		rc = SQLITE_OK;
+		ran = b.head || b.ntouch || b.ndel || evict_only;
+		if (ran) {
+			rc = run_batch(c, &b);
+			if (rc == SQLITE_OK) {
+				dirty = 1;
+				if (b.head && atomic_exchange(&c->full_logged, 0))
+					log_info("block cache %s: caching again", c->path);
+			}
+		}
+
+		pthread_mutex_lock(&c->mu);
+		if (rc == SQLITE_OK) {
+			if (ran)
+				c->bytes = b.bytes;
+			atomic_fetch_add(&c->inserts, b.inserts);
+			atomic_fetch_add(&c->evictions, b.evictions);
+			atomic_fetch_add(&c->dropped, b.dropped);
+		} else {
+			atomic_fetch_add(&c->dropped, b.n);
+			if (is_disk_full(rc)) {
+				c->degraded_until = time_mono() + c->full_backoff;
+				if (!atomic_exchange(&c->full_logged, 1))
+					log_warn("block cache %s: disk full (%s): not caching for "
+					         "%g s; reads are not affected",
+					         c->path, sqlite3_errstr(rc), c->full_backoff);
+			} else if (is_corruption(rc)) {
+				mark_corrupt(c, rc);
+			} else {
+				c->degraded_until = time_mono() + ERROR_BACKOFF_S;
+				if (c->degraded_until > c->next_err_log) {
+					c->next_err_log = c->degraded_until + 60;
+					log_warn("block cache %s: write failed: %s; retrying in "
+					         "%g s",
+					         c->path, sqlite3_errstr(rc), ERROR_BACKOFF_S);
+				}
+			}
+		}
+		for (int k = 0; k < 2; k++) {
+			for (struct qent *q = k ? skipped : b.head, *next; q; q = next) {
+				next = q->next;
+				c->qbytes -= q->len;
+				free(q);
+			}
+		}
+		for (struct meta_req *r = meta; r; r = r->next)
+			r->done = 1;
+		c->done_seq = put_target;
+		if (touch_target > c->touch_done)
+			c->touch_done = touch_target;
+		if (c->flush_done != c->flush_gen && c->done_seq >= c->flush_put_target &&
+		    c->touch_done >= c->flush_touch_target && !c->ndel) {
+			uint64_t gen = c->flush_gen;
+			pthread_mutex_unlock(&c->mu);
+			if (dirty)
+				checkpoint(c, SQLITE_CHECKPOINT_PASSIVE);
+			dirty = 0;
+			pthread_mutex_lock(&c->mu);
+			c->flush_done = gen;
+		}
+		pthread_cond_broadcast(&c->done);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return NULL;
+}
+
+/* ---- public API ---- */
+
+static void cache_free(struct cache *c)
+{
+	struct rconn *r, *next;
+	if (!c)
+		return;
+	for (r = c->pool; r; r = next) {
+		next = r->next;
+		rconn_free(r);
+	}
+	if (c->wdb) {
+		checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
+		close_writer_conn(c);
+	}
+	for (struct qent *q = c->qhead, *n; q; q = n) {
+		n = q->next;
+		free(q);
+	}
+	free(c->touch);
+	free(c->touch_spare);
+	free(c->del);
+	free(c->dir);
+	free(c->path);
+	free(c->marker);
+	pthread_mutex_destroy(&c->mu);
+	pthread_cond_destroy(&c->wake);
+	pthread_cond_destroy(&c->done);
+	pthread_mutex_destroy(&c->pool_mu);
+	pthread_cond_destroy(&c->pool_cv);
+	free(c);
+}
+
+int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
+{
+	struct cache *c;
+	pthread_condattr_t ca;
+	struct rconn *r;
+	uint64_t wal;
+	int rc;
+
+	*out = NULL;
+	if (!o->dir || !*o->dir)
+		return err_set(e, ERR_USAGE, "block cache: no cache directory given");
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return err_set(e, ERR_IO, "out of memory");
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->wake, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&c->done, NULL);
+	pthread_mutex_init(&c->pool_mu, NULL);
+	pthread_cond_init(&c->pool_cv, NULL);
+	c->limit = o->limit_bytes;
+	c->full_backoff = FULL_BACKOFF_S;
+	/* Small limits get small transactions and WAL so that db + WAL stays
+	 * near the limit; large ones get 16 MiB batches and a 64 MiB WAL. */
+	c->batch_bytes = c->limit / 4;
+	if (c->batch_bytes < (1u << 20))
+		c->batch_bytes = 1u << 20;
+	if (c->batch_bytes > BATCH_MAX_BYTES)
+		c->batch_bytes = BATCH_MAX_BYTES;
+	wal = c->limit / 2;
+	if (wal < (4u << 20))
+		wal = 4u << 20;
+	if (wal > (64u << 20))
+		wal = 64u << 20;
+	c->wal_pages = (unsigned)(wal / CACHE_PAGE_SIZE);
+	c->dir = strdup(o->dir);
+	c->path = path_join(o->dir, CACHE_DB_NAME);
+	c->marker = path_join(o->dir, CACHE_CORRUPT_TAG);
+	c->touch = malloc(TOUCH_MAX * CACHE_KEY_LEN);
+	c->touch_spare = malloc(TOUCH_MAX * CACHE_KEY_LEN);
+	c->del = malloc(DELETE_MAX * CACHE_KEY_LEN);
+	if (!c->dir || !c->path || !c->marker || !c->touch || !c->touch_spare || !c->del) {
+		err_set(e, ERR_IO, "out of memory");
+		goto fail;
+	}
+	if (mkdir_p(o->dir, e))
+		goto fail;
+
+	if (access(c->marker, F_OK) == 0)
+		move_aside(c, "was found damaged during the last run");
+	rc = try_open(c, e);
+	if (rc == 1) {
+		close_writer_conn(c);
+		move_aside(c, "is not a usable cache database");
+		rc = try_open(c, e);
+		if (rc == 1)
+			err_set(e, ERR_IO, "block cache %s: cannot create a fresh database",
+			        c->path);
+	}
+	if (rc)
+		goto fail;
+
+	/* One read connection up front: it proves the readers can open. */
+	if (!(r = rconn_open(c, e)))
+		goto fail;
+	c->pool = r;
+	c->nconns = 1;
+
+	if (pthread_create(&c->writer, NULL, writer_main, c)) {
+		err_set(e, ERR_IO, "block cache: cannot start the writer thread");
+		goto fail;
+	}
+	c->writer_started = 1;
+	if (c->bytes > c->limit) {
+		pthread_mutex_lock(&c->mu);
+		c->need_evict = 1;
+		pthread_cond_signal(&c->wake);
+		pthread_mutex_unlock(&c->mu);
+	}
+	log_debug("block cache %s: %llu of %llu bytes used", c->path, (unsigned long long)c->bytes,
+	          (unsigned long long)c->limit);
+	*out = c;
+	return 0;
+fail:
+	err_prefix(e, "opening block cache in %s", o->dir);
+	cache_free(c);
+	return -1;
+}
+
+void cache_close(struct cache *c)
+{
+	if (!c)
+		return;
+	if (c->writer_started) {
+		pthread_mutex_lock(&c->mu);
+		c->stop = 1;
+		pthread_cond_signal(&c->wake);
+		pthread_mutex_unlock(&c->mu);
+		pthread_join(c->writer, NULL);
+	}
+	cache_free(c);
+}
+
+/* Record a hit for the LRU (applied by the writer in its next batch). */
+static void record_touch(struct cache *c, const unsigned char *key)
+{
+	pthread_mutex_lock(&c->mu);
+	/* A block read over and over (a qcow2 header) is recorded once. */
+	if (c->ntouch && !memcmp(c->touch[c->ntouch - 1], key, CACHE_KEY_LEN)) {
+		c->touch_seq++;
+	} else if (c->ntouch < TOUCH_MAX) {
+		memcpy(c->touch[c->ntouch++], key, CACHE_KEY_LEN);
+		c->touch_seq++;
+		if (c->ntouch == TOUCH_MAX / 2)
+			pthread_cond_signal(&c->wake);
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void queue_delete(struct cache *c, const unsigned char *key)
+{
+	pthread_mutex_lock(&c->mu);
+	if (c->ndel < DELETE_MAX) {
+		memcpy(c->del[c->ndel++], key, CACHE_KEY_LEN);
+		pthread_cond_signal(&c->wake);
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+int cache_get(struct cache *c, const unsigned char key[CACHE_KEY_LEN], void *buf, size_t len,
+              struct err *e)
+{
+	struct rconn *r;
+	sqlite3_blob *blob = NULL;
+	sqlite3_int64 id, stored;
+	int rc, ret = -1, drop = 0;
+
+	if (atomic_load(&c->corrupt) || !len || len > INT_MAX) {
+		atomic_fetch_add(&c->misses, 1);
+		return 0;
+	}
+	if (!(r = conn_get(c, e))) {
+		atomic_fetch_add(&c->misses, 1);
+		return -1;
+	}
+	sqlite3_bind_blob(r->lookup, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
+	rc = sqlite3_step(r->lookup);
+	if (rc == SQLITE_DONE) {
+		ret = 0;
+		goto out;
+	}
+	if (rc != SQLITE_ROW) {
+		db_err(e, r->db, rc, "looking up a block");
+		goto out;
+	}
+	id = sqlite3_column_int64(r->lookup, 0);
+	stored = sqlite3_column_int64(r->lookup, 1);
+	if (stored != (sqlite3_int64)len) {
+		ret = 0;
+		drop = 1;
+		goto out;
+	}
+	/* The lookup statement is still active: same snapshot. */
+	rc = sqlite3_blob_open(r->db, "main", "blocks", "data", id, 0, &blob);
+	if (rc == SQLITE_ERROR) { /* no such row: idx and blocks disagree */
+		ret = 0;
+		drop = 1;
+		goto out;
+	}
+	if (rc != SQLITE_OK) {
+		db_err(e, r->db, rc, "opening a block");
+		goto out;
+	}
+	if ((size_t)sqlite3_blob_bytes(blob) != len) {
+		ret = 0;
+		drop = 1;
+		goto out;
+	}
+	rc = sqlite3_blob_read(blob, buf, (int)len, 0);
+	if (rc != SQLITE_OK) {
+		db_err(e, r->db, rc, "reading a block");
+		goto out;
+	}
+	ret = 1;
+out:
+	if (rc != SQLITE_OK && rc != SQLITE_ROW && rc != SQLITE_DONE && is_corruption(rc))
+		mark_corrupt(c, rc);
+	sqlite3_blob_close(blob);
+	sqlite3_reset(r->lookup);
+	conn_put(c, r);
+	if (drop) {
+		log_debug("block cache: stored block has the wrong length; dropping it");
+		queue_delete(c, key);
+	}
+	if (ret == 1) {
+		atomic_fetch_add(&c->hits, 1);
+		record_touch(c, key);
+	} else {
+		atomic_fetch_add(&c->misses, 1);
+	}
+	return ret;
+}
+
+int cache_has(struct cache *c, const unsigned char key[CACHE_KEY_LEN])
+{
+	struct rconn *r;
+	int rc;
+	if (atomic_load(&c->corrupt) || !(r = conn_get(c, NULL)))
+		return 0;
+	sqlite3_bind_blob(r->lookup, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
+	rc = sqlite3_step(r->lookup);
+	sqlite3_reset(r->lookup);
+	conn_put(c, r);
+	return rc == SQLITE_ROW;
+}
+
+void cache_put(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const void *data,
+               size_t len)
+{
+	struct qent *q;
+	int ok;
+
+	pthread_mutex_lock(&c->mu);
+	ok = len && len <= INT_MAX && len <= c->limit && !c->stop && !atomic_load(&c->corrupt) &&
+	     c->qbytes + len <= QUEUE_MAX_BYTES &&
+	     (c->degraded_until == 0 || time_mono() >= c->degraded_until);
+	if (ok)
+		c->qbytes += len; /* reserve, then copy without the lock */
+	pthread_mutex_unlock(&c->mu);
+	if (!ok) {
+		atomic_fetch_add(&c->dropped, 1);
+		return;
+	}
+	q = malloc(sizeof(*q) + len);
+	if (!q) {
+		pthread_mutex_lock(&c->mu);
+		c->qbytes -= len;
+		pthread_mutex_unlock(&c->mu);
+		atomic_fetch_add(&c->dropped, 1);
+		return;
+	}
+	memcpy(q->key, key, CACHE_KEY_LEN);
+	q->len = len;
+	q->next = NULL;
+	memcpy(q->data, data, len);
+	pthread_mutex_lock(&c->mu);
+	if (c->qtail)
+		c->qtail->next = q;
+	else
+		c->qhead = q;
+	c->qtail = q;
+	c->put_seq++;
+	pthread_cond_signal(&c->wake);
+	pthread_mutex_unlock(&c->mu);
+}
+
+void cache_flush(struct cache *c)
+{
+	uint64_t gen;
+	pthread_mutex_lock(&c->mu);
+	if (!c->writer_started || c->stop) {
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
+	gen = ++c->flush_gen;
+	c->flush_put_target = c->put_seq;
+	c->flush_touch_target = c->touch_seq;
+	pthread_cond_signal(&c->wake);
+	while (c->flush_done < gen)
+		pthread_cond_wait(&c->done, &c->mu);
+	pthread_mutex_unlock(&c->mu);
+}
+
+int cache_meta_put(struct cache *c, const char *name, const void *data, size_t len, struct err *e)
+{
+	struct meta_req req = {.name = name, .data = len ? data : "", .len = len};
+	struct meta_req **tail;
+	if (len > INT_MAX)
+		return err_set(e, ERR_INVALID, "block cache: metadata %s is too large", name);
+	pthread_mutex_lock(&c->mu);
+	if (!c->writer_started || c->stop) {
+		pthread_mutex_unlock(&c->mu);
+		return err_set(e, ERR_IO, "block cache: closed");
+	}
+	for (tail = &c->meta_head; *tail; tail = &(*tail)->next)
+		;
+	*tail = &req;
+	pthread_cond_signal(&c->wake);
+	while (!req.done)
+		pthread_cond_wait(&c->done, &c->mu);
+	pthread_mutex_unlock(&c->mu);
+	if (req.rc == SQLITE_OK)
+		return 0;
+	return err_set(e, ERR_IO, "block cache: caching %s: %s", name, req.msg);
+}
+
+int cache_meta_get(struct cache *c, const char *name, char **data, size_t *len, struct err *e)
+{
+	struct rconn *r;
+	int rc, ret = -1;
+	*data = NULL;
+	*len = 0;
+	if (!(r = conn_get(c, e)))
+		return -1;
+	sqlite3_bind_text(r->meta_get, 1, name, -1, SQLITE_STATIC);
+	rc = sqlite3_step(r->meta_get);
+	if (rc == SQLITE_ROW) {
+		const void *p = sqlite3_column_blob(r->meta_get, 0);
+		size_t n = (size_t)sqlite3_column_bytes(r->meta_get, 0);
+		char *copy = malloc(n + 1);
+		if (!copy) {
+			err_set(e, ERR_IO, "out of memory");
+		} else {
+			if (n)
+				memcpy(copy, p, n);
+			copy[n] = '\0';
+			*data = copy;
+			*len = n;
+			ret = 1;
+		}
+	} else if (rc == SQLITE_DONE) {
+		ret = 0;
+	} else {
+		db_err(e, r->db, rc, "reading metadata");
+		err_prefix(e, "reading cached %s", name);
+		if (is_corruption(rc))
+			mark_corrupt(c, rc);
+	}
+	sqlite3_reset(r->meta_get);
+	conn_put(c, r);
+	return ret;
+}
+
+void cache_key_unverified(const char *etag, uint64_t block_index, unsigned char key[CACHE_KEY_LEN])
+{
+	/* Verified blocks are keyed by SHA-256(content).  Unverified keys use
+	 * a different function (SHA-512/256) over a domain-separated,
+	 * length-prefixed encoding: equal to a content key only if someone
+	 * finds a SHA-256 preimage of a SHA-512/256 output. */
+	static const char domain[] = "imgstore cache key v1: unverified block";
+	unsigned char hdr[8], idx[8], out[EVP_MAX_MD_SIZE];
+	uint64_t n = strlen(etag);
+	unsigned int outlen = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	for (int i = 0; i < 8; i++) {
+		hdr[i] = (unsigned char)(n >> (56 - 8 * i));
+		idx[i] = (unsigned char)(block_index >> (56 - 8 * i));
+	}
+	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha512_256(), NULL) ||
+	    !EVP_DigestUpdate(ctx, domain, sizeof(domain)) || !EVP_DigestUpdate(ctx, hdr, 8) ||
+	    !EVP_DigestUpdate(ctx, etag, n) || !EVP_DigestUpdate(ctx, idx, 8) ||
+	    !EVP_DigestFinal_ex(ctx, out, &outlen) || outlen != CACHE_KEY_LEN) {
+		/* Out of memory: an all-ones key, which cache_get() simply misses. */
+		memset(out, 0xff, CACHE_KEY_LEN);
+	}
+	EVP_MD_CTX_free(ctx);
+	memcpy(key, out, CACHE_KEY_LEN);
+}
+
+void cache_get_stats(struct cache *c, struct cache_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->hits = atomic_load(&c->hits);
+	out->misses = atomic_load(&c->misses);
+	out->inserts = atomic_load(&c->inserts);
+	out->evictions = atomic_load(&c->evictions);
+	out->dropped = atomic_load(&c->dropped);
+	out->limit_bytes = c->limit;
+	pthread_mutex_lock(&c->mu);
+	out->bytes = c->bytes;
+	pthread_mutex_unlock(&c->mu);
+}
+
+void cache_test_set_max_pages(struct cache *c, unsigned pages)
+{
+	pthread_mutex_lock(&c->mu);
+	c->test_max_pages = pages;
+	pthread_mutex_unlock(&c->mu);
+}
+
+void cache_test_set_full_backoff(struct cache *c, double seconds)
+{
+	pthread_mutex_lock(&c->mu);
+	c->full_backoff = seconds;
+	pthread_mutex_unlock(&c->mu);
+}

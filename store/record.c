@@ -151,7 +151,7 @@ static int parse_blocks(json_t *root, struct record *r, struct err *e)
 {
 	json_t *blocks, *hashes;
 	const char *alg;
-	uint64_t bs;
+	uint64_t bs = 0;
 	size_t n;
 
 	blocks = get_field(root, "blocks", "blocks", JSON_OBJECT, "expected an object", e);

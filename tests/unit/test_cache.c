@@ -1,0 +1,750 @@
+/* Unit tests for store/cache.c: the bounded SQLite block cache. */
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/timefmt.h"
+#include "store/cache.h"
+#include "store/cache_internal.h"
+#include "tests/unit/check.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KIB 1024u
+#define MIB (1024u * 1024u)
+
+static char tmproot[] = "/tmp/imgstore-test-cache-XXXXXX";
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+	(void)st;
+	(void)flag;
+	(void)f;
+	return remove(p);
+}
+
+static void rm_rf(const char *dir)
+{
+	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static char *new_dir(const char *name)
+{
+	static char path[512];
+	snprintf(path, sizeof(path), "%s/%s", tmproot, name);
+	rm_rf(path);
+	return path;
+}
+
+/* Block `i` of a deterministic family: its length and bytes. */
+static size_t block_len(uint64_t i, size_t base)
+{
+	/* mostly full blocks, some short tails */
+	return i % 7 == 3 ? 1 + (size_t)(i * 2654435761u % base) : base;
+}
+
+static void block_fill(uint64_t i, unsigned char *p, size_t n)
+{
+	uint64_t x = i * 0x9e3779b97f4a7c15ull + 1;
+	for (size_t k = 0; k < n; k++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[k] = (unsigned char)x;
+	}
+}
+
+/* Content address of the block. */
+static void block_key(const unsigned char *p, size_t n, unsigned char key[32])
+{
+	hash_sha256(p, n, key);
+}
+
+static size_t put_block(struct cache *c, uint64_t i, size_t base, unsigned char key[32])
+{
+	size_t n = block_len(i, base);
+	unsigned char *p = malloc(n);
+	block_fill(i, p, n);
+	block_key(p, n, key);
+	cache_put(c, key, p, n);
+	free(p);
+	return n;
+}
+
+/* 1 hit with the right bytes, 0 miss, -1 wrong bytes or error. */
+static int check_block(struct cache *c, uint64_t i, size_t base)
+{
+	size_t n = block_len(i, base);
+	unsigned char *want = malloc(n), *got = malloc(n), key[32], k2[32];
+	struct err e = {0};
+	int rc;
+	block_fill(i, want, n);
+	block_key(want, n, key);
+	rc = cache_get(c, key, got, n, &e);
+	if (rc == 1) {
+		block_key(got, n, k2);
+		if (memcmp(got, want, n) || memcmp(k2, key, 32))
+			rc = -1;
+	} else if (rc < 0) {
+		fprintf(stderr, "cache_get: %s\n", e.msg);
+	}
+	free(want);
+	free(got);
+	return rc;
+}
+
+static struct cache *open_cache(const char *dir, uint64_t limit)
+{
+	struct cache_opts o = {.dir = dir, .limit_bytes = limit};
+	struct cache *c = NULL;
+	struct err e = {0};
+	if (cache_open(&o, &c, &e)) {
+		fprintf(stderr, "cache_open %s: %s\n", dir, e.msg);
+		return NULL;
+	}
+	return c;
+}
+
+static uint64_t file_size(const char *dir, const char *name)
+{
+	char p[600];
+	struct stat st;
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	return stat(p, &st) ? 0 : (uint64_t)st.st_size;
+}
+
+static uint64_t db_plus_wal(const char *dir)
+{
+	return file_size(dir, "cache.db") + file_size(dir, "cache.db-wal");
+}
+
+static int count_prefix(const char *dir, const char *prefix)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	int n = 0;
+	if (!d)
+		return 0;
+	while ((de = readdir(d)))
+		n += !strncmp(de->d_name, prefix, strlen(prefix));
+	closedir(d);
+	return n;
+}
+
+static void test_round_trip(void)
+{
+	const char *dir = new_dir("basic");
+	struct cache *c = open_cache(dir, 64 * MIB);
+	struct cache_stats st;
+	struct stat sb;
+	unsigned char key[32], other[32] = {1}, buf[256 * KIB];
+	struct err e = {0};
+	uint64_t total = 0;
+
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	CHECK(stat(dir, &sb) == 0 && (sb.st_mode & 0777) == 0700);
+	for (uint64_t i = 0; i < 10; i++)
+		total += put_block(c, i, 256 * KIB, key);
+	cache_flush(c);
+	for (uint64_t i = 0; i < 10; i++)
+		CHECK(check_block(c, i, 256 * KIB) == 1);
+	CHECK(cache_get(c, other, buf, 100, &e) == 0);
+	CHECK(cache_has(c, other) == 0);
+	put_block(c, 0, 256 * KIB, key); /* a duplicate: stored once */
+	cache_flush(c);
+	CHECK(cache_has(c, key) == 1);
+	cache_get_stats(c, &st);
+	CHECK(st.hits == 10 && st.misses == 1);
+	CHECK(st.inserts == 10 && st.evictions == 0 && st.dropped == 0);
+	CHECK(st.bytes == total);
+	CHECK(st.limit_bytes == 64 * MIB);
+
+	/* A length mismatch is a miss, and the row goes away. */
+	CHECK(cache_get(c, key, buf, 1000, &e) == 0);
+	cache_flush(c);
+	CHECK(cache_has(c, key) == 0);
+	cache_get_stats(c, &st);
+	CHECK(st.bytes == total - block_len(0, 256 * KIB));
+	/* too large for the limit / empty: dropped, not stored */
+	cache_put(c, other, buf, 0);
+	cache_flush(c);
+	CHECK(cache_has(c, other) == 0);
+	cache_close(c);
+
+	/* Reopen: everything is still there, with the same byte count. */
+	c = open_cache(dir, 64 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 1; i < 10; i++)
+		CHECK(check_block(c, i, 256 * KIB) == 1);
+	CHECK(check_block(c, 0, 256 * KIB) == 0);
+	cache_get_stats(c, &st);
+	CHECK(st.bytes == total - block_len(0, 256 * KIB));
+	CHECK(st.hits == 9 && st.misses == 1);
+	cache_close(c);
+	/* Closing checkpointed and removed the WAL. */
+	CHECK(file_size(dir, "cache.db-wal") == 0);
+
+	/* The database really is 64 KiB pages, WAL, incremental auto-vacuum. */
+	char path[600];
+	sqlite3 *db;
+	sqlite3_stmt *stq;
+	snprintf(path, sizeof(path), "%s/cache.db", dir);
+	CHECK(stat(path, &sb) == 0 && (sb.st_mode & 0777) == 0600);
+	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+	const char *q[] = {"PRAGMA page_size", "PRAGMA journal_mode", "PRAGMA auto_vacuum"};
+	const char *want[] = {"65536", "wal", "2"};
+	for (int k = 0; k < 3; k++) {
+		CHECK(sqlite3_prepare_v2(db, q[k], -1, &stq, NULL) == SQLITE_OK);
+		CHECK(sqlite3_step(stq) == SQLITE_ROW);
+		CHECK_STR((const char *)sqlite3_column_text(stq, 0), want[k]);
+		sqlite3_finalize(stq);
+	}
+	sqlite3_close(db);
+}
+
+static void test_meta(void)
+{
+	const char *dir = new_dir("meta");
+	struct cache *c = open_cache(dir, 8 * MIB);
+	struct err e = {0};
+	char *data;
+	size_t len;
+	static char big[3 * MIB];
+
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	CHECK(cache_meta_get(c, "listing", &data, &len, &e) == 0 && data == NULL);
+	CHECK(cache_meta_put(c, "listing", "[1,2,3]", 7, &e) == 0);
+	CHECK(cache_meta_get(c, "listing", &data, &len, &e) == 1 && len == 7);
+	CHECK_STR(data, "[1,2,3]");
+	free(data);
+	CHECK(cache_meta_put(c, "listing", "[]", 2, &e) == 0); /* replace */
+	CHECK(cache_meta_put(c, "empty", "", 0, &e) == 0);
+	memset(big, 'x', sizeof(big));
+	big[5] = '\0'; /* binary-safe */
+	CHECK(cache_meta_put(c, "record/a.qcow2", big, sizeof(big), &e) == 0);
+	cache_close(c);
+
+	c = open_cache(dir, 8 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	CHECK(cache_meta_get(c, "listing", &data, &len, &e) == 1 && len == 2);
+	CHECK_STR(data, "[]");
+	free(data);
+	CHECK(cache_meta_get(c, "empty", &data, &len, &e) == 1 && len == 0 && data &&
+	      data[0] == '\0');
+	free(data);
+	CHECK(cache_meta_get(c, "record/a.qcow2", &data, &len, &e) == 1 && len == sizeof(big) &&
+	      memcmp(data, big, len) == 0 && data[len] == '\0');
+	free(data);
+	cache_close(c);
+}
+
+static void test_lru(void)
+{
+	const char *dir = new_dir("lru");
+	const size_t bs = 64 * KIB;
+	struct cache *c = open_cache(dir, 8 * bs); /* room for 8 blocks */
+	struct cache_stats st;
+	unsigned char key[32], buf[64 * KIB];
+	struct err e = {0};
+
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	/* full-size blocks only: i % 7 != 3 */
+	const uint64_t a[8] = {0, 1, 2, 4, 5, 6, 7, 8}, b[4] = {9, 11, 12, 13};
+	for (int i = 0; i < 8; i++)
+		put_block(c, a[i], bs, key);
+	cache_flush(c);
+	/* read the two oldest: they become the most recent */
+	CHECK(check_block(c, a[0], bs) == 1);
+	CHECK(check_block(c, a[1], bs) == 1);
+	for (int i = 0; i < 4; i++)
+		put_block(c, b[i], bs, key);
+	cache_flush(c);
+	cache_get_stats(c, &st);
+	CHECK(st.bytes <= 8 * bs);
+	CHECK(st.bytes == 8 * bs);
+	CHECK(st.evictions == 4);
+	CHECK(check_block(c, a[0], bs) == 1);
+	CHECK(check_block(c, a[1], bs) == 1);
+	for (int i = 2; i < 6; i++)
+		CHECK(check_block(c, a[i], bs) == 0);
+	for (int i = 6; i < 8; i++)
+		CHECK(check_block(c, a[i], bs) == 1);
+	for (int i = 0; i < 4; i++)
+		CHECK(check_block(c, b[i], bs) == 1);
+	/* a block larger than the whole limit is not cached */
+	static unsigned char huge[9 * 64 * KIB];
+	hash_sha256(huge, sizeof(huge), key);
+	cache_put(c, key, huge, sizeof(huge));
+	cache_flush(c);
+	CHECK(cache_get(c, key, huge, sizeof(huge), &e) == 0);
+	cache_get_stats(c, &st);
+	CHECK(st.dropped == 1);
+	(void)buf;
+	cache_close(c);
+
+	/* Reopen with a smaller limit: evicted down at once. */
+	c = open_cache(dir, 3 * bs);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	cache_flush(c);
+	cache_get_stats(c, &st);
+	CHECK(st.bytes <= 3 * bs);
+	/* the most recently used survive */
+	CHECK(check_block(c, b[3], bs) == 1);
+	cache_close(c);
+}
+
+/* Limit 8 MiB, 64 MiB of distinct blocks: the files stay near the limit. */
+static void test_file_bound(size_t bs, uint64_t limit)
+{
+	char name[64];
+	snprintf(name, sizeof(name), "bound-%zu", bs);
+	const char *dir = new_dir(name);
+	struct cache *c = open_cache(dir, limit);
+	struct cache_stats st;
+	unsigned char key[32];
+	uint64_t maxsize = 0, n = 64 * MIB / bs;
+
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 0; i < n; i++) {
+		put_block(c, 1000000 + i, bs, key);
+		if (i % 8 == 7) {
+			/* the writer drops what a full queue cannot hold;
+			 * pace the producer so every block goes in */
+			cache_flush(c);
+			uint64_t sz = db_plus_wal(dir);
+			if (sz > maxsize)
+				maxsize = sz;
+		}
+	}
+	cache_flush(c);
+	cache_get_stats(c, &st);
+	CHECK(st.bytes <= limit);
+	CHECK(st.dropped == 0);
+	CHECK(st.inserts == n);
+	CHECK(maxsize < 2 * limit + 4 * MIB);
+	printf("  file bound, %zu KiB blocks, limit %llu MiB: %llu MiB inserted, %llu evictions, "
+	       "max db+wal %.1f MiB (db %.1f MiB)\n",
+	       bs / KIB, (unsigned long long)(limit / MIB), (unsigned long long)(n * bs / MIB),
+	       (unsigned long long)st.evictions, maxsize / (double)MIB,
+	       file_size(dir, "cache.db") / (double)MIB);
+	cache_close(c);
+	/* Reopen with half the limit: incremental vacuum gives pages back. */
+	c = open_cache(dir, limit / 2);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	cache_put(c, key, "x", 1); /* any batch runs the vacuum */
+	cache_flush(c);
+	cache_close(c);
+	printf("  after reopening with limit %llu MiB: db %.1f MiB\n",
+	       (unsigned long long)(limit / 2 / MIB), file_size(dir, "cache.db") / (double)MIB);
+	CHECK(file_size(dir, "cache.db") < limit / 2 + limit / 4 + 2 * MIB);
+}
+
+static void test_corrupt(void)
+{
+	const char *dir = new_dir("corrupt");
+	char path[600];
+	struct cache *c;
+	unsigned char key[32];
+	FILE *f;
+
+	/* garbage file */
+	mkdir(dir, 0700);
+	snprintf(path, sizeof(path), "%s/cache.db", dir);
+	f = fopen(path, "w");
+	for (int i = 0; i < 100000; i++)
+		fputc("garbage!"[i % 8], f);
+	fclose(f);
+	c = open_cache(dir, 8 * MIB);
+	CHECK(c != NULL);
+	CHECK(count_prefix(dir, "cache.db.corrupt-") == 1);
+	if (c) {
+		put_block(c, 1, 4096, key);
+		cache_flush(c);
+		CHECK(check_block(c, 1, 4096) == 1);
+		cache_close(c);
+	}
+
+	/* a valid SQLite database that is not ours */
+	rm_rf(dir);
+	mkdir(dir, 0700);
+	sqlite3 *db;
+	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+	CHECK(sqlite3_exec(db, "CREATE TABLE t(x); INSERT INTO t VALUES(1);", 0, 0, 0) == 0);
+	sqlite3_close(db);
+	c = open_cache(dir, 8 * MIB);
+	CHECK(c != NULL);
+	CHECK(count_prefix(dir, "cache.db.corrupt-") == 1);
+	cache_close(c);
+
+	/* ours, but a page in the middle is destroyed: found on use, moved
+	 * aside at the next open */
+	rm_rf(dir);
+	c = open_cache(dir, 64 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 0; i < 40; i++)
+		put_block(c, i, 64 * KIB, key);
+	cache_flush(c);
+	cache_close(c);
+	int fd = open(path, O_WRONLY);
+	static unsigned char junk[65536 * 4];
+	memset(junk, 0xa5, sizeof(junk));
+	/* pages 2..5 hold the b-tree roots and the first rows */
+	CHECK(pwrite(fd, junk, sizeof(junk), 65536) == (ssize_t)sizeof(junk));
+	close(fd);
+	c = open_cache(dir, 64 * MIB);
+	if (c) {
+		int bad = 0;
+		for (uint64_t i = 0; i < 40; i++)
+			bad += check_block(c, i, 64 * KIB) == -1;
+		CHECK(bad == 0); /* never wrong bytes: a miss or an error */
+		cache_close(c);
+	}
+	c = open_cache(dir, 64 * MIB);
+	CHECK(c != NULL);
+	if (c) {
+		put_block(c, 77, 4096, key);
+		cache_flush(c);
+		CHECK(check_block(c, 77, 4096) == 1);
+		cache_close(c);
+	}
+	CHECK(count_prefix(dir, "cache.db.corrupt-") >= 1);
+}
+
+/* Concurrent readers and a writer. */
+struct rd_arg {
+	struct cache *c;
+	int id;
+	atomic_int *stop;
+	int errors, hits, misses;
+};
+
+static void *reader(void *p)
+{
+	struct rd_arg *a = p;
+	unsigned seed = (unsigned)a->id * 7919u + 1;
+	while (!atomic_load(a->stop)) {
+		uint64_t i = (uint64_t)(rand_r(&seed) % 400);
+		int rc = check_block(a->c, i, 64 * KIB);
+		if (rc < 0)
+			a->errors++;
+		else if (rc == 1)
+			a->hits++;
+		else
+			a->misses++;
+	}
+	return NULL;
+}
+
+static void test_concurrent(void)
+{
+	const char *dir = new_dir("concurrent");
+	struct cache *c = open_cache(dir, 16 * MIB); /* smaller than the set: evicts */
+	pthread_t th[6];
+	struct rd_arg args[6];
+	atomic_int stop = 0;
+	unsigned char key[32];
+	struct cache_stats st;
+	int errors = 0, hits = 0;
+
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (int t = 0; t < 6; t++) {
+		args[t] = (struct rd_arg){.c = c, .id = t, .stop = &stop};
+		pthread_create(&th[t], NULL, reader, &args[t]);
+	}
+	double t0 = time_mono();
+	for (int round = 0; round < 3; round++) {
+		for (uint64_t i = 0; i < 400; i++) {
+			put_block(c, i, 64 * KIB, key);
+			if (i % 32 == 0)
+				usleep(2000);
+		}
+		cache_flush(c);
+	}
+	atomic_store(&stop, 1);
+	for (int t = 0; t < 6; t++) {
+		pthread_join(th[t], NULL);
+		errors += args[t].errors;
+		hits += args[t].hits;
+	}
+	cache_get_stats(c, &st);
+	printf("  concurrent: 6 readers, %d hits, %llu misses, %llu inserts, %llu evictions, "
+	       "%llu dropped in %.1f s\n",
+	       hits, (unsigned long long)st.misses, (unsigned long long)st.inserts,
+	       (unsigned long long)st.evictions, (unsigned long long)st.dropped, time_mono() - t0);
+	CHECK(errors == 0);
+	CHECK(hits > 0);
+	CHECK(st.bytes <= 16 * MIB);
+	cache_close(c);
+}
+
+static void test_disk_full(void)
+{
+	const char *dir = new_dir("full");
+	struct cache *c = open_cache(dir, 64 * MIB);
+	struct cache_stats st, st2;
+	unsigned char key[32];
+
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 0; i < 8; i++)
+		put_block(c, 500 + i, 64 * KIB, key);
+	cache_flush(c);
+	cache_test_set_full_backoff(c, 0.3);
+	cache_test_set_max_pages(c, 1); /* = the current size: no growth */
+	for (uint64_t i = 0; i < 16; i++)
+		put_block(c, 600 + i, 64 * KIB, key);
+	cache_flush(c);
+	cache_get_stats(c, &st);
+	CHECK(st.dropped > 0);
+	CHECK(st.inserts < 24);
+	/* reads keep working */
+	for (uint64_t i = 0; i < 8; i++)
+		CHECK(check_block(c, 500 + i, 64 * KIB) == 1);
+	/* while degraded, puts are dropped without trying */
+	put_block(c, 700, 64 * KIB, key);
+	cache_flush(c);
+	cache_get_stats(c, &st2);
+	CHECK(st2.dropped == st.dropped + 1);
+	/* space comes back: after the back-off, caching resumes */
+	cache_test_set_max_pages(c, 0);
+	usleep(400 * 1000);
+	put_block(c, 701, 64 * KIB, key);
+	cache_flush(c);
+	CHECK(check_block(c, 701, 64 * KIB) == 1);
+	cache_get_stats(c, &st2);
+	CHECK(st2.inserts == st.inserts + 1);
+	cache_close(c);
+}
+
+static void test_key_unverified(void)
+{
+	unsigned char a[32], b[32], c2[32], d[32], z[32];
+	cache_key_unverified("\"abc\"", 0, a);
+	cache_key_unverified("\"abc\"", 0, b);
+	cache_key_unverified("\"abc\"", 1, c2);
+	cache_key_unverified("\"abd\"", 0, d);
+	CHECK(memcmp(a, b, 32) == 0);
+	CHECK(memcmp(a, c2, 32) != 0);
+	CHECK(memcmp(a, d, 32) != 0);
+	/* length-prefixed: no ambiguity between etag bytes and the index */
+	cache_key_unverified("", 0, z);
+	CHECK(memcmp(z, a, 32) != 0);
+	/* not the SHA-256 of the etag itself */
+	hash_sha256("\"abc\"", 5, b);
+	CHECK(memcmp(a, b, 32) != 0);
+}
+
+/* ---- crash safety ---- */
+
+/* The child inserts numbered blocks in a loop and publishes how far it got. */
+static void crash_child(const char *dir, uint64_t first, volatile uint64_t *progress)
+{
+	struct cache *c = open_cache(dir, 24 * MIB);
+	unsigned char key[32];
+	if (!c)
+		_exit(3);
+	progress[1] = 1; /* opened */
+	for (uint64_t i = first;; i++) {
+		*progress = i + 1;
+		put_block(c, i, 128 * KIB, key);
+		/* mostly keep the writer busy (kills land inside transactions),
+		 * sometimes checkpoint */
+		if (i % 256 == 0)
+			cache_flush(c);
+		if (i % 50 == 0) {
+			struct err e = {0};
+			char name[32];
+			snprintf(name, sizeof(name), "m%llu", (unsigned long long)(i % 10));
+			cache_meta_put(c, name, name, strlen(name), &e);
+		}
+	}
+}
+
+static void verify_after_crash(const char *dir, uint64_t upto, int *present_out)
+{
+	struct cache *c = open_cache(dir, 24 * MIB);
+	struct cache_stats st;
+	uint64_t sum = 0;
+	int present = 0, wrong = 0;
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 0; i < upto; i++) {
+		int rc = check_block(c, i, 128 * KIB);
+		if (rc == 1) {
+			present++;
+			sum += block_len(i, 128 * KIB);
+		}
+		wrong += rc < 0;
+	}
+	cache_get_stats(c, &st);
+	CHECK(wrong == 0);
+	/* the byte count survived the crash exactly */
+	CHECK(st.bytes == sum);
+	CHECK(st.bytes <= 24 * MIB);
+	cache_close(c);
+	*present_out = present;
+}
+
+static void test_crash(void)
+{
+	const char *dir = new_dir("crash");
+	volatile uint64_t *progress =
+	        mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	uint64_t first = 0;
+	unsigned seed = (unsigned)time(NULL);
+	CHECK(progress != MAP_FAILED);
+	for (int round = 0; round < 6; round++) {
+		int status, present = 0;
+		progress[0] = progress[1] = 0;
+		pid_t pid = fork();
+		if (pid == 0)
+			crash_child(dir, first, progress);
+		/* once it runs, kill it somewhere between 20 and 400 ms in */
+		for (int w = 0; w < 5000 && !progress[1]; w++)
+			usleep(1000);
+		usleep(20000 + rand_r(&seed) % 380000);
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+		uint64_t reached = progress[0];
+		CHECK(reached > first);
+		verify_after_crash(dir, reached, &present);
+		printf("  crash round %d: child reached block %llu, %d blocks intact after "
+		       "reopen\n",
+		       round, (unsigned long long)reached, present);
+		first = reached;
+	}
+	munmap((void *)progress, 4096);
+}
+
+/* A power cut can leave the end of the WAL torn.  Simulate it: commit some
+ * blocks and checkpoint (set A), commit more without checkpointing (set B),
+ * kill, then truncate or damage the WAL.  A must be intact; whatever of B
+ * survives must be exact. */
+static void test_torn_wal(int mode)
+{
+	char name[32];
+	snprintf(name, sizeof(name), "torn-%d", mode);
+	const char *dir = new_dir(name);
+	char wal[600];
+	int status, present_a = 0, present_b = 0, wrong = 0;
+	pid_t pid;
+
+	snprintf(wal, sizeof(wal), "%s/cache.db-wal", dir);
+	pid = fork();
+	if (pid == 0) {
+		struct cache *c = open_cache(dir, 64 * MIB);
+		struct cache_stats st;
+		unsigned char key[32];
+		if (!c)
+			_exit(3);
+		for (uint64_t i = 0; i < 4; i++)
+			put_block(c, i, 64 * KIB, key);
+		cache_flush(c); /* commits and checkpoints A */
+		for (uint64_t i = 100; i < 124; i++) {
+			put_block(c, i, 64 * KIB, key);
+			if (i % 4 == 0)
+				usleep(5000); /* several transactions */
+		}
+		do {
+			usleep(1000);
+			cache_get_stats(c, &st);
+		} while (st.inserts < 28);
+		raise(SIGKILL);
+	}
+	waitpid(pid, &status, 0);
+	CHECK(WIFSIGNALED(status));
+	struct stat sb;
+	CHECK(stat(wal, &sb) == 0 && sb.st_size > 65536);
+	if (mode == 0) {
+		CHECK(truncate(wal, sb.st_size - 1000) == 0); /* torn last frame */
+	} else {
+		/* a damaged frame in the middle: it and all after it are void */
+		int fd = open(wal, O_WRONLY);
+		CHECK(pwrite(fd, "XXXXXXXX", 8, sb.st_size / 2) == 8);
+		close(fd);
+	}
+	struct cache *c = open_cache(dir, 64 * MIB);
+	struct cache_stats st;
+	uint64_t sum = 0;
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 0; i < 124; i++) {
+		int rc = check_block(c, i, 64 * KIB);
+		if (rc == 1) {
+			if (i < 4)
+				present_a++;
+			else
+				present_b++;
+			sum += block_len(i, 64 * KIB);
+		}
+		wrong += rc < 0;
+	}
+	cache_get_stats(c, &st);
+	CHECK(present_a == 4);
+	CHECK(present_b < 24);
+	CHECK(wrong == 0);
+	CHECK(st.bytes == sum);
+	printf("  torn WAL (%s): A 4/4 intact, %d/24 of B survive\n",
+	       mode ? "damaged frame" : "truncated", present_b);
+	cache_close(c);
+}
+
+int main(void)
+{
+	log_init("test_cache", LOG_LVL_WARN);
+	if (!mkdtemp(tmproot)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	test_key_unverified();
+	test_round_trip();
+	test_meta();
+	test_lru();
+	test_file_bound(1 * MIB, 8 * MIB);
+	test_file_bound(64 * KIB, 8 * MIB);
+	test_corrupt();
+	test_concurrent();
+	test_disk_full();
+	test_crash();
+	test_torn_wal(0);
+	test_torn_wal(1);
+	rm_rf(tmproot);
+	return check_report("cache");
+}
