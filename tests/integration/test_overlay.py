@@ -305,10 +305,10 @@ def test_bucket_base_differs_from_manifest(lab):
 def test_base_not_qcow2(lab, tmp_path):
     raw = tmp_path / "disk.raw"
     raw.write_bytes(vmkit.pattern(2 * MiB, b"raw"))
-    upload(lab.bucket, raw, "raw/disk.img")
-    lab.mount.refresh(want="raw/disk.img")
-    lab.images.append(lab.image_entry("raw", "raw/disk.img", vmkit.sha256_file(raw)))
-    lab.overlays[1]["base"] = "raw/disk.img"
+    upload(lab.bucket, raw, "raw/disk.qcow2")
+    lab.mount.refresh(want="raw/disk.qcow2")
+    lab.images.append(lab.image_entry("raw", "raw/disk.qcow2", vmkit.sha256_file(raw)))
+    lab.overlays[1]["base"] = "raw/disk.qcow2"
     lab.write()
     p = lab.overlay("--only", "alpine-novpn", check=1)
     assert "not qcow2" in p.stderr
