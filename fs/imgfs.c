@@ -1,1 +1,620 @@
-int main(void) { return 0; }
+/* imgfs: a read-only FUSE mount of the bucket's images/ (CLI.md "imgfs").
+ *
+ * Start-up order matters for the exit code contract: the options, the
+ * credentials, the cache, the first listing and the mount itself are all
+ * done before the process detaches, so every error reaches the terminal with
+ * exit 1 or 2.  Without -f the process forks first (threads do not survive a
+ * fork) and the parent waits for the child to report the mount on a pipe. */
+#include "fs/imgfs.h"
+
+#include "common/log.h"
+#include "common/size.h"
+#include "common/timefmt.h"
+#include "store/credentials.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <malloc.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef IMGSTORE_VERSION
+#define IMGSTORE_VERSION "0.1.0"
+#endif
+
+#define DEFAULT_CACHE_SIZE (10ull << 30)
+#define DEFAULT_REFRESH_S  60
+#define DEFAULT_TIMEOUT_S  30
+#define MAX_SECONDS        (365L * 24 * 3600)
+#define READ_AHEAD_KB      "16384" /* FUSE bdi readahead when root */
+
+static const char usage_text[] =
+        "usage: imgfs [--endpoint URL] [--bucket NAME] [--credentials PATH]\n"
+        "             [--sops-age-key-file PATH] [--ca-bundle FILE]\n"
+        "             [--cache-dir DIR] [--cache-size SIZE] [--refresh SECONDS]\n"
+        "             [--timeout SECONDS] [--allow-unverified] [-f] [-o FUSE_OPTION[,...]]\n"
+        "             MOUNTPOINT\n"
+        "\n"
+        "Mount images/ of the bucket read-only at MOUNTPOINT.  Blocks are fetched when\n"
+        "read, checked against the image's checksum record and kept in a block cache.\n"
+        "\n"
+        "  --endpoint URL          S3 endpoint (else E2_ENDPOINT, else the credentials file)\n"
+        "  --bucket NAME           bucket (else E2_BUCKET, else the credentials file)\n"
+        "  --credentials PATH      SOPS-encrypted YAML: access_key, secret_key, endpoint, bucket\n"
+        "  --sops-age-key-file PATH  age identities for --credentials (else SOPS_AGE_KEY_FILE)\n"
+        "  --ca-bundle FILE        an extra CA certificate file for TLS\n"
+        "  --cache-dir DIR         block cache (default /var/cache/imgfs for root,\n"
+        "                          else $XDG_CACHE_HOME/imgfs)\n"
+        "  --cache-size SIZE       cache bound, with K/M/G/T suffixes (default 10G)\n"
+        "  --refresh SECONDS       re-read the listing this often (default 60; 0: only on\n"
+        "                          SIGHUP)\n"
+        "  --timeout SECONDS       how long an uncached read may retry before EIO (default 30)\n"
+        "  --allow-unverified      also serve images that have no valid checksum record\n"
+        "  -f                      stay in the foreground (log to stderr)\n"
+        "  -o OPTION[,...]         FUSE mount options (e.g. allow_other)\n"
+        "  --help, --version\n"
+        "\n"
+        "Inside the mount: /.imgstore/stats (JSON counters), /.imgstore/by-sha256/<hex>,\n"
+        "extended attributes user.imgstore.{checksum,source_url,uploaded_at,cached_bytes}.\n"
+        "Unmount with: fusermount3 -u MOUNTPOINT\n";
+
+static struct imgfs g_fs;
+static int g_efd = -1; /* wakes the refresh thread: SIGHUP, shutdown */
+static atomic_int g_stop;
+
+static int usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "imgfs: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nTry 'imgfs --help' for more information.\n");
+	return 2;
+}
+
+/* ---- detaching ---- */
+
+static int status_fd = -1;
+
+/* Fork; the parent waits for the child's verdict and exits with it. */
+static void daemon_fork(void)
+{
+	int p[2];
+	pid_t pid;
+	if (pipe2(p, O_CLOEXEC)) {
+		perror("imgfs: pipe");
+		exit(1);
+	}
+	pid = fork();
+	if (pid < 0) {
+		perror("imgfs: fork");
+		exit(1);
+	}
+	if (pid > 0) {
+		unsigned char c;
+		ssize_t n;
+		int st = 0;
+		close(p[1]);
+		do
+			n = read(p[0], &c, 1);
+		while (n < 0 && errno == EINTR);
+		if (n == 1)
+			_exit(c);
+		if (waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st))
+			_exit(WEXITSTATUS(st));
+		_exit(1);
+	}
+	close(p[0]);
+	status_fd = p[1];
+	setsid();
+}
+
+static void report_status(int code)
+{
+	unsigned char c = (unsigned char)code;
+	if (status_fd < 0)
+		return;
+	if (write(status_fd, &c, 1) < 0) {
+		/* the parent is gone: nothing to tell */
+	}
+	close(status_fd);
+	status_fd = -1;
+}
+
+static void detach_stdio(void)
+{
+	int fd = open("/dev/null", O_RDWR);
+	if (fd >= 0) {
+		dup2(fd, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		if (fd > 2)
+			close(fd);
+	}
+	if (chdir("/")) {
+		/* harmless: paths in use are absolute */
+	}
+	log_use_syslog(1);
+}
+
+/* ---- options ---- */
+
+struct cli {
+	const char *endpoint, *bucket, *credentials, *age_key_file, *ca_bundle;
+	const char *cache_dir;
+	char *fuse_opts; /* comma-joined -o values */
+};
+
+static char *absolute(const char *path)
+{
+	char cwd[PATH_MAX], *out;
+	if (path[0] == '/')
+		return strdup(path);
+	if (!getcwd(cwd, sizeof(cwd)))
+		return NULL;
+	if (asprintf(&out, "%s/%s", cwd, path) < 0)
+		return NULL;
+	return out;
+}
+
+static char *default_cache_dir(void)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+	char *out = NULL;
+	if (geteuid() == 0)
+		return strdup("/var/cache/imgfs");
+	if (xdg && xdg[0] == '/') {
+		if (asprintf(&out, "%s/imgfs", xdg) < 0)
+			return NULL;
+	} else if (home && *home) {
+		if (asprintf(&out, "%s/.cache/imgfs", home) < 0)
+			return NULL;
+	}
+	return out;
+}
+
+static int append_opt(char **dst, const char *opt)
+{
+	char *n;
+	if (!*dst)
+		return (*dst = strdup(opt)) ? 0 : -1;
+	if (asprintf(&n, "%s,%s", *dst, opt) < 0)
+		return -1;
+	free(*dst);
+	*dst = n;
+	return 0;
+}
+
+enum {
+	OPT_ENDPOINT = 256,
+	OPT_BUCKET,
+	OPT_CREDENTIALS,
+	OPT_AGE_KEY,
+	OPT_CA_BUNDLE,
+	OPT_CACHE_DIR,
+	OPT_CACHE_SIZE,
+	OPT_REFRESH,
+	OPT_TIMEOUT,
+	OPT_ALLOW_UNVERIFIED,
+	OPT_HELP,
+	OPT_VERSION,
+};
+
+/* 0 go on, else the exit code (-1: exit 0 after --help/--version). */
+static int parse_args(int argc, char **argv, struct cli *c, struct imgfs_opts *o)
+{
+	static const struct option longopts[] = {
+	        {"endpoint", required_argument, NULL, OPT_ENDPOINT},
+	        {"bucket", required_argument, NULL, OPT_BUCKET},
+	        {"credentials", required_argument, NULL, OPT_CREDENTIALS},
+	        {"sops-age-key-file", required_argument, NULL, OPT_AGE_KEY},
+	        {"ca-bundle", required_argument, NULL, OPT_CA_BUNDLE},
+	        {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
+	        {"cache-size", required_argument, NULL, OPT_CACHE_SIZE},
+	        {"refresh", required_argument, NULL, OPT_REFRESH},
+	        {"timeout", required_argument, NULL, OPT_TIMEOUT},
+	        {"allow-unverified", no_argument, NULL, OPT_ALLOW_UNVERIFIED},
+	        {"foreground", no_argument, NULL, 'f'},
+	        {"help", no_argument, NULL, OPT_HELP},
+	        {"version", no_argument, NULL, OPT_VERSION},
+	        {NULL, 0, NULL, 0},
+	};
+	int ch;
+
+	o->cache_size = DEFAULT_CACHE_SIZE;
+	o->refresh_s = DEFAULT_REFRESH_S;
+	o->timeout_s = DEFAULT_TIMEOUT_S;
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, ":fo:h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case OPT_ENDPOINT: c->endpoint = optarg; break;
+		case OPT_BUCKET: c->bucket = optarg; break;
+		case OPT_CREDENTIALS: c->credentials = optarg; break;
+		case OPT_AGE_KEY: c->age_key_file = optarg; break;
+		case OPT_CA_BUNDLE: c->ca_bundle = optarg; break;
+		case OPT_CACHE_DIR: c->cache_dir = optarg; break;
+		case OPT_CACHE_SIZE:
+			if (size_parse(optarg, &o->cache_size) || o->cache_size < (1u << 20))
+				return usage_error(
+				        "--cache-size: '%s' is not a size of at least 1M "
+				        "(a number with an optional K, M, G or T suffix)",
+				        optarg);
+			break;
+		case OPT_REFRESH:
+			if (seconds_parse(optarg, 0, MAX_SECONDS, &o->refresh_s))
+				return usage_error(
+				        "--refresh: '%s' is not a whole number of seconds", optarg);
+			break;
+		case OPT_TIMEOUT:
+			if (seconds_parse(optarg, 1, MAX_SECONDS, &o->timeout_s))
+				return usage_error(
+				        "--timeout: '%s' is not a whole number of seconds "
+				        "(at least 1)",
+				        optarg);
+			break;
+		case OPT_ALLOW_UNVERIFIED: o->allow_unverified = 1; break;
+		case 'f': o->foreground = 1; break;
+		case 'o':
+			if (append_opt(&c->fuse_opts, optarg))
+				return usage_error("%s", "out of memory");
+			break;
+		case 'h':
+		case OPT_HELP: fputs(usage_text, stdout); return -1;
+		case OPT_VERSION: printf("imgfs %s\n", IMGSTORE_VERSION); return -1;
+		case ':': return usage_error("option '%s' needs an argument", argv[optind - 1]);
+		default: return usage_error("unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind >= argc)
+		return usage_error("%s", "missing MOUNTPOINT");
+	if (optind + 1 < argc)
+		return usage_error("unexpected argument '%s'", argv[optind + 1]);
+	o->mountpoint = argv[optind];
+	return 0;
+}
+
+/* ---- refresh ---- */
+
+static void persist(struct imgfs *fs, const struct state *st, const struct state *prev)
+{
+	struct err e = {0};
+	if (prev && prev->text && !strcmp(prev->text, st->text))
+		return;
+	if (cache_meta_put(fs->cache, IMGFS_STATE_META, st->text, strlen(st->text), &e))
+		log_warn("saving the listing in the cache: %s", e.msg);
+}
+
+static int refresh(struct imgfs *fs, struct s3 **conn, int initial, struct err *e)
+{
+	struct state *st = NULL;
+	if (!*conn && !(*conn = s3_open(&fs->cfg, e)))
+		return err_prefix(e, "connecting to the bucket");
+	if (state_fetch(&fs->cfg, *conn, fs->state, &st, e)) {
+		atomic_fetch_add(&fs->refresh_errors, 1);
+		atomic_store(&fs->bucket_ok, 0);
+		return -1;
+	}
+	atomic_store(&fs->bucket_ok, 1);
+	if (tree_apply(fs, st, fs->state, initial, e)) {
+		state_free(st);
+		return -1;
+	}
+	persist(fs, st, fs->state);
+	state_free(fs->state);
+	fs->state = st;
+	atomic_fetch_add(&fs->refreshes, 1);
+	atomic_store(&fs->last_refresh, time(NULL));
+	return 0;
+}
+
+static void *refresh_thread(void *arg)
+{
+	struct imgfs *fs = arg;
+	struct s3 *conn = NULL;
+	struct pollfd pfd = {.fd = g_efd, .events = POLLIN};
+	int ms =
+	        fs->o.refresh_s > 0
+	                ? (int)(fs->o.refresh_s > INT_MAX / 1000 ? INT_MAX : fs->o.refresh_s * 1000)
+	                : -1;
+	for (;;) {
+		struct err e = {0};
+		uint64_t v;
+		int rc = poll(&pfd, 1, ms);
+		if (atomic_load(&g_stop))
+			break;
+		if (rc > 0 && read(g_efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+			log_debug("eventfd: %s", strerror(errno));
+		if (rc < 0 && errno != EINTR)
+			break;
+		if (refresh(fs, &conn, 0, &e)) {
+			log_warn("refreshing the listing: %s; keeping the current one", e.msg);
+			if (e.code == ERR_NET && conn) {
+				s3_close(conn); /* a fresh connection next time */
+				conn = NULL;
+			}
+		} else {
+			log_debug("listing refreshed: %zu images",
+			          (size_t)atomic_load(&fs->nimages));
+		}
+	}
+	if (conn)
+		s3_close(conn);
+	return NULL;
+}
+
+static void on_sighup(int sig)
+{
+	uint64_t one = 1;
+	(void)sig;
+	if (write(g_efd, &one, sizeof(one)) < 0) {
+		/* nothing to do in a signal handler */
+	}
+}
+
+/* ---- the FUSE bdi readahead (root only) ---- */
+
+static void unescape_mountinfo(char *s)
+{
+	char *w = s;
+	for (char *r = s; *r;) {
+		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '7' && r[2] && r[3]) {
+			*w++ = (char)(((r[1] - '0') << 6) | ((r[2] - '0') << 3) | (r[3] - '0'));
+			r += 4;
+		} else {
+			*w++ = *r++;
+		}
+	}
+	*w = '\0';
+}
+
+static void raise_readahead(const char *mountpoint)
+{
+	FILE *f;
+	char line[4096], dev[64] = "";
+	if (geteuid() != 0)
+		return;
+	/* /proc/self/mountinfo: no FUSE request (stat() of the mount point would
+	 * need the loop that is not running yet) */
+	if (!(f = fopen("/proc/self/mountinfo", "re")))
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char mm[64], root[PATH_MAX], mp[PATH_MAX];
+		if (sscanf(line, "%*s %*s %63s %4095s %4095s", mm, root, mp) != 3)
+			continue;
+		unescape_mountinfo(mp);
+		if (!strcmp(mp, mountpoint))
+			snprintf(dev, sizeof(dev), "%s", mm); /* the last one is ours */
+	}
+	fclose(f);
+	if (dev[0]) {
+		char path[128];
+		int fd;
+		snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
+		if ((fd = open(path, O_WRONLY | O_CLOEXEC)) >= 0) {
+			if (write(fd, READ_AHEAD_KB, strlen(READ_AHEAD_KB)) < 0)
+				log_debug("%s: %s", path, strerror(errno));
+			close(fd);
+		}
+	}
+}
+
+/* ---- main ---- */
+
+static int start(struct imgfs *fs, struct cli *c, struct err *e)
+{
+	struct cred_opts co = {
+	        .credentials_path = c->credentials,
+	        .age_key_file = c->age_key_file,
+	        .endpoint = c->endpoint,
+	        .bucket = c->bucket,
+	        .ca_bundle = c->ca_bundle,
+	};
+	struct cache_opts cop = {0};
+	struct reader_opts ro = {0};
+	struct state *prev = NULL;
+	struct s3 *conn = NULL;
+	char *dir = NULL;
+	int rc = -1;
+
+	if (s3_global_init(e))
+		return -1;
+	if (credentials_resolve(&co, &fs->cfg, e))
+		return -1;
+	fs->cfg.retry_budget_s = (double)fs->o.timeout_s;
+	if (fs->cfg.connect_timeout_s <= 0 || fs->cfg.connect_timeout_s > fs->o.timeout_s)
+		fs->cfg.connect_timeout_s = (double)fs->o.timeout_s;
+	if (fs->cfg.low_speed_timeout_s <= 0 || fs->cfg.low_speed_timeout_s > fs->o.timeout_s)
+		fs->cfg.low_speed_timeout_s = (double)fs->o.timeout_s;
+	s3_config_defaults(&fs->cfg);
+
+	dir = c->cache_dir ? absolute(c->cache_dir) : default_cache_dir();
+	if (!dir) {
+		return err_set(e, ERR_USAGE,
+		               "no cache directory: give --cache-dir DIR (or set HOME or "
+		               "XDG_CACHE_HOME)");
+	}
+	fs->o.cache_dir = dir;
+	cop.dir = dir;
+	cop.limit_bytes = fs->o.cache_size;
+	if (cache_open(&cop, &fs->cache, e)) {
+		err_prefix(e, "opening the block cache in %s", dir);
+		goto out;
+	}
+	ro.s3 = &fs->cfg;
+	ro.cache = fs->cache;
+	if (reader_new(&ro, &fs->reader, e))
+		goto out;
+	if (tree_init(fs, e))
+		goto out;
+
+	/* the first listing; the cached one when the bucket does not answer */
+	state_load(fs->cache, &prev);
+	fs->state = prev;
+	if (refresh(fs, &conn, 1, e)) {
+		if (!prev || e->code == ERR_AUTH || e->code == ERR_USAGE)
+			goto out;
+		log_warn("%s", e->msg);
+		log_warn("the bucket does not answer: serving the listing cached in %s; cached "
+		         "blocks are served, others fail with EIO until it is back",
+		         dir);
+		err_clear(e);
+		if (tree_apply(fs, prev, NULL, 1, e))
+			goto out;
+	}
+	rc = 0;
+out:
+	if (conn)
+		s3_close(conn);
+	return rc;
+}
+
+static void stop_all(struct imgfs *fs)
+{
+	tree_free(fs);
+	reader_free(fs->reader);
+	fs->reader = NULL;
+	if (fs->cache)
+		cache_close(fs->cache);
+	fs->cache = NULL;
+	state_free(fs->state);
+	fs->state = NULL;
+	s3_config_free(&fs->cfg);
+	free(fs->o.cache_dir);
+	fs->o.cache_dir = NULL;
+}
+
+int main(int argc, char **argv)
+{
+	struct imgfs *fs = &g_fs;
+	struct cli c = {0};
+	struct err e = {0};
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_loop_config *lc = NULL;
+	struct sigaction sa;
+	pthread_t rth;
+	int code, rth_started = 0, mounted = 0, sig_installed = 0;
+	char *mopts = NULL, *mp = NULL;
+
+	log_init("imgfs", LOG_LVL_INFO);
+	code = parse_args(argc, argv, &c, &fs->o);
+	if (code)
+		return code < 0 ? 0 : code;
+	/* Big blocks come and go: keep them out of the per-thread arenas so
+	 * that freed memory goes back to the system. */
+	mallopt(M_ARENA_MAX, 4);
+	mallopt(M_MMAP_THRESHOLD, 4 << 20);
+
+	if (!(mp = realpath(fs->o.mountpoint, NULL))) {
+		fprintf(stderr, "imgfs: mount point %s: %s\n", fs->o.mountpoint, strerror(errno));
+		return 1;
+	}
+	fs->o.mountpoint = mp;
+	if (!fs->o.foreground)
+		daemon_fork();
+
+	fs->uid = getuid();
+	fs->gid = getgid();
+	fs->start_time = time(NULL);
+	if ((g_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+		err_errno(&e, "eventfd");
+		goto fail;
+	}
+	if (start(fs, &c, &e))
+		goto fail;
+
+	if (asprintf(&mopts, "ro,fsname=imgfs:%s,subtype=imgfs,max_read=%d%s%s", fs->cfg.bucket,
+	             IMGFS_MAX_READ, c.fuse_opts ? "," : "", c.fuse_opts ? c.fuse_opts : "") < 0 ||
+	    fuse_opt_add_arg(&args, argv[0]) || fuse_opt_add_arg(&args, "-o") ||
+	    fuse_opt_add_arg(&args, mopts)) {
+		err_set(&e, ERR_IO, "out of memory");
+		goto fail;
+	}
+	fs->se = fuse_session_new(&args, &imgfs_ops, sizeof(imgfs_ops), fs);
+	if (!fs->se) {
+		err_set(&e, ERR_USAGE, "invalid FUSE options (-o %s)",
+		        c.fuse_opts ? c.fuse_opts : "");
+		goto fail;
+	}
+	if (fuse_session_mount(fs->se, fs->o.mountpoint)) {
+		err_set(&e, ERR_IO,
+		        "mounting %s failed (is it an empty directory, not mounted already, and "
+		        "is /dev/fuse usable?)",
+		        fs->o.mountpoint);
+		goto fail;
+	}
+	mounted = 1;
+	raise_readahead(fs->o.mountpoint);
+	if (fuse_set_signal_handlers(fs->se)) {
+		err_set(&e, ERR_IO, "installing signal handlers failed");
+		goto fail;
+	}
+	sig_installed = 1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_sighup;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGHUP, &sa, NULL);
+
+	if (pthread_create(&rth, NULL, refresh_thread, fs) == 0)
+		rth_started = 1;
+	else
+		log_warn("no refresh thread: the listing will not be re-read");
+
+	log_info("mounted %s/images/ at %s (%zu images, cache %s)", fs->cfg.bucket,
+	         fs->o.mountpoint, (size_t)atomic_load(&fs->nimages), fs->o.cache_dir);
+	if (!fs->o.foreground) {
+		report_status(0);
+		detach_stdio();
+	}
+
+	if (!(lc = fuse_loop_cfg_create())) {
+		err_set(&e, ERR_IO, "out of memory");
+		code = 1;
+	} else {
+		fuse_loop_cfg_set_idle_threads(lc, 16);
+		fuse_loop_cfg_set_max_threads(lc, 64);
+		code = fuse_session_loop_mt(fs->se, lc) ? 1 : 0;
+		fuse_loop_cfg_destroy(lc);
+	}
+	goto done;
+
+fail:
+	code = err_exit_code(&e);
+	if (e.msg[0])
+		log_error("%s", e.msg);
+	report_status(code);
+done:
+	atomic_store(&g_stop, 1);
+	if (rth_started) {
+		uint64_t one = 1;
+		if (write(g_efd, &one, sizeof(one)) < 0)
+			log_debug("eventfd: %s", strerror(errno));
+		pthread_join(rth, NULL);
+	}
+	if (fs->se) {
+		if (sig_installed)
+			fuse_remove_signal_handlers(fs->se);
+		if (mounted)
+			fuse_session_unmount(fs->se);
+		fuse_session_destroy(fs->se);
+	}
+	fuse_opt_free_args(&args);
+	free(mopts);
+	free(c.fuse_opts);
+	stop_all(fs);
+	if (g_efd >= 0)
+		close(g_efd);
+	s3_global_cleanup();
+	if (code == 0)
+		log_info("unmounted %s", mp);
+	free(mp);
+	return code;
+}

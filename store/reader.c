@@ -1,0 +1,1154 @@
+/* The verified reader (see reader.h).
+ *
+ * Blocks in memory live in one table keyed by their cache key (the block's
+ * SHA-256 for verified images, cache_key_unverified() otherwise), so readers
+ * of identical blocks in different images or versions share them too.  An
+ * entry is LOADING (a GET will fill it; readers wait on its condition
+ * variable), READY (verified bytes; kept in a FIFO for the next reads until
+ * the memory budget needs the room) or FAILED (out of the table; waiters
+ * that still hold it read the error).  Entries are reference counted: the
+ * table does not hold a reference, readers and fetch jobs do, and an entry
+ * leaves memory when it is out of the table and unreferenced.
+ *
+ * reader_read() works in four steps so that it never waits while it owns an
+ * entry that nobody else will fetch: (1) classify every block of the range
+ * (zero, memory, SQLite, or a new LOADING entry it owns), (2) queue
+ * readahead, (3) fetch its own runs of consecutive blocks, one ranged GET
+ * each, (4) wait for and copy the blocks that other readers are fetching. */
+#include "store/reader.h"
+
+#include "common/hash.h"
+#include "common/hex.h"
+#include "common/log.h"
+#include "common/timefmt.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define DEF_FETCH_THREADS 4
+#define MAX_FETCH_THREADS 64
+#define DEF_MEM_BYTES     (48ull << 20)
+#define DEF_RA_MIN        (2ull << 20)
+#define DEF_RA_MAX        (32ull << 20)
+#define DEF_RA_CHUNK      (4ull << 20)
+#define UNVERIFIED_BS     RECORD_DEFAULT_BLOCK_SIZE
+#define NBUCKETS          16384
+#define IDLE_CONNS        16
+#define SEQ_SLACK         8    /* blocks: kernel readahead requests arrive out of order */
+#define STACK_SLOTS       8    /* blocks per read handled without malloc */
+#define NET_LOG_EVERY_S   10.0 /* rate limit for "bucket unreachable" lines */
+
+enum bstate { B_LOADING, B_READY, B_FAILED };
+
+struct bent {
+	unsigned char key[CACHE_KEY_LEN];
+	struct bent *hnext;       /* hash chain */
+	struct bent *prev, *next; /* FIFO of READY entries in the table */
+	enum bstate state;
+	int in_table, on_fifo;
+	int refs;
+	uint32_t len;
+	unsigned char *data;
+	enum err_code err_code; /* FAILED */
+	char *err_msg;
+	pthread_cond_t cv;
+};
+
+struct job {
+	struct job *next;
+	struct reader_image *img;
+	size_t first, count;
+	struct bent *ents[];
+};
+
+struct reader {
+	struct s3_config cfg;
+	struct cache *cache;
+	unsigned nthreads;
+	uint64_t mem_limit, ra_min, ra_max, ra_chunk;
+	double wait_limit_s; /* safety net for waits on someone else's GET */
+
+	pthread_mutex_t mu; /* table, FIFO, entry state and refs, jobs, buffer pool */
+	struct bent *buckets[NBUCKETS];
+	struct bent fifo; /* sentinel: fifo.next is the oldest */
+	uint64_t mem_bytes;
+	void *pool; /* free buffers of pool_len bytes, linked through their first bytes */
+	size_t npool;
+	uint32_t pool_len;
+
+	pthread_cond_t job_cv;
+	struct job *jhead, *jtail;
+	int stop;
+	pthread_t *threads;
+	unsigned nstarted;
+
+	pthread_mutex_t conn_mu;
+	struct s3 *idle[IDLE_CONNS];
+	unsigned nidle;
+
+	atomic_int net_down; /* the last GET could not reach the bucket: no readahead */
+	_Atomic double last_net_log;
+
+	atomic_uint_fast64_t hits, misses, mem_hits, zero_blocks, bytes_fetched, verify_failures,
+	        fetch_errors, readahead_blocks, coalesced, gets, requests, retries;
+};
+
+struct reader_image {
+	struct reader *r;
+	atomic_int refs;
+	char *key;
+	char etag[S3_ETAG_MAX];
+	uint64_t size;
+	uint32_t bs;
+	size_t nblocks;
+	int verified;
+	unsigned char (*hashes)[32]; /* verified only */
+	unsigned char *zero;         /* verified only: 1 per all-zero block */
+	atomic_int logged_changed;
+};
+
+struct reader_stream {
+	pthread_mutex_t mu;
+	const struct reader_image *img;
+	int primed;
+	uint64_t next;   /* block after the end of the last read */
+	uint64_t ra_end; /* readahead queued up to this block (exclusive) */
+	uint64_t window; /* bytes */
+};
+
+/* ---- small helpers ---- */
+
+static unsigned bucket_of(const unsigned char key[CACHE_KEY_LEN])
+{
+	unsigned v;
+	memcpy(&v, key, sizeof(v));
+	return v % NBUCKETS;
+}
+
+static void block_key(const struct reader_image *img, size_t i, unsigned char key[CACHE_KEY_LEN])
+{
+	if (img->verified)
+		memcpy(key, img->hashes[i], CACHE_KEY_LEN);
+	else
+		cache_key_unverified(img->etag, i, key);
+}
+
+static uint32_t block_len(const struct reader_image *img, size_t i)
+{
+	uint64_t off = (uint64_t)i * img->bs;
+	if (i >= img->nblocks)
+		return 0;
+	return img->size - off < img->bs ? (uint32_t)(img->size - off) : img->bs;
+}
+
+static int block_is_zero(const struct reader_image *img, size_t i)
+{
+	return img->verified && img->zero[i];
+}
+
+static void abs_deadline(struct timespec *ts, double seconds)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += (time_t)seconds;
+	ts->tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+static void add_s3_delta(struct reader *r, const struct s3_stats *before, struct s3 *s)
+{
+	struct s3_stats after;
+	s3_get_stats(s, &after);
+	atomic_fetch_add(&r->requests, after.requests - before->requests);
+	atomic_fetch_add(&r->retries, after.retries - before->retries);
+}
+
+/* ---- connections (demand fetches; fetch threads keep their own) ---- */
+
+static struct s3 *conn_get(struct reader *r, struct err *e)
+{
+	struct s3 *s = NULL;
+	pthread_mutex_lock(&r->conn_mu);
+	if (r->nidle)
+		s = r->idle[--r->nidle];
+	pthread_mutex_unlock(&r->conn_mu);
+	if (!s && !(s = s3_open(&r->cfg, e)))
+		err_prefix(e, "connecting to the bucket");
+	return s;
+}
+
+static void conn_put(struct reader *r, struct s3 *s)
+{
+	pthread_mutex_lock(&r->conn_mu);
+	if (r->nidle < IDLE_CONNS) {
+		r->idle[r->nidle++] = s;
+		s = NULL;
+	}
+	pthread_mutex_unlock(&r->conn_mu);
+	if (s)
+		s3_close(s);
+}
+
+/* ---- the block table (all under r->mu) ---- */
+
+static struct bent *table_find(struct reader *r, const unsigned char key[CACHE_KEY_LEN])
+{
+	for (struct bent *b = r->buckets[bucket_of(key)]; b; b = b->hnext)
+		if (!memcmp(b->key, key, CACHE_KEY_LEN))
+			return b;
+	return NULL;
+}
+
+static void table_insert(struct reader *r, struct bent *b)
+{
+	unsigned h = bucket_of(b->key);
+	b->hnext = r->buckets[h];
+	r->buckets[h] = b;
+	b->in_table = 1;
+}
+
+static void fifo_remove(struct reader *r, struct bent *b)
+{
+	(void)r;
+	if (!b->on_fifo)
+		return;
+	b->prev->next = b->next;
+	b->next->prev = b->prev;
+	b->prev = b->next = NULL;
+	b->on_fifo = 0;
+}
+
+static void fifo_append(struct reader *r, struct bent *b)
+{
+	fifo_remove(r, b);
+	b->prev = r->fifo.prev;
+	b->next = &r->fifo;
+	r->fifo.prev->next = b;
+	r->fifo.prev = b;
+	b->on_fifo = 1;
+}
+
+static void table_remove(struct reader *r, struct bent *b)
+{
+	struct bent **pp;
+	if (!b->in_table)
+		return;
+	for (pp = &r->buckets[bucket_of(b->key)]; *pp; pp = &(*pp)->hnext) {
+		if (*pp == b) {
+			*pp = b->hnext;
+			break;
+		}
+	}
+	b->hnext = NULL;
+	b->in_table = 0;
+	fifo_remove(r, b);
+}
+
+static void buf_release(struct reader *r, unsigned char *data, uint32_t len)
+{
+	if (len == r->pool_len && (uint64_t)(r->npool + 1) * len <= r->mem_limit) {
+		*(void **)data = r->pool;
+		r->pool = data;
+		r->npool++;
+		return;
+	}
+	free(data);
+}
+
+static void ent_free_locked(struct reader *r, struct bent *b)
+{
+	r->mem_bytes -= b->len;
+	buf_release(r, b->data, b->len);
+	free(b->err_msg);
+	pthread_cond_destroy(&b->cv);
+	free(b);
+}
+
+static void ent_put_locked(struct reader *r, struct bent *b)
+{
+	if (--b->refs == 0 && !b->in_table)
+		ent_free_locked(r, b);
+}
+
+/* Make room for `len` more bytes by dropping the oldest READY entries that
+ * nobody holds.  1 when the budget now has the room. */
+static int evict_for_locked(struct reader *r, uint64_t len)
+{
+	struct bent *b = r->fifo.next;
+	while (r->mem_bytes + len > r->mem_limit && b != &r->fifo) {
+		struct bent *next = b->next;
+		if (b->refs == 0) {
+			table_remove(r, b);
+			ent_free_locked(r, b);
+		}
+		b = next;
+	}
+	return r->mem_bytes + len <= r->mem_limit;
+}
+
+/* A new entry (refs 1, not in the table), with its buffer.  NULL: no memory. */
+static struct bent *ent_new_locked(struct reader *r, const unsigned char key[CACHE_KEY_LEN],
+                                   uint32_t len)
+{
+	struct bent *b = calloc(1, sizeof(*b));
+	pthread_condattr_t ca;
+	if (!b)
+		return NULL;
+	if (len == r->pool_len && r->pool) {
+		b->data = r->pool;
+		r->pool = *(void **)b->data;
+		r->npool--;
+	} else if (!(b->data = malloc(len ? len : 1))) {
+		free(b);
+		return NULL;
+	}
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&b->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	memcpy(b->key, key, CACHE_KEY_LEN);
+	b->len = len;
+	b->refs = 1;
+	b->state = B_LOADING;
+	r->mem_bytes += len;
+	return b;
+}
+
+static void ent_publish(struct reader *r, struct bent *b)
+{
+	pthread_mutex_lock(&r->mu);
+	b->state = B_READY;
+	if (b->in_table)
+		fifo_append(r, b);
+	pthread_cond_broadcast(&b->cv);
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void ent_fail(struct reader *r, struct bent *b, enum err_code code, const char *msg)
+{
+	char *m = strdup(msg);
+	pthread_mutex_lock(&r->mu);
+	if (b->state == B_LOADING) {
+		b->state = B_FAILED;
+		b->err_code = code;
+		b->err_msg = m;
+		m = NULL;
+		table_remove(r, b); /* the next reader tries again */
+		pthread_cond_broadcast(&b->cv);
+	}
+	pthread_mutex_unlock(&r->mu);
+	free(m);
+}
+
+/* ---- fetching ---- */
+
+struct sink_ctx {
+	struct reader_image *img;
+	struct bent **ents;
+	size_t first, count;
+	size_t cur; /* index into ents of the block being filled */
+	uint32_t fill;
+	uint64_t received;
+};
+
+static void verify_and_publish(struct sink_ctx *c)
+{
+	struct reader_image *img = c->img;
+	struct reader *r = img->r;
+	struct bent *b = c->ents[c->cur];
+	size_t idx = c->first + c->cur;
+
+	if (img->verified) {
+		unsigned char got[32];
+		hash_sha256(b->data, b->len, got);
+		if (memcmp(got, img->hashes[idx], 32)) {
+			char ghex[65], whex[65], msg[512];
+			hex_encode(got, 32, ghex);
+			hex_encode(img->hashes[idx], 32, whex);
+			atomic_fetch_add(&r->verify_failures, 1);
+			log_error("verification failed: %s block %zu (bytes %llu-%llu) has sha256 "
+			          "%s but "
+			          "its checksum record says %s; not served, not cached",
+			          img->key, idx, (unsigned long long)idx * img->bs,
+			          (unsigned long long)idx * img->bs + b->len - 1, ghex, whex);
+			snprintf(msg, sizeof(msg),
+			         "%s: block %zu does not match its checksum record (the object in "
+			         "the "
+			         "bucket is damaged or was replaced without a new record)",
+			         img->key, idx);
+			ent_fail(r, b, ERR_INTEGRITY, msg);
+			return;
+		}
+	}
+	if (r->cache)
+		cache_put(r->cache, b->key, b->data, b->len);
+	atomic_fetch_add(&r->bytes_fetched, b->len);
+	atomic_fetch_add(&r->misses, 1);
+	ent_publish(r, b);
+}
+
+static int sink(void *ud, const void *data, size_t n)
+{
+	struct sink_ctx *c = ud;
+	const unsigned char *p = data;
+	while (n) {
+		struct bent *b;
+		size_t k;
+		if (c->cur >= c->count)
+			return 1; /* more than asked for */
+		b = c->ents[c->cur];
+		k = b->len - c->fill;
+		if (k > n)
+			k = n;
+		memcpy(b->data + c->fill, p, k);
+		c->fill += (uint32_t)k;
+		c->received += k;
+		p += k;
+		n -= k;
+		if (c->fill == b->len) {
+			verify_and_publish(c);
+			c->cur++;
+			c->fill = 0;
+		}
+	}
+	return 0;
+}
+
+static void note_net_error(struct reader *r, const struct reader_image *img, const struct err *e)
+{
+	double now = time_mono(), last = atomic_load(&r->last_net_log);
+	atomic_store(&r->net_down, 1);
+	if (now - last >= NET_LOG_EVERY_S || last == 0) {
+		atomic_store(&r->last_net_log, now);
+		log_warn("reading %s: %s (uncached reads fail until the bucket answers)", img->key,
+		         e->msg);
+	}
+}
+
+/* One ranged GET for ents[0..count) = blocks first.. of img; every entry ends
+ * READY or FAILED.  The caller keeps its references. */
+static void fetch_run(struct reader_image *img, struct s3 *s, size_t first, size_t count,
+                      struct bent **ents)
+{
+	struct reader *r = img->r;
+	struct sink_ctx c = {img, ents, first, count, 0, 0, 0};
+	struct err e = {0};
+	struct s3_stats before;
+	uint64_t off = (uint64_t)first * img->bs, total = 0;
+	int rc;
+
+	for (size_t k = 0; k < count; k++)
+		total += ents[k]->len;
+	s3_get_stats(s, &before);
+	atomic_fetch_add(&r->gets, 1);
+	rc = s3_get(s, img->key, off, total, img->etag, sink, &c, &e);
+	add_s3_delta(r, &before, s);
+	if (rc == 0 && c.cur == count) {
+		atomic_store(&r->net_down, 0);
+		return;
+	}
+	atomic_fetch_add(&r->fetch_errors, 1);
+	if (rc == 0) {
+		err_set(&e, ERR_IO, "%s: the bucket sent %llu bytes of %llu at offset %llu",
+		        img->key, (unsigned long long)c.received, (unsigned long long)total,
+		        (unsigned long long)off);
+	} else if (e.code == ERR_PRECONDITION) {
+		if (!atomic_exchange(&img->logged_changed, 1))
+			log_warn(
+			        "%s changed in the bucket (it no longer has ETag %s): blocks of "
+			        "the "
+			        "version that was opened and are not cached cannot be read; reopen "
+			        "the file after the next refresh",
+			        img->key, img->etag);
+		err_prefix(&e, "reading %s", img->key);
+	} else if (e.code == ERR_NET) {
+		note_net_error(r, img, &e);
+		err_prefix(&e, "reading %s", img->key);
+	} else {
+		log_warn("reading %s at offset %llu: %s", img->key, (unsigned long long)off, e.msg);
+		err_prefix(&e, "reading %s", img->key);
+	}
+	for (size_t k = c.cur; k < count; k++)
+		ent_fail(r, ents[k], e.code == ERR_OK ? ERR_IO : e.code, e.msg);
+}
+
+static void fail_all(struct reader *r, struct bent **ents, size_t n, const struct err *e)
+{
+	for (size_t k = 0; k < n; k++)
+		ent_fail(r, ents[k], e->code == ERR_OK ? ERR_IO : e->code, e->msg);
+}
+
+/* ---- readahead ---- */
+
+static void job_release(struct reader *r, struct job *j)
+{
+	pthread_mutex_lock(&r->mu);
+	for (size_t k = 0; k < j->count; k++)
+		ent_put_locked(r, j->ents[k]);
+	pthread_mutex_unlock(&r->mu);
+	reader_image_unref(j->img);
+	free(j);
+}
+
+static void *fetch_thread(void *arg)
+{
+	struct reader *r = arg;
+	struct s3 *s = NULL;
+
+	pthread_mutex_lock(&r->mu);
+	for (;;) {
+		struct job *j;
+		while (!r->stop && !r->jhead)
+			pthread_cond_wait(&r->job_cv, &r->mu);
+		if (r->stop)
+			break;
+		j = r->jhead;
+		r->jhead = j->next;
+		if (!r->jhead)
+			r->jtail = NULL;
+		pthread_mutex_unlock(&r->mu);
+
+		if (!s) {
+			struct err e = {0};
+			if (!(s = s3_open(&r->cfg, &e))) {
+				err_prefix(&e, "connecting to the bucket");
+				fail_all(r, j->ents, j->count, &e);
+			}
+		}
+		if (s)
+			fetch_run(j->img, s, j->first, j->count, j->ents);
+		job_release(r, j);
+		pthread_mutex_lock(&r->mu);
+	}
+	pthread_mutex_unlock(&r->mu);
+	if (s)
+		s3_close(s);
+	return NULL;
+}
+
+static void job_queue(struct reader *r, struct job *j)
+{
+	pthread_mutex_lock(&r->mu);
+	j->next = NULL;
+	if (r->jtail)
+		r->jtail->next = j;
+	else
+		r->jhead = j;
+	r->jtail = j;
+	pthread_cond_signal(&r->job_cv);
+	pthread_mutex_unlock(&r->mu);
+}
+
+static struct job *job_new(struct reader_image *img, size_t first, size_t cap)
+{
+	struct job *j = malloc(sizeof(*j) + cap * sizeof(j->ents[0]));
+	if (!j)
+		return NULL;
+	j->next = NULL;
+	j->img = reader_image_ref(img);
+	j->first = first;
+	j->count = 0;
+	return j;
+}
+
+static void job_flush(struct reader *r, struct job **jp)
+{
+	struct job *j = *jp;
+	*jp = NULL;
+	if (!j)
+		return;
+	if (!j->count) {
+		reader_image_unref(j->img);
+		free(j);
+		return;
+	}
+	atomic_fetch_add(&r->readahead_blocks, j->count);
+	job_queue(r, j);
+}
+
+/* Queue GETs for the blocks of [start, end) that are neither in memory nor
+ * in the cache, in runs of at most ra_chunk bytes.  Stops early when the
+ * memory budget is spent. */
+static void schedule(struct reader_image *img, size_t start, size_t end)
+{
+	struct reader *r = img->r;
+	size_t chunk = r->ra_chunk / img->bs ? r->ra_chunk / img->bs : 1;
+	struct job *j = NULL;
+
+	for (size_t i = start; i < end; i++) {
+		unsigned char key[CACHE_KEY_LEN];
+		uint32_t len = block_len(img, i);
+		struct bent *b;
+		int present;
+
+		if (block_is_zero(img, i)) {
+			job_flush(r, &j);
+			continue;
+		}
+		block_key(img, i, key);
+		pthread_mutex_lock(&r->mu);
+		present = table_find(r, key) != NULL;
+		pthread_mutex_unlock(&r->mu);
+		if (!present && r->cache && cache_has(r->cache, key))
+			present = 1;
+		if (present) {
+			job_flush(r, &j);
+			continue;
+		}
+		if (!j && !(j = job_new(img, i, chunk)))
+			return;
+		pthread_mutex_lock(&r->mu);
+		if (table_find(r, key)) {
+			pthread_mutex_unlock(&r->mu);
+			job_flush(r, &j);
+			continue;
+		}
+		if (!evict_for_locked(r, len) || !(b = ent_new_locked(r, key, len))) {
+			pthread_mutex_unlock(&r->mu);
+			break;
+		}
+		table_insert(r, b);
+		pthread_mutex_unlock(&r->mu);
+		j->ents[j->count++] = b;
+		if (j->count == chunk)
+			job_flush(r, &j);
+	}
+	job_flush(r, &j);
+}
+
+/* Update the stream with a read of blocks [first, last]; queue readahead
+ * when the stream is sequential. */
+static void readahead(struct reader_image *img, struct reader_stream *st, size_t first, size_t last)
+{
+	struct reader *r = img->r;
+	uint64_t wblocks, start, target;
+	int seq;
+
+	pthread_mutex_lock(&st->mu);
+	if (st->img != img) {
+		st->img = img;
+		st->primed = 0;
+	}
+	seq = st->primed && first + SEQ_SLACK >= st->next && first <= st->next + SEQ_SLACK;
+	if (!seq) {
+		st->primed = 1;
+		st->next = last + 1;
+		st->ra_end = 0;
+		st->window = 0;
+		pthread_mutex_unlock(&st->mu);
+		return;
+	}
+	if (last + 1 > st->next)
+		st->next = last + 1;
+	if (!st->window)
+		st->window = r->ra_min;
+	wblocks = st->window / img->bs ? st->window / img->bs : 1;
+	start = st->ra_end > st->next ? st->ra_end : st->next;
+	target = st->next + wblocks;
+	if (target > img->nblocks)
+		target = img->nblocks;
+	/* Top up only when half of the window has been consumed: fewer, larger
+	 * GETs, and the window doubles at most once per half window read. */
+	if (start >= target || (st->ra_end > st->next && target - start < (wblocks + 1) / 2) ||
+	    atomic_load(&r->net_down)) {
+		pthread_mutex_unlock(&st->mu);
+		return;
+	}
+	st->ra_end = target;
+	if (st->window < r->ra_max)
+		st->window = st->window * 2 > r->ra_max ? r->ra_max : st->window * 2;
+	pthread_mutex_unlock(&st->mu);
+	schedule(img, start, target);
+}
+
+/* ---- public: reader ---- */
+
+int reader_new(const struct reader_opts *o, struct reader **out, struct err *e)
+{
+	struct reader *r = calloc(1, sizeof(*r));
+	pthread_condattr_t ca;
+	*out = NULL;
+	if (!r)
+		return err_set(e, ERR_IO, "out of memory");
+	if (s3_config_copy(&r->cfg, o->s3, e)) {
+		free(r);
+		return -1;
+	}
+	s3_config_defaults(&r->cfg);
+	r->cache = o->cache;
+	r->nthreads = o->fetch_threads ? o->fetch_threads : DEF_FETCH_THREADS;
+	if (r->nthreads > MAX_FETCH_THREADS)
+		r->nthreads = MAX_FETCH_THREADS;
+	r->mem_limit = o->mem_bytes ? o->mem_bytes : DEF_MEM_BYTES;
+	r->ra_min = o->readahead_min ? o->readahead_min : DEF_RA_MIN;
+	r->ra_max = o->readahead_max ? o->readahead_max : DEF_RA_MAX;
+	r->ra_chunk = o->readahead_chunk ? o->readahead_chunk : DEF_RA_CHUNK;
+	if (r->ra_max < r->ra_min)
+		r->ra_max = r->ra_min;
+	r->pool_len = RECORD_DEFAULT_BLOCK_SIZE;
+	/* A waiter normally wakes when the GET it waits for ends (bounded by the
+	 * retry budget); this only guards against a lost wakeup. */
+	r->wait_limit_s = 2 * r->cfg.retry_budget_s + r->cfg.connect_timeout_s + 30;
+	r->fifo.next = r->fifo.prev = &r->fifo;
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_mutex_init(&r->conn_mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->job_cv, &ca);
+	pthread_condattr_destroy(&ca);
+
+	r->threads = calloc(r->nthreads, sizeof(*r->threads));
+	if (!r->threads) {
+		reader_free(r);
+		return err_set(e, ERR_IO, "out of memory");
+	}
+	for (unsigned i = 0; i < r->nthreads; i++) {
+		int rc = pthread_create(&r->threads[i], NULL, fetch_thread, r);
+		if (rc) {
+			errno = rc;
+			err_errno(e, "starting the fetch threads");
+			reader_free(r);
+			return -1;
+		}
+		r->nstarted++;
+	}
+	*out = r;
+	return 0;
+}
+
+void reader_free(struct reader *r)
+{
+	struct job *j;
+	struct err e = {0};
+	if (!r)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->stop = 1;
+	pthread_cond_broadcast(&r->job_cv);
+	pthread_mutex_unlock(&r->mu);
+	for (unsigned i = 0; i < r->nstarted; i++)
+		pthread_join(r->threads[i], NULL);
+	free(r->threads);
+
+	err_set(&e, ERR_IO, "imgfs is shutting down");
+	while ((j = r->jhead)) {
+		r->jhead = j->next;
+		fail_all(r, j->ents, j->count, &e);
+		job_release(r, j);
+	}
+	pthread_mutex_lock(&r->mu);
+	for (unsigned h = 0; h < NBUCKETS; h++) {
+		while (r->buckets[h]) {
+			struct bent *b = r->buckets[h];
+			table_remove(r, b);
+			if (!b->refs)
+				ent_free_locked(r, b);
+		}
+	}
+	while (r->pool) {
+		void *p = r->pool;
+		r->pool = *(void **)p;
+		free(p);
+	}
+	pthread_mutex_unlock(&r->mu);
+	for (unsigned i = 0; i < r->nidle; i++)
+		s3_close(r->idle[i]);
+	s3_config_free(&r->cfg);
+	pthread_cond_destroy(&r->job_cv);
+	pthread_mutex_destroy(&r->conn_mu);
+	pthread_mutex_destroy(&r->mu);
+	free(r);
+}
+
+void reader_get_stats(struct reader *r, struct reader_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->cache_hits = atomic_load(&r->hits);
+	out->cache_misses = atomic_load(&r->misses);
+	out->mem_hits = atomic_load(&r->mem_hits);
+	out->zero_blocks = atomic_load(&r->zero_blocks);
+	out->bytes_fetched = atomic_load(&r->bytes_fetched);
+	out->verify_failures = atomic_load(&r->verify_failures);
+	out->fetch_errors = atomic_load(&r->fetch_errors);
+	out->readahead_blocks = atomic_load(&r->readahead_blocks);
+	out->coalesced = atomic_load(&r->coalesced);
+	out->gets = atomic_load(&r->gets);
+	out->requests = atomic_load(&r->requests);
+	out->retries = atomic_load(&r->retries);
+	pthread_mutex_lock(&r->mu);
+	out->mem_bytes = r->mem_bytes;
+	pthread_mutex_unlock(&r->mu);
+	out->mem_limit_bytes = r->mem_limit;
+}
+
+/* ---- public: images ---- */
+
+int reader_image_open(struct reader *r, const char *key, uint64_t size, const char *etag,
+                      const struct record *rec, struct reader_image **out, struct err *e)
+{
+	struct reader_image *img = calloc(1, sizeof(*img));
+	*out = NULL;
+	if (!img || !(img->key = strdup(key)))
+		goto oom;
+	if (strlen(etag ? etag : "") >= sizeof(img->etag)) {
+		free(img->key);
+		free(img);
+		return err_set(e, ERR_INVALID, "%s: ETag too long", key);
+	}
+	snprintf(img->etag, sizeof(img->etag), "%s", etag ? etag : "");
+	img->r = r;
+	img->size = size;
+	atomic_init(&img->refs, 1);
+	if (rec) {
+		unsigned char zfull[32], zlast[32];
+		if (rec->size != size || !rec->block_size || (rec->nblocks && !rec->hashes)) {
+			free(img->key);
+			free(img);
+			return err_set(e, ERR_INVALID,
+			               "%s: the checksum record does not describe the object", key);
+		}
+		img->verified = 1;
+		img->bs = rec->block_size;
+		img->nblocks = rec->nblocks;
+		img->hashes = malloc(img->nblocks ? img->nblocks * 32 : 1);
+		img->zero = malloc(img->nblocks ? img->nblocks : 1);
+		if (!img->hashes || !img->zero)
+			goto oom;
+		if (img->nblocks)
+			memcpy(img->hashes, rec->hashes, img->nblocks * 32);
+		record_zero_hash(img->bs, zfull);
+		if (img->nblocks)
+			record_zero_hash(block_len(img, img->nblocks - 1), zlast);
+		for (size_t i = 0; i < img->nblocks; i++)
+			img->zero[i] =
+			        !memcmp(img->hashes[i], i + 1 == img->nblocks ? zlast : zfull, 32);
+	} else {
+		img->bs = UNVERIFIED_BS;
+		img->nblocks = (size_t)((size + img->bs - 1) / img->bs);
+	}
+	*out = img;
+	return 0;
+oom:
+	if (img) {
+		free(img->key);
+		free(img->hashes);
+		free(img->zero);
+		free(img);
+	}
+	return err_set(e, ERR_IO, "out of memory");
+}
+
+struct reader_image *reader_image_ref(struct reader_image *img)
+{
+	atomic_fetch_add(&img->refs, 1);
+	return img;
+}
+
+void reader_image_unref(struct reader_image *img)
+{
+	if (!img || atomic_fetch_sub(&img->refs, 1) != 1)
+		return;
+	free(img->key);
+	free(img->hashes);
+	free(img->zero);
+	free(img);
+}
+
+uint64_t reader_image_size(const struct reader_image *img)
+{
+	return img->size;
+}
+
+int reader_image_verified(const struct reader_image *img)
+{
+	return img->verified;
+}
+
+uint64_t reader_image_cached_bytes(struct reader_image *img)
+{
+	struct reader *r = img->r;
+	uint64_t n = 0;
+	for (size_t i = 0; i < img->nblocks; i++) {
+		unsigned char key[CACHE_KEY_LEN];
+		struct bent *b;
+		int have;
+		if (block_is_zero(img, i)) {
+			n += block_len(img, i);
+			continue;
+		}
+		block_key(img, i, key);
+		pthread_mutex_lock(&r->mu);
+		b = table_find(r, key);
+		have = b && b->state == B_READY;
+		pthread_mutex_unlock(&r->mu);
+		if (have || (r->cache && cache_has(r->cache, key)))
+			n += block_len(img, i);
+	}
+	return n;
+}
+
+int reader_image_seek(const struct reader_image *img, uint64_t off, int hole, uint64_t *out)
+{
+	if (off >= img->size)
+		return -1;
+	if (!img->verified) {
+		*out = hole ? img->size : off;
+		return 0;
+	}
+	for (size_t i = (size_t)(off / img->bs); i < img->nblocks; i++) {
+		if (!img->zero[i] == !hole) {
+			uint64_t start = (uint64_t)i * img->bs;
+			*out = start > off ? start : off;
+			return 0;
+		}
+	}
+	if (hole) {
+		*out = img->size; /* the virtual hole at the end */
+		return 0;
+	}
+	return -1;
+}
+
+/* ---- public: streams ---- */
+
+struct reader_stream *reader_stream_new(void)
+{
+	struct reader_stream *s = calloc(1, sizeof(*s));
+	if (s)
+		pthread_mutex_init(&s->mu, NULL);
+	return s;
+}
+
+void reader_stream_free(struct reader_stream *s)
+{
+	if (!s)
+		return;
+	pthread_mutex_destroy(&s->mu);
+	free(s);
+}
+
+/* ---- public: read ---- */
+
+enum slot_kind { S_DONE, S_WAIT, S_OWN };
+
+struct slot {
+	enum slot_kind kind;
+	int counted; /* served from SQLite: already counted as a hit */
+	struct bent *b;
+	unsigned char *dst;
+	uint32_t poff, plen; /* the piece of the block that the read wants */
+};
+
+/* Step 1 for one block: serve it now (zero, SQLite straight into dst) or
+ * leave an entry in the slot to wait for (S_WAIT) or to fetch (S_OWN). */
+static int classify(struct reader_image *img, size_t i, struct slot *sl, struct err *e)
+{
+	struct reader *r = img->r;
+	unsigned char key[CACHE_KEY_LEN];
+	uint32_t len = block_len(img, i);
+	int full = sl->plen == len, rc = 0;
+	struct bent *b, *mine = NULL;
+
+	if (block_is_zero(img, i)) {
+		memset(sl->dst, 0, sl->plen);
+		atomic_fetch_add(&r->zero_blocks, 1);
+		sl->kind = S_DONE;
+		return 0;
+	}
+	block_key(img, i, key);
+	pthread_mutex_lock(&r->mu);
+	b = table_find(r, key);
+	if (b) {
+		b->refs++;
+		if (b->state == B_LOADING)
+			atomic_fetch_add(&r->coalesced, 1);
+		else if (!full)
+			fifo_append(r, b); /* partial reads: more may follow for this block */
+		pthread_mutex_unlock(&r->mu);
+		sl->kind = S_WAIT;
+		sl->b = b;
+		return 0;
+	}
+	if (!full) {
+		/* the block goes to memory first: the next small read finds it there */
+		evict_for_locked(r, len);
+		mine = ent_new_locked(r, key, len);
+	}
+	pthread_mutex_unlock(&r->mu);
+	if (!full && !mine)
+		return err_set(e, ERR_IO, "out of memory");
+
+	if (r->cache) {
+		struct err ce = {0};
+		rc = cache_get(r->cache, key, full ? sl->dst : mine->data, len, &ce);
+		if (rc < 0)
+			log_debug("block cache: %s", ce.msg);
+	}
+	if (rc == 1 && full) {
+		atomic_fetch_add(&r->hits, 1);
+		sl->kind = S_DONE;
+		return 0;
+	}
+
+	if (rc == 1) {
+		atomic_fetch_add(&r->hits, 1);
+		sl->counted = 1;
+	}
+	pthread_mutex_lock(&r->mu);
+	if ((b = table_find(r, key))) { /* someone else got there meanwhile */
+		b->refs++;
+		if (mine)
+			ent_put_locked(r, mine);
+		pthread_mutex_unlock(&r->mu);
+		sl->kind = S_WAIT;
+		sl->b = b;
+		return 0;
+	}
+	if (!mine) {
+		evict_for_locked(r, len);
+		if (!(mine = ent_new_locked(r, key, len))) {
+			pthread_mutex_unlock(&r->mu);
+			return err_set(e, ERR_IO, "out of memory");
+		}
+	}
+	table_insert(r, mine);
+	if (rc == 1) {
+		mine->state = B_READY;
+		fifo_append(r, mine);
+	}
+	pthread_mutex_unlock(&r->mu);
+	sl->b = mine;
+	sl->kind = rc == 1 ? S_WAIT : S_OWN;
+	return 0;
+}
+
+/* Step 4 for one block: wait until it is READY or FAILED; copy. */
+static int collect(struct reader_image *img, struct slot *sl, struct err *e)
+{
+	struct reader *r = img->r;
+	struct bent *b = sl->b;
+	struct timespec dl;
+	int rc = 0, waited = 0;
+
+	abs_deadline(&dl, r->wait_limit_s);
+	pthread_mutex_lock(&r->mu);
+	while (b->state == B_LOADING) {
+		waited = 1;
+		if (pthread_cond_timedwait(&b->cv, &r->mu, &dl) == ETIMEDOUT &&
+		    b->state == B_LOADING) {
+			pthread_mutex_unlock(&r->mu);
+			return err_set(e, ERR_NET, "reading %s: timed out waiting for a block",
+			               img->key);
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+	if (b->state == B_FAILED) {
+		rc = err_set(e, b->err_code, "%s", b->err_msg ? b->err_msg : "fetch failed");
+	} else {
+		memcpy(sl->dst, b->data + sl->poff, sl->plen);
+		if (sl->kind == S_WAIT && !waited && !sl->counted) {
+			atomic_fetch_add(&r->hits, 1);
+			atomic_fetch_add(&r->mem_hits, 1);
+		}
+	}
+	return rc;
+}
+
+int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                void *buf, size_t *got, struct err *e)
+{
+	struct reader *r = img->r;
+	struct slot stack[STACK_SLOTS], *slots = stack;
+	size_t first, last, n, nset = 0;
+	int rc = -1;
+	struct err fe = {0};
+
+	*got = 0;
+	if (off >= img->size || !len)
+		return 0;
+	if (len > img->size - off)
+		len = (size_t)(img->size - off);
+	first = (size_t)(off / img->bs);
+	last = (size_t)((off + len - 1) / img->bs);
+	n = last - first + 1;
+	if (n > STACK_SLOTS && !(slots = calloc(n, sizeof(*slots))))
+		return err_set(e, ERR_IO, "out of memory");
+
+	/* 1: what is where */
+	for (size_t k = 0; k < n; k++) {
+		size_t i = first + k;
+		uint64_t bo = (uint64_t)i * img->bs;
+		uint64_t ps = off > bo ? off : bo;
+		uint64_t pe =
+		        off + len < bo + block_len(img, i) ? off + len : bo + block_len(img, i);
+		slots[k].kind = S_DONE;
+		slots[k].counted = 0;
+		slots[k].b = NULL;
+		slots[k].dst = (unsigned char *)buf + (ps - off);
+		slots[k].poff = (uint32_t)(ps - bo);
+		slots[k].plen = (uint32_t)(pe - ps);
+		if (classify(img, i, &slots[k], e)) {
+			nset = k;
+			goto release;
+		}
+	}
+	nset = n;
+
+	/* 2: readahead, before waiting on anything */
+	if (st)
+		readahead(img, st, first, last);
+
+	/* 3: our own runs, one GET each */
+	for (size_t k = 0; k < n;) {
+		size_t k2 = k;
+		struct bent *run[64];
+		struct s3 *s;
+		if (slots[k].kind != S_OWN) {
+			k++;
+			continue;
+		}
+		while (k2 < n && slots[k2].kind == S_OWN && k2 - k < 64)
+			k2++;
+		for (size_t q = k; q < k2; q++)
+			run[q - k] = slots[q].b;
+		if (!(s = conn_get(r, &fe))) {
+			fail_all(r, run, k2 - k, &fe);
+		} else {
+			fetch_run(img, s, first + k, k2 - k, run);
+			conn_put(r, s);
+		}
+		k = k2;
+	}
+
+	/* 4: wait and copy */
+	rc = 0;
+	for (size_t k = 0; k < n; k++) {
+		if (slots[k].kind == S_DONE)
+			continue;
+		if (collect(img, &slots[k], rc ? NULL : e))
+			rc = -1;
+	}
+	if (!rc)
+		*got = len;
+	nset = n;
+release:
+	if (rc) /* entries that this read was going to fetch: their waiters must not hang */
+		for (size_t k = 0; k < nset; k++)
+			if (slots[k].kind == S_OWN)
+				ent_fail(r, slots[k].b, ERR_IO, "reading was abandoned");
+	pthread_mutex_lock(&r->mu);
+	for (size_t k = 0; k < nset; k++)
+		if (slots[k].b)
+			ent_put_locked(r, slots[k].b);
+	pthread_mutex_unlock(&r->mu);
+	if (slots != stack)
+		free(slots);
+	return rc;
+}

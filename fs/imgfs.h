@@ -1,0 +1,155 @@
+/* imgfs internals shared by the fs/ sources: the mount's tree of nodes, the listing
+ * state it is built from, and the FUSE operations. */
+#ifndef IMGSTORE_FS_IMGFS_H
+#define IMGSTORE_FS_IMGFS_H
+
+#define FUSE_USE_VERSION 314
+
+#include "common/err.h"
+#include "store/cache.h"
+#include "store/reader.h"
+#include "store/record.h"
+#include "store/s3.h"
+
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#define IMGFS_STATE_META "imgfs.state.v1" /* cache_meta name of the listing state */
+#define IMGFS_CTL_DIR    ".imgstore"
+#define IMGFS_BYSHA_DIR  "by-sha256"
+#define IMGFS_STATS_FILE "stats"
+#define IMGFS_XATTR_PFX  "user.imgstore."
+#define IMGFS_TTL        86400.0 /* entry/attr timeout: changes are pushed with notify_inval */
+#define IMGFS_FILE_BLKSZ (1024 * 1024)
+#define IMGFS_MAX_READ   (1024 * 1024) /* -o max_read */
+
+/* ---- listing state: what the bucket holds (persisted in the cache) ---- */
+
+struct sobj {
+	char *key; /* "images/<dest>" */
+	uint64_t size;
+	char etag[S3_ETAG_MAX];
+	time_t mtime;
+};
+
+struct srec {
+	char *dest;
+	char meta_etag[S3_ETAG_MAX]; /* of metadata/<dest>.json */
+	char *json;                  /* the record as fetched */
+};
+
+struct state {
+	struct sobj *imgs; /* sorted by key */
+	size_t nimgs;
+	struct srec *recs; /* sorted by dest */
+	size_t nrecs;
+	char *text; /* serialized form (persisted; compared to detect changes) */
+};
+
+void state_free(struct state *st);
+/* From the cache (1 found, 0 none, -1 unreadable: logged, treated as none). */
+int state_load(struct cache *c, struct state **out);
+/* List the bucket; records whose metadata object is unchanged since `prev`
+ * are reused, the others fetched (in parallel). */
+int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *prev,
+                struct state **out, struct err *e);
+const struct srec *state_find_rec(const struct state *st, const char *dest);
+
+/* ---- the tree ---- */
+
+struct version {
+	atomic_int refs;
+	uint64_t id; /* unique in this process */
+	char *key;
+	uint64_t size;
+	char etag[S3_ETAG_MAX];
+	char meta_etag[S3_ETAG_MAX]; /* "" when unverified */
+	time_t mtime;
+	int verified;
+	char checksum[RECORD_CHECKSUM_MAX]; /* "sha256:<hex>" or "" */
+	char *source_url;
+	char uploaded_at[32];
+	struct reader_image *img;
+};
+
+enum nkind { N_DIR, N_FILE, N_STATS };
+
+struct node {
+	fuse_ino_t ino;
+	enum nkind kind;
+	char *path; /* "" root, "a/b.qcow2", ".imgstore/stats" */
+	const char *name;
+	struct node *parent;
+	int live;
+	int special; /* .imgstore and what is inside it: not from the listing */
+	time_t mtime;
+	struct version *ver; /* N_FILE */
+	struct node **kids;  /* N_DIR: sorted by name */
+	size_t nkids, kcap;
+	/* page cache: the version whose pages the kernel may hold (fs->pc_mu) */
+	uint64_t pc_ver;
+	unsigned pc_open;
+	struct node *ino_next, *path_next;
+	unsigned seen; /* refresh generation */
+};
+
+struct imgfs_opts {
+	char *mountpoint;
+	char *cache_dir;
+	uint64_t cache_size;
+	long refresh_s;
+	long timeout_s;
+	int allow_unverified;
+	int foreground;
+};
+
+struct imgfs {
+	struct imgfs_opts o;
+	struct s3_config cfg;
+	struct cache *cache;
+	struct reader *reader;
+	struct fuse_session *se;
+	int mounted; /* notifications only once the kernel talks to us */
+	uid_t uid;
+	gid_t gid;
+	time_t start_time;
+
+	pthread_rwlock_t lock; /* the tree */
+	struct node **by_ino, **by_path;
+	size_t cap, nnodes;
+	struct node *root, *ctl, *stats, *bysha;
+	unsigned gen;
+	uint64_t next_ver_id;
+	_Atomic uint64_t total_bytes;
+	atomic_size_t nimages, nunverified;
+
+	pthread_mutex_t pc_mu; /* node page-cache bookkeeping */
+
+	struct state *state; /* last applied (refresh thread only) */
+	atomic_uint_fast64_t refreshes, refresh_errors;
+	_Atomic time_t last_refresh;
+	atomic_int bucket_ok;
+};
+
+int tree_init(struct imgfs *fs, struct err *e);
+void tree_free(struct imgfs *fs);
+/* Rebuild the tree from a listing state; changes are pushed to the kernel
+ * (when mounted) after the lock is released. */
+int tree_apply(struct imgfs *fs, const struct state *st, const struct state *prev, int initial,
+               struct err *e);
+struct node *tree_by_ino(struct imgfs *fs, fuse_ino_t ino);
+struct node *tree_child(struct node *dir, const char *name);
+struct version *version_ref(struct version *v);
+void version_unref(struct version *v);
+
+/* ---- FUSE ---- */
+
+extern const struct fuse_lowlevel_ops imgfs_ops;
+/* The stats JSON (malloc'd, with a trailing newline). */
+char *imgfs_stats_json(struct imgfs *fs, size_t *len);
+
+#endif

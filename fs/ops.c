@@ -1,0 +1,901 @@
+/* The FUSE low-level operations of imgfs: a read-only tree; every write
+ * fails with EROFS.  Reads go through the verified reader (store/reader.h).
+ *
+ * Page cache: the content of a version never changes, so handles keep the
+ * kernel's page cache (FOPEN_KEEP_CACHE) and attributes are cached for long.
+ * Per inode the kernel keeps one page cache, but after a refresh two
+ * versions may be open at once; so the pages of an inode belong to one
+ * version at a time (node->pc_ver): a handle of another version opened while
+ * page-cache handles of the first are still open uses direct I/O. */
+#include "fs/imgfs.h"
+
+#include "common/log.h"
+#include "common/timefmt.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#ifndef SEEK_DATA
+#define SEEK_DATA 3
+#define SEEK_HOLE 4
+#endif
+
+#define FS(req) ((struct imgfs *)fuse_req_userdata(req))
+
+struct fh {
+	enum nkind kind;
+	struct node *node;
+	struct version *ver;      /* N_FILE */
+	struct reader_stream *st; /* N_FILE */
+	int pagecache;            /* counted in node->pc_open */
+	char *data;               /* N_STATS: the snapshot */
+	size_t len;
+};
+
+struct dent {
+	char *name;
+	struct stat st;
+};
+
+struct dh {
+	struct dent *v;
+	size_t n;
+};
+
+/* ---- stats ---- */
+
+char *imgfs_stats_json(struct imgfs *fs, size_t *len)
+{
+	struct reader_stats rs;
+	struct cache_stats cs = {0};
+	json_t *o = json_object();
+	char when[32] = "", *text, *out = NULL;
+	time_t last = atomic_load(&fs->last_refresh);
+
+	reader_get_stats(fs->reader, &rs);
+	if (fs->cache)
+		cache_get_stats(fs->cache, &cs);
+	if (last)
+		time_format_rfc3339(last, when);
+#define NUM(k, v) json_object_set_new(o, k, json_integer((json_int_t)(v)))
+	NUM("images", atomic_load(&fs->nimages));
+	NUM("unverified_images", atomic_load(&fs->nunverified));
+	NUM("image_bytes", atomic_load(&fs->total_bytes));
+	NUM("cache_hits", rs.cache_hits);
+	NUM("cache_misses", rs.cache_misses);
+	NUM("bytes_fetched", rs.bytes_fetched);
+	NUM("verify_failures", rs.verify_failures);
+	NUM("cache_bytes", cs.bytes);
+	NUM("cache_limit_bytes", fs->cache ? cs.limit_bytes : fs->o.cache_size);
+	NUM("cache_inserts", cs.inserts);
+	NUM("cache_evictions", cs.evictions);
+	NUM("cache_dropped", cs.dropped);
+	NUM("memory_hits", rs.mem_hits);
+	NUM("memory_bytes", rs.mem_bytes);
+	NUM("memory_limit_bytes", rs.mem_limit_bytes);
+	NUM("zero_blocks", rs.zero_blocks);
+	NUM("coalesced_reads", rs.coalesced);
+	NUM("readahead_blocks", rs.readahead_blocks);
+	NUM("fetch_errors", rs.fetch_errors);
+	NUM("gets", rs.gets);
+	NUM("requests", rs.requests);
+	NUM("retries", rs.retries);
+	NUM("refreshes", atomic_load(&fs->refreshes));
+	NUM("refresh_errors", atomic_load(&fs->refresh_errors));
+#undef NUM
+	json_object_set_new(o, "last_refresh", last ? json_string(when) : json_null());
+	json_object_set_new(o, "bucket_reachable", json_boolean(atomic_load(&fs->bucket_ok)));
+	text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	if (text) {
+		size_t n = strlen(text);
+		if ((out = malloc(n + 2))) {
+			memcpy(out, text, n);
+			out[n] = '\n';
+			out[n + 1] = '\0';
+			*len = n + 1;
+		}
+		free(text);
+	}
+	return out;
+}
+
+/* ---- attributes ---- */
+
+static void fill_attr(struct imgfs *fs, const struct node *n, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_mtime = st->st_ctime = st->st_atime = n->mtime;
+	switch (n->kind) {
+	case N_DIR:
+		st->st_mode = S_IFDIR | 0555;
+		st->st_nlink = 2;
+		st->st_size = 4096;
+		st->st_blksize = 4096;
+		break;
+	case N_FILE:
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = n->ver ? (off_t)n->ver->size : 0;
+		st->st_blksize = IMGFS_FILE_BLKSZ;
+		st->st_blocks = (st->st_size + 511) / 512;
+		break;
+	case N_STATS: {
+		size_t len = 0;
+		char *s = imgfs_stats_json(fs, &len);
+		free(s);
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)len;
+		st->st_blksize = 4096;
+		st->st_mtime = st->st_ctime = st->st_atime = time(NULL);
+		break;
+	}
+	}
+}
+
+static double attr_ttl(const struct node *n)
+{
+	return n->kind == N_STATS ? 0.0 : IMGFS_TTL;
+}
+
+static void fill_entry(struct imgfs *fs, const struct node *n, struct fuse_entry_param *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = n->ino;
+	e->generation = 1;
+	fill_attr(fs, n, &e->attr);
+	e->attr_timeout = attr_ttl(n);
+	e->entry_timeout = IMGFS_TTL;
+}
+
+/* ---- lifecycle ---- */
+
+static void op_init(void *ud, struct fuse_conn_info *conn)
+{
+	struct imgfs *fs = ud;
+	if (conn->capable & FUSE_CAP_READDIRPLUS)
+		conn->want |= FUSE_CAP_READDIRPLUS;
+	conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS_AUTO; /* ls -l: attributes in one go */
+	conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;  /* versions are tracked here */
+	if (conn->capable & FUSE_CAP_ASYNC_READ)
+		conn->want |= FUSE_CAP_ASYNC_READ;
+	if (conn->capable & FUSE_CAP_ASYNC_DIO)
+		conn->want |= FUSE_CAP_ASYNC_DIO;
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	conn->max_readahead = conn->capable ? UINT32_MAX : conn->max_readahead;
+	conn->max_read = IMGFS_MAX_READ; /* must equal -o max_read */
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
+	fs->mounted = 1;
+}
+
+static void op_destroy(void *ud)
+{
+	struct imgfs *fs = ud;
+	fs->mounted = 0;
+}
+
+/* ---- lookups ---- */
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct imgfs *fs = FS(req);
+	struct fuse_entry_param e;
+	struct node *p, *n;
+	int err = 0;
+
+	pthread_rwlock_rdlock(&fs->lock);
+	p = tree_by_ino(fs, parent);
+	if (!p || !p->live)
+		err = ENOENT;
+	else if (p->kind != N_DIR)
+		err = ENOTDIR;
+	else if (!(n = tree_child(p, name)))
+		err = ENOENT;
+	else
+		fill_entry(fs, n, &e);
+	pthread_rwlock_unlock(&fs->lock);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_entry(req, &e);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	(void)ino;
+	(void)nlookup;
+	fuse_reply_none(req); /* nodes live as long as the mount */
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	(void)count;
+	(void)forgets;
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct imgfs *fs = FS(req);
+	struct stat st;
+	struct node *n;
+	double ttl = 0;
+	(void)fi;
+	pthread_rwlock_rdlock(&fs->lock);
+	n = tree_by_ino(fs, ino);
+	if (n) {
+		fill_attr(fs, n, &st);
+		ttl = attr_ttl(n);
+	}
+	pthread_rwlock_unlock(&fs->lock);
+	if (!n)
+		fuse_reply_err(req, ENOENT);
+	else
+		fuse_reply_attr(req, &st, ttl);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	(void)ino;
+	fuse_reply_err(req, EINVAL);
+}
+
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	struct imgfs *fs = FS(req);
+	struct node *n;
+	int err = 0;
+	pthread_rwlock_rdlock(&fs->lock);
+	n = tree_by_ino(fs, ino);
+	if (!n)
+		err = ENOENT;
+	else if (mask & W_OK)
+		err = EROFS;
+	else if ((mask & X_OK) && n->kind != N_DIR)
+		err = EACCES;
+	pthread_rwlock_unlock(&fs->lock);
+	fuse_reply_err(req, err);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct imgfs *fs = FS(req);
+	struct statvfs sv;
+	(void)ino;
+	memset(&sv, 0, sizeof(sv));
+	pthread_rwlock_rdlock(&fs->lock);
+	sv.f_bsize = 4096;
+	sv.f_frsize = 4096;
+	sv.f_blocks = (fsblkcnt_t)((atomic_load(&fs->total_bytes) + 4095) / 4096);
+	sv.f_files = (fsfilcnt_t)fs->nnodes;
+	pthread_rwlock_unlock(&fs->lock);
+	sv.f_namemax = 255;
+	sv.f_flag = ST_RDONLY;
+	fuse_reply_statfs(req, &sv);
+}
+
+/* ---- files ---- */
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct imgfs *fs = FS(req);
+	struct fh *h;
+	struct node *n;
+	int err = 0;
+
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & (O_TRUNC | O_CREAT | O_APPEND))) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (!(h = calloc(1, sizeof(*h)))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	pthread_rwlock_rdlock(&fs->lock);
+	n = tree_by_ino(fs, ino);
+	if (!n || !n->live)
+		err = ENOENT;
+	else if (n->kind == N_DIR)
+		err = EISDIR;
+	else if (n->kind == N_FILE && !n->ver)
+		err = ENOENT;
+	if (!err) {
+		h->kind = n->kind;
+		h->node = n;
+		h->ver = version_ref(n->ver);
+	}
+	pthread_rwlock_unlock(&fs->lock);
+	if (err)
+		goto fail;
+
+	if (h->kind == N_STATS) {
+		if (!(h->data = imgfs_stats_json(fs, &h->len))) {
+			err = ENOMEM;
+			goto fail;
+		}
+		fi->direct_io = 1;
+		fi->nonseekable = 0;
+	} else {
+		if (!(h->st = reader_stream_new())) {
+			err = ENOMEM;
+			goto fail;
+		}
+		pthread_mutex_lock(&fs->pc_mu);
+		if (n->pc_open && n->pc_ver != h->ver->id) {
+			fi->direct_io = 1; /* the page cache holds another version */
+		} else {
+			fi->keep_cache = n->pc_ver == h->ver->id;
+			n->pc_ver = h->ver->id;
+			n->pc_open++;
+			h->pagecache = 1;
+		}
+		pthread_mutex_unlock(&fs->pc_mu);
+	}
+	fi->noflush = 1;
+	fi->fh = (uint64_t)(uintptr_t)h;
+	if (fuse_reply_open(req, fi) == -ENOENT) {
+		/* interrupted: the kernel will not release it */
+		if (h->pagecache) {
+			pthread_mutex_lock(&fs->pc_mu);
+			n->pc_open--;
+			pthread_mutex_unlock(&fs->pc_mu);
+		}
+		reader_stream_free(h->st);
+		version_unref(h->ver);
+		free(h->data);
+		free(h);
+	}
+	return;
+fail:
+	version_unref(h->ver);
+	reader_stream_free(h->st);
+	free(h);
+	fuse_reply_err(req, err);
+}
+
+static pthread_key_t buf_key;
+static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
+struct tbuf {
+	size_t cap;
+	char data[];
+};
+
+static void buf_key_init(void)
+{
+	pthread_key_create(&buf_key, free);
+}
+
+/* A per-thread read buffer (the FUSE worker threads are long lived). */
+static char *thread_buf(size_t len)
+{
+	struct tbuf *b;
+	pthread_once(&buf_once, buf_key_init);
+	b = pthread_getspecific(buf_key);
+	if (!b || b->cap < len) {
+		size_t cap = len < IMGFS_FILE_BLKSZ ? IMGFS_FILE_BLKSZ : len;
+		free(b);
+		b = malloc(sizeof(*b) + cap);
+		pthread_setspecific(buf_key, b);
+		if (!b)
+			return NULL;
+		b->cap = cap;
+	}
+	return b->data;
+}
+
+/* Every failure of a read is EIO: a checksum mismatch, a changed object, an
+ * unreachable bucket (after the retry budget). */
+static int errno_of(const struct err *e)
+{
+	(void)e;
+	return EIO;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+	struct fh *h = (struct fh *)(uintptr_t)fi->fh;
+	struct err e = {0};
+	size_t got = 0;
+	char *buf;
+	(void)ino;
+
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (h->kind == N_STATS) {
+		if ((size_t)off >= h->len)
+			size = 0;
+		else if (size > h->len - (size_t)off)
+			size = h->len - (size_t)off;
+		fuse_reply_buf(req, size ? h->data + off : NULL, size);
+		return;
+	}
+	if (!(buf = thread_buf(size))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (reader_read(h->ver->img, h->st, (uint64_t)off, size, buf, &got, &e)) {
+		log_debug("read %s at %lld: %s", h->ver->key, (long long)off, e.msg);
+		fuse_reply_err(req, errno_of(&e));
+		return;
+	}
+	fuse_reply_buf(req, buf, got);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct imgfs *fs = FS(req);
+	struct fh *h = (struct fh *)(uintptr_t)fi->fh;
+	(void)ino;
+	if (h->pagecache) {
+		pthread_mutex_lock(&fs->pc_mu);
+		h->node->pc_open--;
+		pthread_mutex_unlock(&fs->pc_mu);
+	}
+	reader_stream_free(h->st);
+	version_unref(h->ver);
+	free(h->data);
+	free(h);
+	fuse_reply_err(req, 0);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, 0); /* nothing is ever dirty */
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+                     struct fuse_file_info *fi)
+{
+	struct fh *h = (struct fh *)(uintptr_t)fi->fh;
+	uint64_t out;
+	(void)ino;
+	if (h->kind != N_FILE || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (off < 0 || reader_image_seek(h->ver->img, (uint64_t)off, whence == SEEK_HOLE, &out)) {
+		fuse_reply_err(req, ENXIO);
+		return;
+	}
+	fuse_reply_lseek(req, (off_t)out);
+}
+
+/* ---- directories ---- */
+
+static int dh_add(struct dh *d, size_t *cap, const char *name, const struct stat *st)
+{
+	if (d->n == *cap) {
+		size_t nc = *cap ? *cap * 2 : 16;
+		struct dent *nv = realloc(d->v, nc * sizeof(*nv));
+		if (!nv)
+			return -1;
+		d->v = nv;
+		*cap = nc;
+	}
+	if (!(d->v[d->n].name = strdup(name)))
+		return -1;
+	d->v[d->n].st = *st;
+	d->n++;
+	return 0;
+}
+
+static void dh_free(struct dh *d)
+{
+	if (!d)
+		return;
+	for (size_t i = 0; i < d->n; i++)
+		free(d->v[i].name);
+	free(d->v);
+	free(d);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct imgfs *fs = FS(req);
+	struct dh *d = calloc(1, sizeof(*d));
+	struct node *n;
+	size_t cap = 0;
+	int err = 0;
+	struct stat st;
+
+	if (!d) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	pthread_rwlock_rdlock(&fs->lock);
+	n = tree_by_ino(fs, ino);
+	if (!n || !n->live) {
+		err = ENOENT;
+	} else if (n->kind != N_DIR) {
+		err = ENOTDIR;
+	} else {
+		fill_attr(fs, n, &st);
+		err = dh_add(d, &cap, ".", &st) ? ENOMEM : 0;
+		if (!err) {
+			fill_attr(fs, n->parent ? n->parent : n, &st);
+			err = dh_add(d, &cap, "..", &st) ? ENOMEM : 0;
+		}
+		for (size_t i = 0; !err && i < n->nkids; i++) {
+			fill_attr(fs, n->kids[i], &st);
+			err = dh_add(d, &cap, n->kids[i]->name, &st) ? ENOMEM : 0;
+		}
+	}
+	pthread_rwlock_unlock(&fs->lock);
+	if (err) {
+		dh_free(d);
+		fuse_reply_err(req, err);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)d;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		dh_free(d);
+}
+
+static void do_readdir(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi, int plus)
+{
+	struct imgfs *fs = FS(req);
+	struct dh *d = (struct dh *)(uintptr_t)fi->fh;
+	char *buf = malloc(size ? size : 1);
+	size_t pos = 0;
+
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	for (size_t i = off < 0 ? 0 : (size_t)off; i < d->n; i++) {
+		const struct dent *de = &d->v[i];
+		size_t need;
+		if (plus) {
+			struct fuse_entry_param e;
+			int dot = !strcmp(de->name, ".") || !strcmp(de->name, "..");
+			memset(&e, 0, sizeof(e));
+			e.attr = de->st;
+			if (!dot) {
+				e.ino = de->st.st_ino;
+				e.generation = 1;
+				e.attr_timeout =
+				        S_ISREG(de->st.st_mode) && de->st.st_ino == fs->stats->ino
+				                ? 0.0
+				                : IMGFS_TTL;
+				e.entry_timeout = IMGFS_TTL;
+			}
+			need = fuse_add_direntry_plus(req, buf + pos, size - pos, de->name, &e,
+			                              (off_t)(i + 1));
+		} else {
+			need = fuse_add_direntry(req, buf + pos, size - pos, de->name, &de->st,
+			                         (off_t)(i + 1));
+		}
+		if (need > size - pos)
+			break;
+		pos += need;
+	}
+	fuse_reply_buf(req, buf, pos);
+	free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi)
+{
+	(void)ino;
+	do_readdir(req, size, off, fi, 0);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                           struct fuse_file_info *fi)
+{
+	(void)ino;
+	do_readdir(req, size, off, fi, 1);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	dh_free((struct dh *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+/* ---- extended attributes ---- */
+
+static const char *const xattr_names[] = {
+        IMGFS_XATTR_PFX "checksum",
+        IMGFS_XATTR_PFX "source_url",
+        IMGFS_XATTR_PFX "uploaded_at",
+        IMGFS_XATTR_PFX "cached_bytes",
+};
+
+/* The value of xattr `name` of version v into out (malloc'd); 0, or ENODATA. */
+static int xattr_value(struct version *v, const char *name, char **out)
+{
+	char num[32];
+	const char *val = NULL;
+	if (!strcmp(name, xattr_names[0]))
+		val = v->checksum[0] ? v->checksum : NULL;
+	else if (!strcmp(name, xattr_names[1]))
+		val = v->source_url;
+	else if (!strcmp(name, xattr_names[2]))
+		val = v->uploaded_at[0] ? v->uploaded_at : NULL;
+	else if (!strcmp(name, xattr_names[3])) {
+		snprintf(num, sizeof(num), "%llu",
+		         (unsigned long long)reader_image_cached_bytes(v->img));
+		val = num;
+	}
+	if (!val)
+		return ENODATA;
+	*out = strdup(val);
+	return *out ? 0 : ENOMEM;
+}
+
+static struct version *file_version(struct imgfs *fs, fuse_ino_t ino, int *err)
+{
+	struct node *n;
+	struct version *v = NULL;
+	pthread_rwlock_rdlock(&fs->lock);
+	n = tree_by_ino(fs, ino);
+	*err = !n ? ENOENT : 0;
+	if (n && n->kind == N_FILE)
+		v = version_ref(n->ver);
+	pthread_rwlock_unlock(&fs->lock);
+	return v;
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct imgfs *fs = FS(req);
+	int err;
+	char *val = NULL;
+	struct version *v = file_version(fs, ino, &err);
+	size_t len;
+
+	if (!v) {
+		fuse_reply_err(req, err ? err : ENODATA);
+		return;
+	}
+	err = xattr_value(v, name, &val);
+	version_unref(v);
+	if (err) {
+		fuse_reply_err(req, err);
+		return;
+	}
+	len = strlen(val);
+	if (!size)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, val, len);
+	free(val);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct imgfs *fs = FS(req);
+	int err;
+	struct version *v = file_version(fs, ino, &err);
+	char list[256];
+	size_t len = 0;
+
+	if (!v && err) {
+		fuse_reply_err(req, err);
+		return;
+	}
+	for (size_t i = 0; v && i < sizeof(xattr_names) / sizeof(xattr_names[0]); i++) {
+		int present = i == 3 || (i == 0 && v->checksum[0]) || (i == 1 && v->source_url) ||
+		              (i == 2 && v->uploaded_at[0]);
+		size_t l = strlen(xattr_names[i]) + 1;
+		if (!present)
+			continue;
+		memcpy(list + len, xattr_names[i], l);
+		len += l;
+	}
+	version_unref(v);
+	if (!size)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, list, len);
+}
+
+/* ---- writes: all EROFS ---- */
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                       struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)attr;
+	(void)to_set;
+	(void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	(void)rdev;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	(void)link;
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                      const char *newname, unsigned int flags)
+{
+	(void)parent;
+	(void)name;
+	(void)newparent;
+	(void)newname;
+	(void)flags;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	(void)ino;
+	(void)newparent;
+	(void)newname;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)buf;
+	(void)size;
+	(void)off;
+	(void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                      struct fuse_file_info *fi)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	(void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                        size_t size, int flags)
+{
+	(void)ino;
+	(void)name;
+	(void)value;
+	(void)size;
+	(void)flags;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	(void)ino;
+	(void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                         struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)mode;
+	(void)offset;
+	(void)length;
+	(void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+                               struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+                               struct fuse_file_info *fi_out, size_t len, int flags)
+{
+	(void)ino_in;
+	(void)off_in;
+	(void)fi_in;
+	(void)ino_out;
+	(void)off_out;
+	(void)fi_out;
+	(void)len;
+	(void)flags;
+	fuse_reply_err(req, EROFS);
+}
+
+/* Not implemented on purpose: getlk/setlk/flock (the kernel then keeps
+ * POSIX and BSD locks locally, which is what QEMU's image locking needs on a
+ * read-only image), ioctl, poll, bmap. */
+const struct fuse_lowlevel_ops imgfs_ops = {
+        .init = op_init,
+        .destroy = op_destroy,
+        .lookup = op_lookup,
+        .forget = op_forget,
+        .forget_multi = op_forget_multi,
+        .getattr = op_getattr,
+        .setattr = op_setattr,
+        .readlink = op_readlink,
+        .mknod = op_mknod,
+        .mkdir = op_mkdir,
+        .unlink = op_unlink,
+        .rmdir = op_unlink,
+        .symlink = op_symlink,
+        .rename = op_rename,
+        .link = op_link,
+        .open = op_open,
+        .read = op_read,
+        .write = op_write,
+        .flush = op_flush,
+        .release = op_release,
+        .fsync = op_fsync,
+        .opendir = op_opendir,
+        .readdir = op_readdir,
+        .readdirplus = op_readdirplus,
+        .releasedir = op_releasedir,
+        .fsyncdir = op_fsyncdir,
+        .statfs = op_statfs,
+        .setxattr = op_setxattr,
+        .getxattr = op_getxattr,
+        .listxattr = op_listxattr,
+        .removexattr = op_removexattr,
+        .access = op_access,
+        .create = op_create,
+        .fallocate = op_fallocate,
+        .copy_file_range = op_copy_file_range,
+        .lseek = op_lseek,
+};
