@@ -393,3 +393,44 @@ def test_qemu_img_compare_through_mount(lab):
                         lab.base.path, str(lab.mount.path / BASE)],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_mount_system_calls_qemu_makes(lab):
+    """What QEMU's file driver does to a base on the mount: O_DIRECT opens
+    with aligned, unaligned and large reads, fsync/fdatasync of a read-only
+    descriptor (a flush), OFD byte-range locks (image locking), and write
+    opens that must fail with EROFS."""
+    import errno
+    import fcntl
+    import mmap
+    import struct
+    path = lab.backing(lab.base_sha)
+    data = lab.base.path.read_bytes()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        buf = mmap.mmap(-1, 4 * MiB)  # page-aligned, as O_DIRECT wants
+        assert os.preadv(fd, [memoryview(buf)[:4096]], 0) == 4096
+        assert bytes(buf[:4096]) == data[:4096]
+        n = os.preadv(fd, [buf], 1 * MiB)
+        assert bytes(buf[:n]) == data[1 * MiB:1 * MiB + n]
+        assert os.pread(fd, 777, 12345) == data[12345:12345 + 777]
+        assert os.pread(fd, 4096, len(data) - 100) == data[-100:]
+        os.fsync(fd)
+        os.fdatasync(fd)
+        F_OFD_GETLK, F_OFD_SETLK = 36, 37
+        lock = struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, 100, 1, 0)
+        fcntl.fcntl(fd, F_OFD_SETLK, lock)
+        probe = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 100, 1, 0)
+        fd2 = os.open(path, os.O_RDONLY)
+        try:
+            # another open file description sees the shared lock
+            assert struct.unpack("hhqqi4x", fcntl.fcntl(fd2, F_OFD_GETLK, probe))[0] == \
+                fcntl.F_RDLCK
+        finally:
+            os.close(fd2)
+    finally:
+        os.close(fd)
+    for flags in (os.O_RDWR, os.O_WRONLY, os.O_RDWR | os.O_DIRECT):
+        with pytest.raises(OSError) as exc:
+            os.close(os.open(path, flags))
+        assert exc.value.errno == errno.EROFS
