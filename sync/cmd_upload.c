@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { OPT_SOURCE = 1, OPT_DESTINATION, OPT_NAME, OPT_CHECKSUM, OPT_PARALLEL };
+enum { OPT_SOURCE = 1, OPT_DESTINATION, OPT_NAME, OPT_CHECKSUM, OPT_PARALLEL, OPT_PART_SIZE };
 
 static const struct optdef upload_opts[] = {
         {"source", OPT_SOURCE, 1, "FILE", "the file to upload ('-' reads standard input)"},
@@ -26,6 +26,8 @@ static const struct optdef upload_opts[] = {
         {"checksum", OPT_CHECKSUM, 1, "ALG:HEX",
          "expected sha256:/sha512: checksum; a mismatch stores nothing"},
         {"parallel", OPT_PARALLEL, 1, "N", "parts uploaded at once (default 3)"},
+        {"part-size", OPT_PART_SIZE, 1, "SIZE",
+         "multipart part size, 5M to 1G (default 8M; memory is about (N+2) x SIZE)"},
         CLI_OPT_CREDENTIALS,
         CLI_OPT_SOPS_AGE_KEY_FILE,
         CLI_OPT_CA_BUNDLE,
@@ -45,6 +47,7 @@ static const struct cmd_spec upload_spec = {
 struct upload_args {
 	const char *source, *destination, *name, *checksum;
 	long parallel;
+	uint64_t part_size;
 };
 
 static int upload_opt(void *ud, int id, const char *v, struct err *e)
@@ -56,6 +59,12 @@ static int upload_opt(void *ud, int id, const char *v, struct err *e)
 	case OPT_NAME: a->name = v; break;
 	case OPT_CHECKSUM: a->checksum = v; break;
 	case OPT_PARALLEL: return cli_parse_int("parallel", v, 1, 16, &a->parallel, e);
+	case OPT_PART_SIZE:
+		if (size_parse(v, &a->part_size) || a->part_size < (5u << 20) ||
+		    a->part_size > (1u << 30))
+			return err_set(e, ERR_USAGE, "--part-size '%s' is not a size from 5M to 1G",
+			               v);
+		return 0;
 	}
 	return 0;
 }
@@ -108,6 +117,7 @@ static int upload_file(const struct upload_args *a, const struct s3_config *cfg,
 	po.expected = a->checksum;
 	po.size_hint = total;
 	po.workers = (int)a->parallel;
+	po.part_size = (size_t)a->part_size;
 	p = pipeline_new(&po, e);
 	if (!p)
 		goto out;
