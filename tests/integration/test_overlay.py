@@ -434,3 +434,12 @@ def test_mount_system_calls_qemu_makes(lab):
         with pytest.raises(OSError) as exc:
             os.close(os.open(path, flags))
         assert exc.value.errno == errno.EROFS
+
+
+def test_base_named_by_image_name(lab):
+    """spec.overlays[].base may name the image instead of its destination."""
+    lab.overlays[1]["base"] = "alpine-base"
+    lab.write()
+    lab.overlay("--only", "alpine-novpn")
+    assert_overlay_on(lab.outdir / "alpine-novpn.qcow2", lab.backing(lab.base_sha))
+    assert provenance(lab, "alpine-novpn")["base_image"]["path"] == BASE
