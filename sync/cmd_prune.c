@@ -100,6 +100,12 @@ static const char *record_destination(const char *key, char *buf, size_t cap)
 	return buf;
 }
 
+/* Started at least age seconds ago (0: every upload, whatever the clocks say). */
+static int stale(const struct s3_upload *u, time_t now, long age)
+{
+	return age == 0 || (u->initiated && now - u->initiated >= age);
+}
+
 static int do_prune(const struct common_opts *common, const struct manifest *m,
                     const struct prune_args *a, struct err *e)
 {
@@ -150,7 +156,7 @@ static int do_prune(const struct common_opts *common, const struct manifest *m,
 			goto oom;
 	}
 	for (size_t i = 0; i < nups; i++)
-		if (ups[i].initiated && now - ups[i].initiated >= age)
+		if (stale(&ups[i], now, age))
 			nstale++;
 
 	printf("%s%zu image%s to delete, %zu record%s to delete, %zu stale multipart upload%s "
@@ -163,7 +169,7 @@ static int do_prune(const struct common_opts *common, const struct manifest *m,
 	for (size_t i = 0; i < del_meta.n; i++)
 		printf("  %s %s\n", dry_run ? "would delete" : "delete", del_meta.v[i]);
 	for (size_t i = 0; i < nups; i++)
-		if (ups[i].initiated && now - ups[i].initiated >= age)
+		if (stale(&ups[i], now, age))
 			printf("  %s the upload of %s started %.1f h ago\n",
 			       dry_run ? "would abort" : "abort", ups[i].key,
 			       (now - ups[i].initiated) / 3600.0);
@@ -183,7 +189,7 @@ static int do_prune(const struct common_opts *common, const struct manifest *m,
 	}
 	for (size_t i = 0; i < nups; i++) {
 		struct err ae = {0};
-		if (!ups[i].initiated || now - ups[i].initiated < age)
+		if (!stale(&ups[i], now, age))
 			continue;
 		if (s3_mpu_abort(s3, ups[i].key, ups[i].upload_id, &ae) &&
 		    ae.code != ERR_NOTFOUND) {

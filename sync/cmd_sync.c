@@ -8,6 +8,7 @@
 #include "sync/commands.h"
 #include "sync/files.h"
 #include "sync/job.h"
+#include "sync/pipeline.h"
 #include "sync/progress.h"
 
 #include <pthread.h>
@@ -135,6 +136,7 @@ struct runner {
 	const struct s3_config *cfg;
 	const char *ca_bundle;
 	int xz_threads, part_workers;
+	size_t part_size;
 	pthread_mutex_t mu;
 };
 
@@ -152,6 +154,7 @@ static void run_item(struct runner *r, struct item *it)
 	j.ca_bundle = r->ca_bundle;
 	j.xz_threads = r->xz_threads;
 	j.part_workers = r->part_workers;
+	j.part_size = r->part_size;
 	if (job_run(&j, &it->res, &it->e)) {
 		it->action = ACT_FAILED;
 		progress_log("error: %s", it->e.msg);
@@ -379,6 +382,8 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 	r.cfg = &cfg;
 	r.ca_bundle = common->ca_bundle;
 	r.xz_threads = a->xz_threads > 0 ? (int)a->xz_threads : 1;
+	/* several images at once: smaller parts keep memory near one image's */
+	r.part_size = a->parallel > 1 ? PIPELINE_PART_SIZE : JOB_PART_SIZE;
 	run_uploads(&r, a->parallel > 0 ? a->parallel : 1);
 	/* updateFile, in manifest order, for every image that is now in the bucket */
 	for (size_t i = 0; i < n; i++) {

@@ -95,6 +95,7 @@ int job_run(const struct image_job *j, struct job_result *res, struct err *e)
 	po.alg = eff_alg;
 	po.expected = eff;
 	po.workers = j->part_workers;
+	po.part_size = j->part_size ? j->part_size : JOB_PART_SIZE;
 	s.pipe = pipeline_new(&po, e);
 	if (!s.pipe)
 		goto out;

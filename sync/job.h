@@ -15,6 +15,10 @@
 
 #include <stdint.h>
 
+/* Sync parts are bigger than upload's: fewer parts cost the server less, and
+ * sync has a larger memory budget (about (workers + 2) x part size). */
+#define JOB_PART_SIZE (16u * 1024u * 1024u)
+
 struct image_job {
 	const struct s3_config *cfg;
 	const char *name;
@@ -26,6 +30,7 @@ struct image_job {
 	const char *ca_bundle; /* extra CA for the download */
 	int xz_threads;        /* 1: single-threaded xz */
 	int part_workers;      /* parallel part uploads (0: default) */
+	size_t part_size;      /* 0: JOB_PART_SIZE */
 };
 
 struct job_result {

@@ -157,7 +157,7 @@ mb=$((SIZE_MIB * 1048576))
 xzmb=$(stat -c %s "$XZ")
 echo
 printf 'image: %d MiB raw, %.0f MiB xz (%s threads, %s)\n' "$SIZE_MIB" "$(calc "$xzmb / 1048576")" "$XZ_THREADS" \
-	"$(xz --robot -lv "$XZ" | awk '$1 == "totals" { print $4 " blocks" }')"
+	"$(xz --robot -lv "$XZ" | awk '$1 == "totals" { print $3 " blocks" }')"
 printf '%-36s %8s %10s\n' "" "best s" "MB/s raw"
 printf '%-36s %8.2f %10.1f\n' "(a) curl | xz -dc > /dev/null" "$best_a" "$(calc "$mb / $best_a / 1e6")"
 printf '%-36s %8.2f %10.1f\n' "(b) curl, sha256sum, xz -d, boto3" "$best_b" "$(calc "$mb / $best_b / 1e6")"
