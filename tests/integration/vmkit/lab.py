@@ -59,15 +59,22 @@ class ImgfsMount:
             return
         if os.path.ismount(self.path):
             subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
+        killed = False
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            killed = True
         if os.path.ismount(self.path):
             subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True)
         self._logf.close()
-        self.proc = None
+        rc, self.proc = self.proc.returncode, None
+        log = self.log.read_text(errors="replace")
+        # a clean unmount ends imgfs with 0; sanitizer reports fail the test
+        if killed or rc != 0 or "Sanitizer" in log or "runtime error:" in log:
+            raise AssertionError(f"imgfs {'hung on unmount' if killed else f'exited {rc}'}"
+                                 f" (log {self.log}):\n{log[-3000:]}")
 
     def stats(self):
         return json.loads((self.path / ".imgstore" / "stats").read_text())
