@@ -91,7 +91,8 @@ char *imgfs_stats_json(struct imgfs *fs, size_t *len)
 	NUM("refresh_errors", atomic_load(&fs->refresh_errors));
 #undef NUM
 	json_object_set_new(o, "last_refresh", last ? json_string(when) : json_null());
-	json_object_set_new(o, "bucket_reachable", json_boolean(atomic_load(&fs->bucket_ok)));
+	json_object_set_new(o, "bucket_reachable",
+	                    json_boolean(atomic_load(&fs->bucket_ok) && !rs.bucket_down));
 	text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(o);
 	if (text) {
@@ -417,16 +418,19 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
+	if (!(buf = thread_buf(size))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
 	if (h->kind == N_STATS) {
+		/* Reply from a copy: once the kernel has the bytes, the reader may
+		 * close and RELEASE (another thread) free h before writev returns. */
 		if ((size_t)off >= h->len)
 			size = 0;
 		else if (size > h->len - (size_t)off)
 			size = h->len - (size_t)off;
-		fuse_reply_buf(req, size ? h->data + off : NULL, size);
-		return;
-	}
-	if (!(buf = thread_buf(size))) {
-		fuse_reply_err(req, ENOMEM);
+		memcpy(buf, h->data + off, size);
+		fuse_reply_buf(req, buf, size);
 		return;
 	}
 	if (reader_read(h->ver->img, h->st, (uint64_t)off, size, buf, &got, &e)) {

@@ -297,7 +297,8 @@ int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *p
 		goto out;
 	}
 	/* metadata keys, sorted, to find each image's record */
-	qsort(metas, nmetas, sizeof(*metas), cmp_s3obj);
+	if (nmetas)
+		qsort(metas, nmetas, sizeof(*metas), cmp_s3obj);
 	for (size_t i = 0; i < nimgs; i++) {
 		const struct s3_object *o = &imgs[i];
 		struct sobj *so;
@@ -316,7 +317,7 @@ int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *p
 
 		if (!(mk.key = record_meta_key(dest)))
 			goto oom;
-		m = bsearch(&mk, metas, nmetas, sizeof(mk), cmp_s3obj);
+		m = nmetas ? bsearch(&mk, metas, nmetas, sizeof(mk), cmp_s3obj) : NULL;
 		free(mk.key);
 		if (!m)
 			continue;
@@ -888,7 +889,7 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 	}
 	for (size_t i = 0; i < fs->cap; i++) {
 		for (struct node *n = fs->by_ino[i]; n; n = n->ino_next) {
-			if (n->kind != N_DIR || n->seen != fs->gen)
+			if (n->kind != N_DIR || n->seen != fs->gen || !n->nkids)
 				continue;
 			qsort(n->kids, n->nkids, sizeof(*n->kids), cmp_kid);
 		}

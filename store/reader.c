@@ -42,6 +42,7 @@
 #define SEQ_SLACK         8    /* blocks: kernel readahead requests arrive out of order */
 #define STACK_SLOTS       8    /* blocks per read handled without malloc */
 #define NET_LOG_EVERY_S   10.0 /* rate limit for "bucket unreachable" lines */
+#define PROBE_EVERY_S     1.0
 
 enum bstate { B_LOADING, B_READY, B_FAILED };
 
@@ -91,7 +92,15 @@ struct reader {
 	struct s3 *idle[IDLE_CONNS];
 	unsigned nidle;
 
-	atomic_int net_down; /* the last GET could not reach the bucket: no readahead */
+	/* Circuit breaker: after a GET could not reach the bucket (within its
+	 * retry budget), demand fetches fail at once instead of each waiting out
+	 * its own budget (the kernel retries a failed readahead page with a
+	 * second read, a VM issues many), except one probe at a time, at most
+	 * every PROBE_EVERY_S; the first GET that gets through closes it again.
+	 * No readahead while it is open. */
+	atomic_int net_down;
+	int probing;      /* under mu */
+	double probe_end; /* under mu */
 	_Atomic double last_net_log;
 
 	atomic_uint_fast64_t hits, misses, mem_hits, zero_blocks, bytes_fetched, verify_failures,
@@ -424,12 +433,41 @@ static int sink(void *ud, const void *data, size_t n)
 static void note_net_error(struct reader *r, const struct reader_image *img, const struct err *e)
 {
 	double now = time_mono(), last = atomic_load(&r->last_net_log);
+	pthread_mutex_lock(&r->mu);
+	r->probe_end = now; /* the next probe only after PROBE_EVERY_S */
 	atomic_store(&r->net_down, 1);
+	pthread_mutex_unlock(&r->mu);
 	if (now - last >= NET_LOG_EVERY_S || last == 0) {
 		atomic_store(&r->last_net_log, now);
 		log_warn("reading %s: %s (uncached reads fail until the bucket answers)", img->key,
 		         e->msg);
 	}
+}
+
+/* May a demand fetch go out?  0 yes, 1 yes as the probe (breaker_leave
+ * after it), -1 no: the bucket is known to be unreachable. */
+static int breaker_enter(struct reader *r)
+{
+	int rc = 0;
+	if (!atomic_load(&r->net_down))
+		return 0;
+	pthread_mutex_lock(&r->mu);
+	if (!atomic_load(&r->net_down))
+		rc = 0;
+	else if (r->probing || time_mono() - r->probe_end < PROBE_EVERY_S)
+		rc = -1;
+	else
+		rc = r->probing = 1;
+	pthread_mutex_unlock(&r->mu);
+	return rc;
+}
+
+static void breaker_leave(struct reader *r)
+{
+	pthread_mutex_lock(&r->mu);
+	r->probing = 0;
+	r->probe_end = time_mono();
+	pthread_mutex_unlock(&r->mu);
 }
 
 /* One ranged GET for ents[0..count) = blocks first.. of img; every entry ends
@@ -515,15 +553,21 @@ static void *fetch_thread(void *arg)
 			r->jtail = NULL;
 		pthread_mutex_unlock(&r->mu);
 
-		if (!s) {
+		if (atomic_load(&r->net_down)) { /* readahead is optional: not now */
 			struct err e = {0};
-			if (!(s = s3_open(&r->cfg, &e))) {
-				err_prefix(&e, "connecting to the bucket");
-				fail_all(r, j->ents, j->count, &e);
+			err_set(&e, ERR_NET, "reading %s: the bucket is unreachable", j->img->key);
+			fail_all(r, j->ents, j->count, &e);
+		} else {
+			if (!s) {
+				struct err e = {0};
+				if (!(s = s3_open(&r->cfg, &e))) {
+					err_prefix(&e, "connecting to the bucket");
+					fail_all(r, j->ents, j->count, &e);
+				}
 			}
+			if (s)
+				fetch_run(j->img, s, j->first, j->count, j->ents);
 		}
-		if (s)
-			fetch_run(j->img, s, j->first, j->count, j->ents);
 		job_release(r, j);
 		pthread_mutex_lock(&r->mu);
 	}
@@ -786,6 +830,7 @@ void reader_get_stats(struct reader *r, struct reader_stats *out)
 	out->mem_bytes = r->mem_bytes;
 	pthread_mutex_unlock(&r->mu);
 	out->mem_limit_bytes = r->mem_limit;
+	out->bucket_down = atomic_load(&r->net_down);
 }
 
 /* ---- public: images ---- */
@@ -1109,7 +1154,8 @@ int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off
 	for (size_t k = 0; k < n;) {
 		size_t k2 = k;
 		struct bent *run[64];
-		struct s3 *s;
+		struct s3 *s = NULL;
+		int probe;
 		if (slots[k].kind != S_OWN) {
 			k++;
 			continue;
@@ -1118,12 +1164,21 @@ int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off
 			k2++;
 		for (size_t q = k; q < k2; q++)
 			run[q - k] = slots[q].b;
-		if (!(s = conn_get(r, &fe))) {
+		probe = breaker_enter(r);
+		if (probe < 0) {
+			err_set(&fe, ERR_NET,
+			        "reading %s: the bucket is unreachable (a retry is under way; "
+			        "cached blocks are still served)",
+			        img->key);
+			fail_all(r, run, k2 - k, &fe);
+		} else if (!(s = conn_get(r, &fe))) {
 			fail_all(r, run, k2 - k, &fe);
 		} else {
 			fetch_run(img, s, first + k, k2 - k, run);
 			conn_put(r, s);
 		}
+		if (probe > 0)
+			breaker_leave(r);
 		k = k2;
 	}
 

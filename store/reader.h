@@ -103,6 +103,7 @@ struct reader_stats {
 	uint64_t requests;  /* HTTP requests, retries included */
 	uint64_t retries;
 	uint64_t mem_bytes, mem_limit_bytes;
+	int bucket_down; /* the last GET could not reach the bucket */
 };
 void reader_get_stats(struct reader *r, struct reader_stats *out);
 
