@@ -459,7 +459,9 @@ static int start(struct imgfs *fs, struct cli *c, struct err *e)
 	state_load(fs->cache, &prev);
 	fs->state = prev;
 	if (refresh(fs, &conn, 1, e)) {
-		if (!prev || e->code == ERR_AUTH || e->code == ERR_USAGE)
+		/* only an unreachable bucket falls back; a refused or missing
+		 * one is a configuration error */
+		if (!prev || (e->code != ERR_NET && e->code != ERR_SERVER))
 			goto out;
 		log_warn("%s", e->msg);
 		log_warn("the bucket does not answer: serving the listing cached in %s; cached "
@@ -579,8 +581,8 @@ int main(int argc, char **argv)
 		err_set(&e, ERR_IO, "out of memory");
 		code = 1;
 	} else {
-		fuse_loop_cfg_set_idle_threads(lc, 16);
-		fuse_loop_cfg_set_max_threads(lc, 64);
+		fuse_loop_cfg_set_idle_threads(lc, 8);
+		fuse_loop_cfg_set_max_threads(lc, 32);
 		code = fuse_session_loop_mt(fs->se, lc) ? 1 : 0;
 		fuse_loop_cfg_destroy(lc);
 	}

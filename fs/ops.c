@@ -177,8 +177,8 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	conn->max_readahead = conn->capable ? UINT32_MAX : conn->max_readahead;
 	conn->max_read = IMGFS_MAX_READ; /* must equal -o max_read */
-	conn->max_background = 64;
-	conn->congestion_threshold = 48;
+	conn->max_background = 32;
+	conn->congestion_threshold = 24;
 	fs->mounted = 1;
 }
 
@@ -367,36 +367,6 @@ fail:
 	fuse_reply_err(req, err);
 }
 
-static pthread_key_t buf_key;
-static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
-struct tbuf {
-	size_t cap;
-	char data[];
-};
-
-static void buf_key_init(void)
-{
-	pthread_key_create(&buf_key, free);
-}
-
-/* A per-thread read buffer (the FUSE worker threads are long lived). */
-static char *thread_buf(size_t len)
-{
-	struct tbuf *b;
-	pthread_once(&buf_once, buf_key_init);
-	b = pthread_getspecific(buf_key);
-	if (!b || b->cap < len) {
-		size_t cap = len < IMGFS_FILE_BLKSZ ? IMGFS_FILE_BLKSZ : len;
-		free(b);
-		b = malloc(sizeof(*b) + cap);
-		pthread_setspecific(buf_key, b);
-		if (!b)
-			return NULL;
-		b->cap = cap;
-	}
-	return b->data;
-}
-
 /* Every failure of a read is EIO: a checksum mismatch, a changed object, an
  * unreachable bucket (after the retry budget). */
 static int errno_of(const struct err *e)
@@ -418,7 +388,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	if (!(buf = thread_buf(size))) {
+	/* A buffer per request, not per thread: memory follows the reads in
+	 * flight, not the number of (mostly idle) worker threads. */
+	if (!(buf = malloc(size ? size : 1))) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
@@ -431,14 +403,13 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			size = h->len - (size_t)off;
 		memcpy(buf, h->data + off, size);
 		fuse_reply_buf(req, buf, size);
-		return;
-	}
-	if (reader_read(h->ver->img, h->st, (uint64_t)off, size, buf, &got, &e)) {
+	} else if (reader_read(h->ver->img, h->st, (uint64_t)off, size, buf, &got, &e)) {
 		log_debug("read %s at %lld: %s", h->ver->key, (long long)off, e.msg);
 		fuse_reply_err(req, errno_of(&e));
-		return;
+	} else {
+		fuse_reply_buf(req, buf, got);
 	}
-	fuse_reply_buf(req, buf, got);
+	free(buf);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

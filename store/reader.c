@@ -32,14 +32,15 @@
 
 #define DEF_FETCH_THREADS 4
 #define MAX_FETCH_THREADS 64
-#define DEF_MEM_BYTES     (48ull << 20)
+#define DEF_MEM_BYTES     (32ull << 20)
 #define DEF_RA_MIN        (2ull << 20)
 #define DEF_RA_MAX        (32ull << 20)
 #define DEF_RA_CHUNK      (4ull << 20)
 #define UNVERIFIED_BS     RECORD_DEFAULT_BLOCK_SIZE
 #define NBUCKETS          16384
 #define IDLE_CONNS        16
-#define SEQ_SLACK         8    /* blocks: kernel readahead requests arrive out of order */
+#define SEQ_BEHIND        16 /* blocks: kernel readahead requests arrive out of order */
+#define SEQ_AHEAD         2
 #define STACK_SLOTS       8    /* blocks per read handled without malloc */
 #define NET_LOG_EVERY_S   10.0 /* rate limit for "bucket unreachable" lines */
 #define PROBE_EVERY_S     1.0
@@ -125,6 +126,7 @@ struct reader_stream {
 	pthread_mutex_t mu;
 	const struct reader_image *img;
 	int primed;
+	unsigned seq;    /* sequential reads in a row */
 	uint64_t next;   /* block after the end of the last read */
 	uint64_t ra_end; /* readahead queued up to this block (exclusive) */
 	uint64_t window; /* bytes */
@@ -241,6 +243,16 @@ static void fifo_append(struct reader *r, struct bent *b)
 	b->next = &r->fifo;
 	r->fifo.prev->next = b;
 	r->fifo.prev = b;
+	b->on_fifo = 1;
+}
+
+static void fifo_prepend(struct reader *r, struct bent *b)
+{
+	fifo_remove(r, b);
+	b->next = r->fifo.next;
+	b->prev = &r->fifo;
+	r->fifo.next->prev = b;
+	r->fifo.next = b;
 	b->on_fifo = 1;
 }
 
@@ -680,9 +692,10 @@ static void readahead(struct reader_image *img, struct reader_stream *st, size_t
 		st->img = img;
 		st->primed = 0;
 	}
-	seq = st->primed && first + SEQ_SLACK >= st->next && first <= st->next + SEQ_SLACK;
+	seq = st->primed && first + SEQ_BEHIND >= st->next && first <= st->next + SEQ_AHEAD;
 	if (!seq) {
 		st->primed = 1;
+		st->seq = 0;
 		st->next = last + 1;
 		st->ra_end = 0;
 		st->window = 0;
@@ -691,6 +704,10 @@ static void readahead(struct reader_image *img, struct reader_stream *st, size_t
 	}
 	if (last + 1 > st->next)
 		st->next = last + 1;
+	if (++st->seq < 2) { /* two in a row before reading ahead */
+		pthread_mutex_unlock(&st->mu);
+		return;
+	}
 	if (!st->window)
 		st->window = r->ra_min;
 	wblocks = st->window / img->bs ? st->window / img->bs : 1;
@@ -1098,6 +1115,14 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 		rc = err_set(e, b->err_code, "%s", b->err_msg ? b->err_msg : "fetch failed");
 	} else {
 		memcpy(sl->dst, b->data + sl->poff, sl->plen);
+		if (sl->plen == b->len) {
+			/* read whole: the page cache or the caller has it now, and
+			 * sequential readers do not come back; first to go */
+			pthread_mutex_lock(&r->mu);
+			if (b->in_table && b->on_fifo)
+				fifo_prepend(r, b);
+			pthread_mutex_unlock(&r->mu);
+		}
 		if (sl->kind == S_WAIT && !waited && !sl->counted) {
 			atomic_fetch_add(&r->hits, 1);
 			atomic_fetch_add(&r->mem_hits, 1);
