@@ -32,6 +32,16 @@ void s3_config_free(struct s3_config *cfg);
 
 struct s3;
 
+/* s3_open copies cfg.  Environment overrides, for tests (a small budget
+ * makes "server down" fail fast): IMGSTORE_RETRY_BUDGET (seconds),
+ * IMGSTORE_MAX_ATTEMPTS, IMGSTORE_LOW_SPEED_TIMEOUT (seconds, >= 1).
+ * Retries: 5xx, 429, 408, timeouts, resets and refused connections, with
+ * exponential backoff and full jitter, at most max_attempts and within
+ * retry_budget_s; a GET that made progress starts both afresh (a budget is
+ * for being stuck, not for a long download).  Other 4xx are not retried.
+ * Errors: 404 ERR_NOTFOUND, 401/403 ERR_AUTH, 412 ERR_PRECONDITION,
+ * network and still-failing 5xx/429 ERR_NET, other answers ERR_SERVER;
+ * e->http_status holds the status; the text carries S3's Code and Message. */
 struct s3 *s3_open(const struct s3_config *cfg, struct err *e);
 void s3_close(struct s3 *s);
 
@@ -44,13 +54,15 @@ struct s3_object {
 	time_t mtime;
 };
 
-/* HEAD: ERR_NOTFOUND when missing. */
+/* HEAD: ERR_NOTFOUND when missing.  out->key is left NULL. */
 int s3_head(struct s3 *s, const char *key, struct s3_object *out, struct err *e);
 
 /* Streaming GET of [off, off+len) (len UINT64_MAX = to the end).  if_match
  * (an ETag with quotes) may be NULL; a changed object gives ERR_PRECONDITION.
  * The callback returns 0 to go on, non-zero to abort (error ERR_IO unless the
- * callback set e).  A retried GET resumes where the callback left off. */
+ * callback set e).  A retried GET resumes where the callback left off (with
+ * If-Match on the first answer's ETag, so two versions are never mixed).  A
+ * range that starts at or past the end delivers nothing and succeeds. */
 typedef int (*s3_sink_fn)(void *ud, const void *data, size_t n);
 int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, const char *if_match,
            s3_sink_fn sink, void *ud, struct err *e);

@@ -24,7 +24,8 @@ SECRET_KEY = "testing"
 
 
 def binary(name):
-    path = BUILD / {"labctl": "sync/labctl", "imgfs": "fs/imgfs"}.get(name, name)
+    path = BUILD / {"labctl": "sync/labctl", "imgfs": "fs/imgfs",
+                    "s3tool": "tests/tools/s3tool"}.get(name, name)
     if not path.exists():
         pytest.fail(f"{path} is not built (IMGSTORE_BUILD={BUILD})")
     return str(path)
