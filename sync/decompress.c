@@ -211,7 +211,9 @@ static int run_zstd(struct decomp *d, const void *in, size_t n, struct err *e)
 		if (d->out.commit(d->out.ud, ob.pos, e))
 			return -1;
 		d->zs_last = r;
-		if (ib.pos == ib.size && ob.pos < ob.size)
+		/* r == 0: a frame ended and is flushed; calling again without input
+		 * would start waiting for the next frame's header */
+		if (ib.pos == ib.size && (ob.pos < ob.size || r == 0))
 			return 0;
 	}
 }

@@ -6,6 +6,7 @@
 #include "sync/cmd_credentials.h"
 #include "sync/commands.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -82,6 +83,9 @@ int main(int argc, char **argv)
 	struct err e = {0};
 	int rc;
 	log_init("labctl", LOG_LVL_INFO);
+	/* a peer closing a connection (or `labctl ... | head`) is an error to
+	 * report, not a reason to die: libcurl runs with CURLOPT_NOSIGNAL */
+	signal(SIGPIPE, SIG_IGN);
 	if (argc < 2) {
 		main_help(stderr);
 		return 2;

@@ -157,7 +157,10 @@ void progress_end(struct progress *p, const char *status)
 		}
 	if (is_tty())
 		erase();
-	log_info("%s: %s %s in %s (%s)", p->label, size, status, dur, rate);
+	if (!strcmp(status, "failed"))
+		log_info("%s: failed after %s (%s)", p->label, size, dur);
+	else
+		log_info("%s: %s %s in %s (%s)", p->label, size, status, dur, rate);
 	if (is_tty() && nlive)
 		draw(now);
 	pthread_mutex_unlock(&mu);

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import binary, run
-from test_labctl_upload import check_record
+from test_labctl_upload import check_record, peak_rss_kib
 
 MIB = 1 << 20
 
@@ -172,6 +172,16 @@ def test_four_formats_sync_resync_noop_and_prune(lab):
     assert "0 uploaded, 2 skipped" in p.stdout
 
 
+@pytest.mark.parametrize("kind", ["none", "xz", "gzip", "zstd"])
+def test_size_exactly_whole_parts(lab, kind):
+    """The stream ends exactly at a part boundary (sync parts are 16 MiB)."""
+    im = lab.source("exact", image_bytes(16 * MIB, 20), kind)
+    lab.write()
+    lab.run("sync")
+    lab.check_stored(im)
+    assert lab.bucket.pending_uploads() == []
+
+
 def test_force_reuploads(lab):
     im = lab.source("img", image_bytes(MIB, 5), "gzip")
     lab.write()
@@ -316,3 +326,37 @@ def test_untrusted_certificate(lab):
     p = run(labctl("images", "sync"), env=lab.bucket.env, check=1, cwd=lab.repo)
     assert "certificate" in p.stderr.lower()
     assert lab.bucket.keys() == []
+
+
+@pytest.mark.slow
+def test_sync_1gib_bounded_memory(lab):
+    """1 GiB served zstd-compressed: one streaming pass, peak RSS < 128 MiB."""
+    size = 1 << 30
+    raw = lab.tmp / "big.raw"
+    h = hashlib.sha256()
+    with open(raw, "wb") as f:
+        for i in range(size // MIB):
+            chunk = bytes(MIB) if i % 3 == 0 else hashlib.shake_256(b"%d" % i).digest(MIB)
+            f.write(chunk)
+            h.update(chunk)
+    fname = f"{lab.tag}-big.raw.zst"
+    subprocess.run(["zstd", "-q", "-1", "-T0", "-f", "-o", lab.https.root / fname, raw],
+                   check=True)
+    bh = hashlib.sha256()
+    with open(lab.https.root / fname, "rb") as f:
+        for chunk in iter(lambda: f.read(8 * MIB), b""):
+            bh.update(chunk)
+    blob_sha = bh.hexdigest()
+    im = {"name": "big", "url": lab.https.url(fname), "checksum": "sha256:" + blob_sha,
+          "destination": f"{lab.tag}/big.raw", "decompress": "zstd",
+          "expected": "sha256:" + h.hexdigest()}
+    lab.images = [im]
+    lab.write()
+    p, rss = peak_rss_kib([binary("labctl"), "images", "sync", "--ca-bundle", lab.https.ca],
+                          env=lab.bucket.env, cwd=lab.repo)
+    assert p.returncode == 0, p.stderr
+    assert "1 uploaded" in p.stdout
+    assert rss < 128 * 1024, f"labctl peak RSS {rss} KiB"
+    rec = json.loads(lab.bucket.get(f"metadata/{im['destination']}.json"))
+    assert rec["checksum"] == im["expected"] and rec["size"] == size
+    assert lab.bucket.pending_uploads() == []
