@@ -62,6 +62,7 @@ struct pipeline {
 
 	struct pbuf *cur; /* being filled by the producer */
 	uint64_t bytes;
+	double t_start, t_wait, t_hash; /* for the debug summary */
 	int finished;
 };
 
@@ -133,12 +134,14 @@ static void *hash_main(void *arg)
 		pthread_mutex_unlock(&p->mu);
 		if (!b)
 			break; /* stopping, queue drained */
+		double t0 = time_mono();
 		if (!failed && blockmap_update(p->bm, b->data, b->len, &e)) {
 			err_prefix(&e, "hashing");
 			set_failed(p, &e);
 			failed = 1;
 		}
 		pthread_mutex_lock(&p->mu);
+		p->t_hash += time_mono() - t0;
 		if (failed || p->failed) {
 			b->next = p->free_list;
 			p->free_list = b;
@@ -249,6 +252,7 @@ struct pipeline *pipeline_new(const struct pipeline_opts *o, struct err *e)
 	while (o->size_hint / ((uint64_t)TIER_PARTS * 31) > p->base_part)
 		p->base_part += MIB;
 	p->next_part = 1;
+	p->t_start = time_mono();
 	if (s3_config_copy(&p->cfg, o->cfg, e))
 		goto fail;
 	p->key = record_image_key(o->destination);
@@ -349,9 +353,11 @@ static int take_buffer(struct pipeline *p, struct err *e)
 	size_t need = part_size_for(p, p->next_part);
 	struct pbuf *b = NULL;
 	int alloc = 0;
+	double t0 = time_mono();
 	pthread_mutex_lock(&p->mu);
 	while (!p->failed && !p->free_list && p->nbufs >= p->max_bufs)
 		pthread_cond_wait(&p->cv, &p->mu);
+	p->t_wait += time_mono() - t0;
 	if (p->failed) {
 		*e = p->ferr;
 		pthread_mutex_unlock(&p->mu);
@@ -544,6 +550,10 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 	}
 	p->finished = 1;
 	rc = 0;
+	log_debug("%s: %llu bytes in %d part(s) of %zu bytes, %.2f s; the writer waited %.2f s "
+	          "for a free buffer, hashing took %.2f s",
+	          p->key, (unsigned long long)r.size, p->next_part - 1, p->base_part,
+	          time_mono() - p->t_start, p->t_wait, p->t_hash);
 	if (out) {
 		*out = r;
 		memset(&r, 0, sizeof(r));
