@@ -37,8 +37,8 @@ static const struct optdef overlay_opts[] = {
         CLI_OPT_MANIFEST,
         {"only", OPT_ONLY, 1, "NAME", "only this overlay (repeatable)"},
         {"rebase", OPT_REBASE, 0, NULL,
-         "move an overlay whose backing file differs onto the current base "
-         "(qemu-img rebase, safe mode)"},
+         "move an overlay whose backing file differs onto the current base (qemu-img rebase, safe "
+         "mode)"},
         CLI_OPT_CREDENTIALS,
         CLI_OPT_SOPS_AGE_KEY_FILE,
         CLI_OPT_CA_BUNDLE,
@@ -47,24 +47,15 @@ static const struct optdef overlay_opts[] = {
 
 static const struct cmd_spec overlay_spec = {
         "images overlay",
-        "--mount DIR --overlay-dir DIR [--manifest PATH] [--only NAME]... "
-        "[--rebase]",
-        "Create, for each spec.overlays[] entry of the manifest, "
-        "<overlay-dir>/<output>: a\n"
-        "qcow2 overlay whose backing file is the base's immutable path on the "
-        "imgfs mount,\n"
-        "<mount>/.imgstore/by-sha256/<hex>, and <output minus "
-        ".qcow2>-provenance.json.\n"
-        "The base must be a qcow2 image of spec.images, synced, and visible on the "
-        "mount.\n"
-        "An overlay that already has the right backing file is left alone; one on "
-        "another\n"
-        "backing file is refused unless --rebase is given.  When bucket "
-        "credentials are\n"
-        "configured (E2_* or --credentials), the base's checksum record is also "
-        "read from\n"
-        "the bucket, to tell an unsynced base from a mount that has not refreshed "
-        "yet.",
+        "--mount DIR --overlay-dir DIR [--manifest PATH] [--only NAME]... [--rebase]",
+        "Create, for each spec.overlays[] entry of the manifest, <overlay-dir>/<output>: a\n"
+        "qcow2 overlay whose backing file is the base's immutable path on the imgfs mount,\n"
+        "<mount>/.imgstore/by-sha256/<hex>, and <output minus .qcow2>-provenance.json.\n"
+        "The base must be a qcow2 image of spec.images, synced, and visible on the mount.\n"
+        "An overlay that already has the right backing file is left alone; one on another\n"
+        "backing file is refused unless --rebase is given.  When bucket credentials are\n"
+        "configured (E2_* or --credentials), the base's checksum record is also read from\n"
+        "the bucket, to tell an unsynced base from a mount that has not refreshed yet.",
         overlay_opts,
 };
 
@@ -290,8 +281,9 @@ static const char *json_str(const json_t *o, const char *key)
 /* What one overlay needs from the manifest. */
 struct ov_spec {
 	const char *name;
-	const char *base;   /* a destination of spec.images */
-	const char *output; /* file name inside --overlay-dir */
+	const char *base;      /* a destination of spec.images */
+	const char *base_name; /* the name of that image */
+	const char *output;    /* file name inside --overlay-dir */
 	const char *variant;
 	const char *const *packages;
 	size_t npackages;
@@ -479,10 +471,9 @@ static int resolve_base(struct ctx *c, const struct ov_spec *o, char backing[PAT
 		if (!bi.exists || !bi.has_record) {
 			err_set(e, ERR_NOTFOUND,
 			        "base '%s' is not synced (%s in the bucket): run 'labctl images "
-			        "sync "
-			        "--only %s' first",
+			        "sync --only %s' first",
 			        o->base, !bi.exists ? "no image object" : "no checksum record",
-			        o->base);
+			        o->base_name);
 			goto out;
 		}
 		if (!bi.complete) {
@@ -492,11 +483,11 @@ static int resolve_base(struct ctx *c, const struct ov_spec *o, char backing[PAT
 			        o->base, bi.problem);
 			goto out;
 		}
-		if (have_expect && strcmp(bi.rec.checksum + 7, expect_hex)) {
+		if (have_expect && (strncmp(bi.rec.checksum, "sha256:", 7) ||
+		                    strcmp(bi.rec.checksum + 7, expect_hex))) {
 			err_set(e, ERR_INTEGRITY,
-			        "base '%s' in the bucket is %s but the manifest expects "
-			        "sha256:%s: run "
-			        "'labctl images sync' first",
+			        "base '%s' in the bucket is %s but the manifest expects sha256:%s: "
+			        "run 'labctl images sync' first",
 			        o->base, bi.rec.checksum, expect_hex);
 			goto out;
 		}
@@ -518,10 +509,8 @@ static int resolve_base(struct ctx *c, const struct ov_spec *o, char backing[PAT
 		else
 			err_set(e, ERR_NOTFOUND,
 			        "base '%s' is not visible on the mount %s: it is not synced (no "
-			        "valid "
-			        "checksum record; run 'labctl images sync') or imgfs has not "
-			        "refreshed "
-			        "its listing yet (send it SIGHUP)",
+			        "valid checksum record; run 'labctl images sync') or imgfs has not "
+			        "refreshed its listing yet (send it SIGHUP)",
 			        o->base, c->mount);
 		goto out;
 	}
@@ -538,25 +527,22 @@ static int resolve_base(struct ctx *c, const struct ov_spec *o, char backing[PAT
 	xval[xn] = '\0';
 	if (sha256_hex_of(xval, hex)) {
 		err_set(e, ERR_INTEGRITY,
-		        "base '%s': the mount reports checksum '%s', not sha256:<hex>; "
-		        "overlays "
+		        "base '%s': the mount reports checksum '%s', not sha256:<hex>; overlays "
 		        "need the sha256 name under .imgstore/by-sha256",
 		        o->base, xval);
 		goto out;
 	}
-	if (c->s3 && strcmp(bi.rec.checksum + 7, hex)) {
+	if (c->s3 && (strncmp(bi.rec.checksum, "sha256:", 7) || strcmp(bi.rec.checksum + 7, hex))) {
 		err_set(e, ERR_PRECONDITION,
-		        "base '%s' is %s in the bucket but the mount %s still shows "
-		        "sha256:%s: wait "
-		        "for imgfs to refresh its listing (--refresh) or send it SIGHUP",
+		        "base '%s' is %s in the bucket but the mount %s still shows sha256:%s: "
+		        "wait for imgfs to refresh its listing (--refresh) or send it SIGHUP",
 		        o->base, bi.rec.checksum, c->mount, hex);
 		goto out;
 	}
 	if (have_expect && strcmp(hex, expect_hex)) {
 		err_set(e, ERR_INTEGRITY,
-		        "base '%s' on the mount is sha256:%s but the manifest expects "
-		        "sha256:%s: run "
-		        "'labctl images sync' first (or wait for the mount to refresh)",
+		        "base '%s' on the mount is sha256:%s but the manifest expects sha256:%s: "
+		        "run 'labctl images sync' first (or wait for the mount to refresh)",
 		        o->base, hex, expect_hex);
 		goto out;
 	}
@@ -586,8 +572,7 @@ static int resolve_base(struct ctx *c, const struct ov_spec *o, char backing[PAT
 	fmt = json_str(info, "format");
 	if (!fmt || strcmp(fmt, "qcow2")) {
 		err_set(e, ERR_INVALID,
-		        "base '%s' is %s, not qcow2: overlays need a qcow2 base (convert "
-		        "it with "
+		        "base '%s' is %s, not qcow2: overlays need a qcow2 base (convert it with "
 		        "'qemu-img convert -O qcow2' and upload that)",
 		        o->base, fmt ? fmt : "of unknown format");
 		goto out;
@@ -797,10 +782,9 @@ static int do_overlay(struct ctx *c, const struct ov_spec *o, enum ov_result *re
 			const char *oh = by_sha256_hex(old);
 			err_set(e, ERR_IO,
 			        "%s already exists on another backing file: %s (%s), while base "
-			        "'%s' "
-			        "is now %s; pass --rebase to move it onto the new base (qemu-img "
-			        "rebase, which needs both bases readable), or remove the file to "
-			        "start afresh",
+			        "'%s' is now %s; pass --rebase to move it onto the new base "
+			        "(qemu-img rebase, which needs both bases readable), or remove the "
+			        "file to start afresh",
 			        out_path, old,
 			        oh && !strcmp(oh, hex) ? "the same bytes at another path"
 			                               : "different bytes",
@@ -820,10 +804,9 @@ static int do_overlay(struct ctx *c, const struct ov_spec *o, enum ov_result *re
 			} else if (access(old, R_OK)) {
 				err_set(e, ERR_IO,
 				        "cannot rebase %s: its current backing file %s is not "
-				        "readable "
-				        "(%s); a safe rebase needs both the old and the new base "
-				        "(mount "
-				        "the old one, or remove the overlay to start afresh)",
+				        "readable (%s); a safe rebase needs both the old and the "
+				        "new base (mount the old one, or remove the overlay to "
+				        "start afresh)",
 				        out_path, old, strerror(errno));
 				goto out;
 			}
@@ -870,6 +853,7 @@ static int collect_specs(const struct manifest *m, struct ov_spec **out, size_t 
 			img = manifest_find_image(m, o->base);
 		v[i].name = o->name;
 		v[i].base = img ? img->destination : o->base;
+		v[i].base_name = img ? img->name : o->base;
 		v[i].output = o->output;
 		v[i].variant = o->variant;
 		v[i].packages = (const char *const *)o->packages;
@@ -889,10 +873,10 @@ static int check_output_name(const struct ov_spec *o, struct err *e)
 	const char *s = o->output;
 	if (!s || !*s || strchr(s, '/') || !strcmp(s, ".") || !strcmp(s, "..") ||
 	    strlen(s) > NAME_MAX - 40)
-		return err_set(e, ERR_INVALID,
-		               "overlay '%s': output '%s' must be a plain file name inside "
-		               "--overlay-dir",
-		               o->name, s ? s : "");
+		return err_set(
+		        e, ERR_INVALID,
+		        "overlay '%s': output '%s' must be a plain file name inside --overlay-dir",
+		        o->name, s ? s : "");
 	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
 		if (*p < 0x20 || *p == 0x7f)
 			return err_set(e, ERR_INVALID,
@@ -1003,8 +987,7 @@ int cmd_overlay(int argc, char **argv)
 		    (stat(dot, &st) || !S_ISDIR(st.st_mode)))
 			err_set(&e, ERR_IO,
 			        "%s is not an imgfs mount (no .imgstore directory): mount the "
-			        "bucket "
-			        "there first ('imgfs %s')",
+			        "bucket there first ('imgfs %s')",
 			        c.mount, c.mount);
 		if (e.code) {
 			status = cli_fail(&e);

@@ -272,6 +272,7 @@ def test_base_not_synced(lab):
     lab.write()
     p = lab.overlay(check=1)
     assert "other/base.qcow2" in p.stderr and "not synced" in p.stderr
+    assert "sync --only other" in p.stderr
     # the other overlay was still made
     assert (lab.outdir / "alpine-wireguard.qcow2").exists()
     assert not (lab.outdir / "alpine-novpn.qcow2").exists()
