@@ -179,7 +179,17 @@ def kernel(log=print):
         log(f"vmkit: downloading {pkg} into {root}")
         with tempfile.TemporaryDirectory(dir=root, prefix=".dl-") as tmp:
             tmp = Path(tmp)
-            _run(["apt-get", "download", pkg], cwd=tmp)
+            try:
+                _run(["apt-get", "download", pkg], cwd=tmp)
+            except VmkitError:
+                if os.geteuid() != 0:
+                    raise
+                # stale package lists (the version moved on): refresh once
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+                if not pinned:
+                    pkg = _resolve_package()
+                    d = root / pkg
+                _run(["apt-get", "download", pkg], cwd=tmp)
             debs = list(tmp.glob("*.deb"))
             if len(debs) != 1:
                 raise VmkitError(f"apt-get download {pkg} left {len(debs)} .deb files")
