@@ -396,10 +396,13 @@ static void raise_readahead(const char *mountpoint)
 	fclose(f);
 	if (dev[0]) {
 		char path[128];
+		const char *kb = getenv("IMGFS_BDI_READ_AHEAD_KB");
 		int fd;
+		if (!kb || !*kb || strspn(kb, "0123456789") != strlen(kb))
+			kb = READ_AHEAD_KB;
 		snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
 		if ((fd = open(path, O_WRONLY | O_CLOEXEC)) >= 0) {
-			if (write(fd, READ_AHEAD_KB, strlen(READ_AHEAD_KB)) < 0)
+			if (write(fd, kb, strlen(kb)) < 0)
 				log_debug("%s: %s", path, strerror(errno));
 			close(fd);
 		}
@@ -407,6 +410,17 @@ static void raise_readahead(const char *mountpoint)
 }
 
 /* ---- main ---- */
+
+static uint64_t env_mib(const char *name)
+{
+	const char *v = getenv(name);
+	char *end;
+	unsigned long long n;
+	if (!v || !*v)
+		return 0;
+	n = strtoull(v, &end, 10);
+	return *end || n > (1ull << 20) ? 0 : (uint64_t)n << 20;
+}
 
 static int start(struct imgfs *fs, struct cli *c, struct err *e)
 {
@@ -450,6 +464,12 @@ static int start(struct imgfs *fs, struct cli *c, struct err *e)
 	}
 	ro.s3 = &fs->cfg;
 	ro.cache = fs->cache;
+	/* tuning knobs for benchmarks (undocumented on purpose: the defaults
+	 * are the supported configuration) */
+	ro.mem_bytes = env_mib("IMGFS_MEM_MIB");
+	ro.readahead_max = env_mib("IMGFS_READAHEAD_MAX_MIB");
+	ro.readahead_chunk = env_mib("IMGFS_READAHEAD_CHUNK_MIB");
+	ro.fetch_threads = (unsigned)(env_mib("IMGFS_FETCH_THREADS") >> 20);
 	if (reader_new(&ro, &fs->reader, e))
 		goto out;
 	if (tree_init(fs, e))

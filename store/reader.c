@@ -35,7 +35,7 @@
 #define DEF_MEM_BYTES     (32ull << 20)
 #define DEF_RA_MIN        (2ull << 20)
 #define DEF_RA_MAX        (32ull << 20)
-#define DEF_RA_CHUNK      (4ull << 20)
+#define DEF_RA_CHUNK      (8ull << 20)
 #define UNVERIFIED_BS     RECORD_DEFAULT_BLOCK_SIZE
 #define NBUCKETS          16384
 #define IDLE_CONNS        16
@@ -44,6 +44,7 @@
 #define STACK_SLOTS       8    /* blocks per read handled without malloc */
 #define NET_LOG_EVERY_S   10.0 /* rate limit for "bucket unreachable" lines */
 #define PROBE_EVERY_S     1.0
+#define PENDING_MAX_AGE_S 5.0 /* readahead blocks nobody read: evictable after this */
 
 enum bstate { B_LOADING, B_READY, B_FAILED };
 
@@ -53,6 +54,8 @@ struct bent {
 	struct bent *prev, *next; /* FIFO of READY entries in the table */
 	enum bstate state;
 	int in_table, on_fifo;
+	int pending;    /* fetched by readahead, not read yet */
+	double t_ready; /* when it became READY */
 	int refs;
 	uint32_t len;
 	unsigned char *data;
@@ -299,17 +302,29 @@ static void ent_put_locked(struct reader *r, struct bent *b)
 }
 
 /* Make room for `len` more bytes by dropping the oldest READY entries that
- * nobody holds.  1 when the budget now has the room. */
-static int evict_for_locked(struct reader *r, uint64_t len)
+ * nobody holds.  Blocks read ahead and not read yet are kept for readahead
+ * (it would throw away what the reader needs next to fetch what it needs
+ * after that), unless stale; a demand read takes them last.  1 when the
+ * budget now has the room. */
+static int evict_for_locked(struct reader *r, uint64_t len, int demand)
 {
-	struct bent *b = r->fifo.next;
-	while (r->mem_bytes + len > r->mem_limit && b != &r->fifo) {
-		struct bent *next = b->next;
-		if (b->refs == 0) {
-			table_remove(r, b);
-			ent_free_locked(r, b);
+	double now = 0;
+	for (int pass = 0; pass < (demand ? 2 : 1); pass++) {
+		struct bent *b = r->fifo.next;
+		while (r->mem_bytes + len > r->mem_limit && b != &r->fifo) {
+			struct bent *next = b->next;
+			int ok = b->refs == 0;
+			if (ok && b->pending && pass == 0) {
+				if (!now)
+					now = time_mono();
+				ok = now - b->t_ready > PENDING_MAX_AGE_S;
+			}
+			if (ok) {
+				table_remove(r, b);
+				ent_free_locked(r, b);
+			}
+			b = next;
 		}
-		b = next;
 	}
 	return r->mem_bytes + len <= r->mem_limit;
 }
@@ -346,6 +361,7 @@ static void ent_publish(struct reader *r, struct bent *b)
 {
 	pthread_mutex_lock(&r->mu);
 	b->state = B_READY;
+	b->t_ready = time_mono();
 	if (b->in_table)
 		fifo_append(r, b);
 	pthread_cond_broadcast(&b->cv);
@@ -492,14 +508,19 @@ static void fetch_run(struct reader_image *img, struct s3 *s, size_t first, size
 	struct err e = {0};
 	struct s3_stats before;
 	uint64_t off = (uint64_t)first * img->bs, total = 0;
+	double t0;
 	int rc;
 
 	for (size_t k = 0; k < count; k++)
 		total += ents[k]->len;
 	s3_get_stats(s, &before);
 	atomic_fetch_add(&r->gets, 1);
+	t0 = time_mono();
 	rc = s3_get(s, img->key, off, total, img->etag, sink, &c, &e);
 	add_s3_delta(r, &before, s);
+	log_debug("GET %s blocks %zu..%zu (%llu bytes): %.1f ms%s", img->key, first,
+	          first + count - 1, (unsigned long long)total, (time_mono() - t0) * 1000,
+	          rc ? " failed" : "");
 	if (rc == 0 && c.cur == count) {
 		atomic_store(&r->net_down, 0);
 		return;
@@ -631,8 +652,8 @@ static void job_flush(struct reader *r, struct job **jp)
 
 /* Queue GETs for the blocks of [start, end) that are neither in memory nor
  * in the cache, in runs of at most ra_chunk bytes.  Stops early when the
- * memory budget is spent. */
-static void schedule(struct reader_image *img, size_t start, size_t end)
+ * memory budget is spent; returns the first block not looked at. */
+static size_t schedule(struct reader_image *img, size_t start, size_t end)
 {
 	struct reader *r = img->r;
 	size_t chunk = r->ra_chunk / img->bs ? r->ra_chunk / img->bs : 1;
@@ -659,17 +680,19 @@ static void schedule(struct reader_image *img, size_t start, size_t end)
 			continue;
 		}
 		if (!j && !(j = job_new(img, i, chunk)))
-			return;
+			return i;
 		pthread_mutex_lock(&r->mu);
 		if (table_find(r, key)) {
 			pthread_mutex_unlock(&r->mu);
 			job_flush(r, &j);
 			continue;
 		}
-		if (!evict_for_locked(r, len) || !(b = ent_new_locked(r, key, len))) {
+		if (!evict_for_locked(r, len, 0) || !(b = ent_new_locked(r, key, len))) {
 			pthread_mutex_unlock(&r->mu);
-			break;
+			job_flush(r, &j);
+			return i;
 		}
+		b->pending = 1;
 		table_insert(r, b);
 		pthread_mutex_unlock(&r->mu);
 		j->ents[j->count++] = b;
@@ -677,6 +700,7 @@ static void schedule(struct reader_image *img, size_t start, size_t end)
 			job_flush(r, &j);
 	}
 	job_flush(r, &j);
+	return end;
 }
 
 /* Update the stream with a read of blocks [first, last]; queue readahead
@@ -695,7 +719,7 @@ static void readahead(struct reader_image *img, struct reader_stream *st, size_t
 	seq = st->primed && first + SEQ_BEHIND >= st->next && first <= st->next + SEQ_AHEAD;
 	if (!seq) {
 		st->primed = 1;
-		st->seq = 0;
+		st->seq = first == 0; /* reading from the start: likely all of it */
 		st->next = last + 1;
 		st->ra_end = 0;
 		st->window = 0;
@@ -722,11 +746,12 @@ static void readahead(struct reader_image *img, struct reader_stream *st, size_t
 		pthread_mutex_unlock(&st->mu);
 		return;
 	}
-	st->ra_end = target;
 	if (st->window < r->ra_max)
 		st->window = st->window * 2 > r->ra_max ? r->ra_max : st->window * 2;
+	/* the stream's lock is held while scheduling: concurrent reads of one
+	 * stream do not queue the same range twice */
+	st->ra_end = schedule(img, start, target);
 	pthread_mutex_unlock(&st->mu);
-	schedule(img, start, target);
 }
 
 /* ---- public: reader ---- */
@@ -1040,7 +1065,7 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 	}
 	if (!full) {
 		/* the block goes to memory first: the next small read finds it there */
-		evict_for_locked(r, len);
+		evict_for_locked(r, len, 1);
 		mine = ent_new_locked(r, key, len);
 	}
 	pthread_mutex_unlock(&r->mu);
@@ -1074,7 +1099,7 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 		return 0;
 	}
 	if (!mine) {
-		evict_for_locked(r, len);
+		evict_for_locked(r, len, 1);
 		if (!(mine = ent_new_locked(r, key, len))) {
 			pthread_mutex_unlock(&r->mu);
 			return err_set(e, ERR_IO, "out of memory");
@@ -1115,14 +1140,13 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 		rc = err_set(e, b->err_code, "%s", b->err_msg ? b->err_msg : "fetch failed");
 	} else {
 		memcpy(sl->dst, b->data + sl->poff, sl->plen);
-		if (sl->plen == b->len) {
-			/* read whole: the page cache or the caller has it now, and
-			 * sequential readers do not come back; first to go */
-			pthread_mutex_lock(&r->mu);
-			if (b->in_table && b->on_fifo)
-				fifo_prepend(r, b);
-			pthread_mutex_unlock(&r->mu);
-		}
+		pthread_mutex_lock(&r->mu);
+		b->pending = 0;
+		/* read whole: the page cache or the caller has it now, and
+		 * sequential readers do not come back; first to go */
+		if (sl->plen == b->len && b->in_table && b->on_fifo)
+			fifo_prepend(r, b);
+		pthread_mutex_unlock(&r->mu);
 		if (sl->kind == S_WAIT && !waited && !sl->counted) {
 			atomic_fetch_add(&r->hits, 1);
 			atomic_fetch_add(&r->mem_hits, 1);

@@ -45,7 +45,7 @@ struct reader_opts {
 	uint64_t mem_bytes;         /* in-memory block buffer; 0: default (32 MiB) */
 	uint64_t readahead_min;     /* first readahead window; 0: default (2 MiB) */
 	uint64_t readahead_max;     /* largest window; 0: default (32 MiB) */
-	uint64_t readahead_chunk;   /* bytes per readahead GET; 0: default (4 MiB) */
+	uint64_t readahead_chunk;   /* bytes per readahead GET; 0: default (8 MiB) */
 };
 
 struct reader;

@@ -1,0 +1,277 @@
+#!/bin/bash
+# Benchmark: imgfs side by side with curl GET of the same object (the limit)
+# and with the mounts users would pick instead, s3fs (-o use_cache) and
+# rclone mount (--vfs-cache-mode full), in one run against one local S3
+# server.  Prints every figure and a table of ratios against the goals of
+# issue 4.
+#
+#   tests/bench/mount.sh [SIZE_MIB] [NFILES]        defaults: 1024 MiB, 10000 objects
+# Environment: IMGSTORE_BUILD (default ./build), BENCH_PORT (default 23000;
+# uses PORT..PORT+4), BENCH_DIR (work dir, default a fresh /tmp dir, removed
+# afterwards), BENCH_RUNTIME (seconds per fio run, default 10),
+# BENCH_PEERS (default "s3fs rclone").  Needs root (drop_caches, mounts);
+# installs s3fs, rclone and fio from apt when they are missing.
+#
+# Figures, per mount, on a SIZE_MIB object of random bytes:
+#   cold   sequential read (dd bs=1M) with an empty cache and no page cache
+#   warm   the same read again after dropping the page cache (from the mount's
+#          own cache: SQLite for imgfs, cache files for the peers)
+#   rand   4 KiB random reads, O_DIRECT, 4 jobs (fio, psync), warm
+#   ls     the first `ls -la` of a directory of NFILES objects on a fresh mount
+#          (for imgfs also the mount itself, which lists the bucket and reads
+#          the checksum records: it is done before the mount appears)
+#   RSS    peak resident memory of the mount's process over all of the above
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+SIZE_MIB=${1:-1024}
+NFILES=${2:-10000}
+BUILD=${IMGSTORE_BUILD:-$ROOT/build}
+PORT=${BENCH_PORT:-23000}
+RUNTIME=${BENCH_RUNTIME:-10}
+PEERS=${BENCH_PEERS:-s3fs rclone}
+IMGFS=$BUILD/fs/imgfs
+LABCTL=$BUILD/sync/labctl
+PY=/usr/bin/python3
+for b in "$IMGFS" "$LABCTL"; do
+	[ -x "$b" ] || { echo "mount.sh: $b is not built (ninja -C $BUILD)" >&2; exit 1; }
+done
+[ "$(id -u)" = 0 ] || { echo "mount.sh: needs root (drop_caches, FUSE mounts)" >&2; exit 1; }
+
+need=()
+command -v fio >/dev/null || need+=(fio)
+for p in $PEERS; do command -v "$p" >/dev/null || need+=("$p"); done
+if [ ${#need[@]} -gt 0 ]; then
+	echo "mount.sh: installing ${need[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+fi
+
+own_dir=0
+if [ -z "${BENCH_DIR:-}" ]; then
+	BENCH_DIR=$(mktemp -d /tmp/imgstore-bench-mount.XXXXXX)
+	own_dir=1
+fi
+S3DIR=$BENCH_DIR/s3
+PIDS=()
+MOUNTS=()
+cleanup() {
+	set +e
+	for m in "${MOUNTS[@]}"; do fusermount3 -uz "$m" 2>/dev/null; done
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	deploy/local-s3.sh stop "$S3DIR" >/dev/null 2>&1
+	[ $own_dir = 1 ] && rm -rf "$BENCH_DIR"
+}
+trap cleanup EXIT
+
+deploy/local-s3.sh start "$S3DIR" "$PORT" bench >/dev/null
+eval "$(deploy/local-s3.sh env "$S3DIR")"
+export IMGSTORE_LOG=warn
+unset AWS_CA_BUNDLE # rclone refuses an empty/foreign one
+BUCKET=$E2_BUCKET
+LSBUCKET=benchls
+KEY=images/bench/image.raw
+SIZE=$((SIZE_MIB * 1048576))
+
+now() { date +%s.%N; }
+calc() { awk "BEGIN { printf \"%.6f\", ($1) }"; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# ---- data: one big object (labctl: image + record), NFILES small ones
+FILE=$BENCH_DIR/image.raw
+echo "mount.sh: writing and uploading a ${SIZE_MIB} MiB object"
+head -c "$SIZE" /dev/urandom >"$FILE"
+"$LABCTL" images upload --source "$FILE" --destination bench/image.raw >/dev/null
+rm -f "$FILE"
+
+echo "mount.sh: uploading $NFILES small objects with records to bucket $LSBUCKET"
+$PY - "$LSBUCKET" "$NFILES" <<'EOF'
+import hashlib, json, os, sys
+from concurrent.futures import ThreadPoolExecutor
+import boto3
+from botocore.config import Config
+bucket, n = sys.argv[1], int(sys.argv[2])
+cfg = Config(s3={"addressing_style": "path"}, max_pool_connections=16,
+             retries={"max_attempts": 5, "mode": "standard"})
+s3 = boto3.client("s3", endpoint_url=os.environ["E2_ENDPOINT"],
+                  aws_access_key_id=os.environ["E2_ACCESS_KEY"],
+                  aws_secret_access_key=os.environ["E2_SECRET_KEY"],
+                  region_name="us-east-1", config=cfg)
+s3.create_bucket(Bucket=bucket)
+def put(i):
+    dest = f"many/f{i:05d}.raw"
+    data = b"%d\n" % i
+    etag = s3.put_object(Bucket=bucket, Key="images/" + dest, Body=data)["ETag"]
+    rec = {"name": dest, "checksum": "sha256:" + hashlib.sha256(data).hexdigest(),
+           "size": len(data), "uploadedAt": "2024-12-20T10:00:00Z", "etag": etag,
+           "blocks": {"size": 1048576, "algorithm": "sha256",
+                      "hashes": [hashlib.sha256(data).hexdigest()]}}
+    s3.put_object(Bucket=bucket, Key=f"metadata/{dest}.json", Body=json.dumps(rec).encode())
+with ThreadPoolExecutor(16) as ex:
+    list(ex.map(put, range(n)))
+EOF
+
+# ---- the limit: curl GET of the same object
+# (Swift's s3api wants x-amz-content-sha256; the key has a ':', so a netrc)
+NETRC=$BENCH_DIR/netrc
+(umask 077 && printf 'machine 127.0.0.1 login %s password %s\n' "$E2_ACCESS_KEY" \
+	"$E2_SECRET_KEY" >"$NETRC")
+curl_get() {
+	curl -sS -f -o /dev/null --aws-sigv4 "aws:amz:${E2_REGION}:s3" --netrc-file "$NETRC" \
+		-H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$E2_ENDPOINT/$BUCKET/$KEY"
+}
+best_curl=0
+for r in 1 2; do
+	t0=$(now)
+	curl_get
+	t1=$(now)
+	c=$(calc "$SIZE / ($t1 - $t0) / 1000000")
+	echo "curl GET round $r: $c MB/s"
+	best_curl=$(calc "$c > $best_curl ? $c : $best_curl")
+done
+
+# ---- mounts
+# start_mount TOOL MNT CACHE BUCKET: mounts, sets MPID
+start_mount() {
+	local tool=$1 mnt=$2 cache=$3 bucket=$4 log=$BENCH_DIR/$1-$(basename "$2").log
+	mkdir -p "$mnt" "$cache"
+	case $tool in
+	imgfs)
+		E2_BUCKET=$bucket "$IMGFS" -f --cache-dir "$cache" "$mnt" >"$log" 2>&1 &
+		;;
+	s3fs)
+		AWSACCESSKEYID=$E2_ACCESS_KEY AWSSECRETACCESSKEY=$E2_SECRET_KEY \
+			s3fs "$bucket" "$mnt" -f -o url="$E2_ENDPOINT" -o use_path_request_style \
+			-o endpoint="$E2_REGION" -o use_cache="$cache" -o del_cache >"$log" 2>&1 &
+		;;
+	rclone)
+		RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other \
+			RCLONE_CONFIG_B_ACCESS_KEY_ID=$E2_ACCESS_KEY \
+			RCLONE_CONFIG_B_SECRET_ACCESS_KEY=$E2_SECRET_KEY \
+			RCLONE_CONFIG_B_ENDPOINT=$E2_ENDPOINT RCLONE_CONFIG_B_REGION=$E2_REGION \
+			RCLONE_CONFIG_B_FORCE_PATH_STYLE=true \
+			rclone mount "b:$bucket" "$mnt" --vfs-cache-mode full --cache-dir "$cache" \
+			--config /dev/null >"$log" 2>&1 &
+		;;
+	esac
+	MPID=$!
+	PIDS+=("$MPID")
+	MOUNTS+=("$mnt")
+	for _ in $(seq 1 600); do
+		mountpoint -q "$mnt" && return 0
+		kill -0 "$MPID" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "mount.sh: $tool did not mount:" >&2
+	cat "$log" >&2
+	exit 1
+}
+
+stop_mount() { # TOOL MNT PID
+	fusermount3 -u "$2" 2>/dev/null || fusermount3 -uz "$2"
+	for _ in $(seq 1 300); do kill -0 "$3" 2>/dev/null || return 0; sleep 0.1; done
+	kill "$3" 2>/dev/null || true
+}
+
+peak_rss_mib() { awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$1/status"; }
+
+read_rate() { # FILE -> MB/s
+	local t0 t1
+	t0=$(now)
+	dd if="$1" of=/dev/null bs=1M status=none
+	t1=$(now)
+	calc "$SIZE / ($t1 - $t0) / 1000000"
+}
+
+fio_iops() { # FILE -> IOPS
+	fio --name=rand --filename="$1" --rw=randread --bs=4k --direct=1 --numjobs=4 \
+		--ioengine=psync --time_based --runtime="$RUNTIME" --group_reporting \
+		--output-format=json 2>/dev/null |
+		$PY -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))'
+}
+
+# imgfs: cache inserts run behind the reads; "warm" means they are done
+wait_imgfs_cache() { # MNT
+	local last=-1 cur
+	for _ in $(seq 1 120); do
+		cur=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["cache_bytes"])' \
+			"$1/.imgstore/stats")
+		[ "$cur" = "$last" ] && return 0
+		last=$cur
+		sleep 0.5
+	done
+}
+
+declare -A COLD WARM RAND LS MOUNT RSS
+for tool in imgfs $PEERS; do
+	mnt=$BENCH_DIR/mnt-$tool
+	echo "mount.sh: $tool"
+	start_mount "$tool" "$mnt" "$BENCH_DIR/cache-$tool" "$BUCKET"
+	pid=$MPID
+	path=$mnt/$KEY
+	[ "$tool" = imgfs ] && path=$mnt/bench/image.raw
+	drop_caches
+	COLD[$tool]=$(read_rate "$path")
+	[ "$tool" = imgfs ] && wait_imgfs_cache "$mnt"
+	drop_caches
+	WARM[$tool]=$(read_rate "$path")
+	drop_caches
+	RAND[$tool]=$(fio_iops "$path")
+	echo "  cold ${COLD[$tool]} MB/s, warm ${WARM[$tool]} MB/s, rand ${RAND[$tool]} IOPS"
+	if [ "$tool" = imgfs ]; then
+		$PY -c 'import json,sys; s=json.load(open(sys.argv[1])); print("  imgfs stats:", {k: s[k] for k in ["cache_hits","cache_misses","bytes_fetched","cache_bytes","cache_dropped","verify_failures","readahead_blocks","gets"]})' "$mnt/.imgstore/stats"
+	fi
+	RSS[$tool]=$(peak_rss_mib "$pid")
+	stop_mount "$tool" "$mnt" "$pid"
+
+	lmnt=$BENCH_DIR/ls-$tool
+	dir=$lmnt/images/many
+	[ "$tool" = imgfs ] && dir=$lmnt/many
+	drop_caches
+	t0=$(now)
+	start_mount "$tool" "$lmnt" "$BENCH_DIR/lscache-$tool" "$LSBUCKET"
+	lpid=$MPID
+	t1=$(now)
+	n=$(ls -la "$dir" | wc -l)
+	t2=$(now)
+	MOUNT[$tool]=$(calc "$t1 - $t0")
+	LS[$tool]=$(calc "$t2 - $t1")
+	echo "  mount $(printf %.2f "${MOUNT[$tool]}") s, first ls -la $(printf %.2f "${LS[$tool]}") s ($((n - 3)) entries)"
+	l=$(peak_rss_mib "$lpid")
+	((l > RSS[$tool])) && RSS[$tool]=$l
+	stop_mount "$tool" "$lmnt" "$lpid"
+	echo "  peak RSS ${RSS[$tool]} MiB"
+done
+
+# ---- table
+best_peer() { # ARRAYNAME max|min
+	local -n a=$1
+	local best=""
+	for p in $PEERS; do
+		v=${a[$p]}
+		if [ -z "$best" ]; then best=$v; continue; fi
+		if [ "$2" = max ]; then best=$(calc "$v > $best ? $v : $best"); else best=$(calc "$v < $best ? $v : $best"); fi
+	done
+	echo "${best:-0}"
+}
+echo
+printf '%-34s %9s %9s' "" "curl" "imgfs"
+for p in $PEERS; do printf ' %9s' "$p"; done
+printf '   %-28s %s\n' "ratio" "goal"
+row() { # LABEL UNIT CURL ARRAY RATIO_LABEL RATIO GOAL
+	local -n a=$4
+	printf '%-34s %9s %9.1f' "$1 ($2)" "$3" "${a[imgfs]}"
+	for p in $PEERS; do printf ' %9.1f' "${a[$p]}"; done
+	printf '   %-28s %s\n' "$(printf '%s %.2f' "$5" "$6")" "$7"
+}
+row "cold sequential" "MB/s" "$(printf %.1f "$best_curl")" COLD "imgfs/curl" \
+	"$(calc "${COLD[imgfs]} / $best_curl")" ">= 1.0"
+if [[ " $PEERS " == *" s3fs "* ]]; then
+	row "warm re-read, page cache dropped" "MB/s" "-" WARM "imgfs/s3fs" \
+		"$(calc "${WARM[imgfs]} / ${WARM[s3fs]}")" ">= 2.0"
+fi
+row "4 KiB random O_DIRECT 4 jobs" "IOPS" "-" RAND "imgfs/best peer" \
+	"$(calc "${RAND[imgfs]} / $(best_peer RAND max)")" ">= 1.3"
+row "first ls -la, $NFILES objects" "s" "-" LS "best peer/imgfs" \
+	"$(calc "$(best_peer LS min) / ${LS[imgfs]}")" ">= 10"
+row "mount (imgfs: listing + records)" "s" "-" MOUNT "" 0 ""
+row "peak RSS" "MiB" "-" RSS "imgfs" "${RSS[imgfs]}" "< 64 MiB"
