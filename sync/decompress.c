@@ -76,7 +76,7 @@ struct decomp *decomp_new(enum decomp_kind k, int threads, const struct decomp_o
 			lzma_mt mt = {0};
 			mt.flags = LZMA_CONCATENATED;
 			mt.threads = (uint32_t)threads;
-			mt.memlimit_threading = 256u << 20; /* beyond: one thread */
+			mt.memlimit_threading = 96u << 20; /* beyond: one thread */
 			mt.memlimit_stop = UINT64_MAX;
 			r = lzma_stream_decoder_mt(&d->xz, &mt);
 		} else {

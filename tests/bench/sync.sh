@@ -98,12 +98,19 @@ M
 }
 
 now() { date +%s.%N; }
+# flush what the previous contender left dirty (its files, the server's objects)
+# so that its writeback does not land in the next one's time
+settle() {
+	sync
+	sleep 1
+}
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 min() { calc "$1 < $2 ? $1 : $2"; }
 
 best_a=999999 best_b=999999 best_l=999999 rss=0
 for r in $(seq 1 "$ROUNDS"); do
 	# (a) download + decompress only
+	settle
 	t0=$(now)
 	curl -sS -f --cacert "$CA" "$URL" | xz -dc >/dev/null
 	t1=$(now)
@@ -111,6 +118,7 @@ for r in $(seq 1 "$ROUNDS"); do
 
 	# (b) the sequential pipeline
 	rm -f "$WORK/seq.raw" "$WORK/seq.raw.xz"
+	settle
 	t0=$(now)
 	curl -sS -f --cacert "$CA" -o "$WORK/seq.raw.xz" "$URL"
 	echo "$XZ_SHA  $WORK/seq.raw.xz" | sha256sum -c --quiet
@@ -132,6 +140,7 @@ P
 
 	# labctl
 	write_manifest "$r"
+	settle
 	t0=$(now)
 	(cd "$WORK/repo" && /usr/bin/time -f '%M' -o "$WORK/time.out" "$LABCTL" images sync --ca-bundle "$CA" >"$WORK/sync.out")
 	t1=$(now)

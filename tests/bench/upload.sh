@@ -50,19 +50,28 @@ printf 'machine 127.0.0.1 login %s password %s\n' "$E2_ACCESS_KEY" "$E2_SECRET_K
 umask 022
 
 now() { date +%s.%N; }
+# flush what the previous contender left dirty (its files, the server's objects)
+# so that its writeback does not land in the next one's time
+settle() {
+	sync
+	sleep 1
+}
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 best_labctl=999999 best_curl=999999 rss=0
 for r in $(seq 1 "$ROUNDS"); do
+	settle
 	t0=$(now)
 	curl -sS -f -o /dev/null --aws-sigv4 "aws:amz:${E2_REGION}:s3" --netrc-file "$NETRC" \
 		-H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -T "$FILE" \
 		"$E2_ENDPOINT/$E2_BUCKET/curl/image-$r.raw"
 	t1=$(now)
+	settle
+	t2=$(now)
 	/usr/bin/time -f '%M' -o "$BENCH_DIR/time.out" "$LABCTL" images upload --source "$FILE" \
 		--destination "labctl/image-$r.raw" >/dev/null
-	t2=$(now)
+	t3=$(now)
 	c=$(calc "$t1 - $t0")
-	l=$(calc "$t2 - $t1")
+	l=$(calc "$t3 - $t2")
 	m=$(tail -n1 "$BENCH_DIR/time.out")
 	printf 'round %d: curl -T %.2f s, labctl upload %.2f s (peak RSS %d MiB)\n' "$r" "$c" "$l" $((m / 1024))
 	best_curl=$(calc "$c < $best_curl ? $c : $best_curl")
