@@ -4,6 +4,7 @@
 #include "common/timefmt.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -18,7 +19,8 @@ struct pbuf {
 	unsigned char *data;
 	size_t cap;
 	size_t len;
-	int part; /* 1-based part number */
+	int part;        /* 1-based part number */
+	uint64_t offset; /* of its first byte in the object */
 	struct pbuf *next;
 };
 
@@ -40,7 +42,10 @@ struct pipeline {
 	struct s3 *s3; /* the producer's connection: create, complete, abort, PUT */
 	struct s3 **wconn;
 	char *upload_id;
-	struct blockmap *bm;
+	struct hash *whole;          /* the object's checksum: the hash thread, in order */
+	unsigned char (*hashes)[32]; /* block map: the workers, each for its own part */
+	size_t hashes_cap;
+	uint64_t submitted; /* bytes handed to the hash thread */
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -124,7 +129,6 @@ static void *hash_main(void *arg)
 	struct pipeline *p = arg;
 	for (;;) {
 		struct pbuf *b;
-		struct err e = {0};
 		int failed;
 		pthread_mutex_lock(&p->mu);
 		while (!p->stop && !p->hashq.head)
@@ -135,11 +139,8 @@ static void *hash_main(void *arg)
 		if (!b)
 			break; /* stopping, queue drained */
 		double t0 = time_mono();
-		if (!failed && blockmap_update(p->bm, b->data, b->len, &e)) {
-			err_prefix(&e, "hashing");
-			set_failed(p, &e);
-			failed = 1;
-		}
+		if (!failed)
+			hash_update(p->whole, b->data, b->len);
 		pthread_mutex_lock(&p->mu);
 		p->t_hash += time_mono() - t0;
 		if (failed || p->failed) {
@@ -153,6 +154,30 @@ static void *hash_main(void *arg)
 		pthread_mutex_unlock(&p->mu);
 	}
 	return NULL;
+}
+
+static size_t nblocks(uint64_t len)
+{
+	return (size_t)((len + RECORD_DEFAULT_BLOCK_SIZE - 1) / RECORD_DEFAULT_BLOCK_SIZE);
+}
+
+static int all_zero(const unsigned char *d, size_t n)
+{
+	return n == 0 || (d[0] == 0 && !memcmp(d, d + 1, n - 1));
+}
+
+/* SHA-256 of each block of a part (parts start on a block boundary); zero
+ * blocks, common in disk images, come from the precomputed zero hash. */
+static void hash_blocks(const unsigned char *data, size_t len, unsigned char (*out)[32])
+{
+	for (size_t i = 0, off = 0; off < len; i++, off += RECORD_DEFAULT_BLOCK_SIZE) {
+		size_t n = len - off < RECORD_DEFAULT_BLOCK_SIZE ? len - off
+		                                                 : RECORD_DEFAULT_BLOCK_SIZE;
+		if (all_zero(data + off, n))
+			record_zero_hash((uint32_t)n, out[i]);
+		else
+			hash_sha256(data + off, n, out[i]);
+	}
 }
 
 struct worker_arg {
@@ -178,6 +203,21 @@ static void *worker_main(void *arg)
 		pthread_mutex_unlock(&p->mu);
 		if (!b)
 			break;
+		if (!failed) {
+			unsigned char(*bh)[32] = b->len ? malloc(nblocks(b->len) * 32) : NULL;
+			if (b->len && !bh) {
+				err_set(&e, ERR_IO, "out of memory");
+				set_failed(p, &e);
+				failed = 1;
+			} else {
+				hash_blocks(b->data, b->len, bh);
+				pthread_mutex_lock(&p->mu);
+				memcpy(p->hashes[b->offset / RECORD_DEFAULT_BLOCK_SIZE], bh,
+				       nblocks(b->len) * 32);
+				pthread_mutex_unlock(&p->mu);
+			}
+			free(bh);
+		}
 		if (!failed) {
 			log_debug("%s: uploading part %d (%zu bytes)", p->key, b->part, b->len);
 			rc = s3_mpu_put_part(s3, p->key, p->upload_id, b->part, b->data, b->len,
@@ -248,6 +288,8 @@ struct pipeline *pipeline_new(const struct pipeline_opts *o, struct err *e)
 	p->base_part = o->part_size ? o->part_size : PIPELINE_PART_SIZE;
 	if (p->base_part < MIN_PART_SIZE)
 		p->base_part = MIN_PART_SIZE;
+	/* whole blocks per part: each worker hashes the blocks of its own part */
+	p->base_part = (p->base_part + MIB - 1) / MIB * MIB;
 	/* only for huge known sizes: grow the base so that the parts suffice */
 	while (o->size_hint / ((uint64_t)TIER_PARTS * 31) > p->base_part)
 		p->base_part += MIB;
@@ -260,9 +302,9 @@ struct pipeline *pipeline_new(const struct pipeline_opts *o, struct err *e)
 	p->name = strdup(o->name ? o->name : o->destination);
 	p->source_url = o->source_url ? strdup(o->source_url) : NULL;
 	p->expected = o->expected ? strdup(o->expected) : NULL;
-	p->bm = blockmap_new(o->alg, RECORD_DEFAULT_BLOCK_SIZE);
+	p->whole = hash_new(o->alg);
 	if (!p->key || !p->meta_key || !p->name || (o->source_url && !p->source_url) ||
-	    (o->expected && !p->expected) || !p->bm) {
+	    (o->expected && !p->expected) || !p->whole) {
 		err_set(e, ERR_IO, "out of memory");
 		goto fail;
 	}
@@ -339,6 +381,23 @@ static int submit(struct pipeline *p, struct err *e)
 		p->parts_cap = cap;
 	}
 	b->part = p->next_part++;
+	b->offset = p->submitted;
+	p->submitted += b->len;
+	if (nblocks(p->submitted) > p->hashes_cap) {
+		size_t cap = p->hashes_cap ? 2 * p->hashes_cap : 1024;
+		unsigned char(*nh)[32];
+		while (cap < nblocks(p->submitted))
+			cap *= 2;
+		nh = realloc(p->hashes, cap * 32);
+		if (!nh) {
+			p->submitted -= b->len;
+			p->next_part--;
+			pthread_mutex_unlock(&p->mu);
+			return err_set(e, ERR_IO, "out of memory");
+		}
+		p->hashes = nh;
+		p->hashes_cap = cap;
+	}
 	p->inflight++;
 	q_push(&p->hashq, b);
 	pthread_cond_broadcast(&p->cv);
@@ -462,6 +521,25 @@ static int verify(struct pipeline *p, const struct record *r, struct err *e)
 	return 0;
 }
 
+/* The checksum and block map of the whole object into r. */
+static int make_record(struct pipeline *p, uint64_t size, struct record *r, struct err *e)
+{
+	char hex[HASH_MAX_HEX];
+	if (size != p->bytes)
+		return err_set(e, ERR_IO, "%s: %llu bytes hashed, %llu written", p->key,
+		               (unsigned long long)size, (unsigned long long)p->bytes);
+	hash_final_hex(p->whole, hex);
+	snprintf(r->checksum, sizeof(r->checksum), "%s:%s", hash_alg_name(p->alg), hex);
+	r->size = size;
+	r->block_size = RECORD_DEFAULT_BLOCK_SIZE;
+	r->nblocks = nblocks(size);
+	free(r->hashes);
+	r->hashes = p->hashes;
+	p->hashes = NULL;
+	p->hashes_cap = 0;
+	return 0;
+}
+
 static int wait_parts(struct pipeline *p, struct err *e)
 {
 	pthread_mutex_lock(&p->mu);
@@ -488,9 +566,16 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 		/* smaller than one part: hash and verify, then a single PUT */
 		const void *data = p->cur ? (const void *)p->cur->data : "";
 		size_t len = p->cur ? p->cur->len : 0;
-		if (len && blockmap_update(p->bm, data, len, e))
-			goto out;
-		if (blockmap_finish(p->bm, &r, e) || verify(p, &r, e))
+		hash_update(p->whole, data, len);
+		if (len) {
+			p->hashes = malloc(nblocks(len) * 32);
+			if (!p->hashes) {
+				err_set(e, ERR_IO, "out of memory");
+				goto out;
+			}
+			hash_blocks(data, len, p->hashes);
+		}
+		if (make_record(p, len, &r, e) || verify(p, &r, e))
 			goto out;
 		if (s3_put(p->s3, p->key, data, len, "application/octet-stream", etag, e)) {
 			err_prefix(e, "uploading %s", p->key);
@@ -501,7 +586,7 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 			goto out;
 		if (wait_parts(p, e))
 			goto out;
-		if (blockmap_finish(p->bm, &r, e) || verify(p, &r, e))
+		if (make_record(p, p->submitted, &r, e) || verify(p, &r, e))
 			goto out;
 		nparts = p->next_part - 1;
 		for (int i = 0; i < nparts; i++)
@@ -551,7 +636,7 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 	p->finished = 1;
 	rc = 0;
 	log_debug("%s: %llu bytes in %d part(s) of %zu bytes, %.2f s; the writer waited %.2f s "
-	          "for a free buffer, hashing took %.2f s",
+	          "for a free buffer, the object checksum took %.2f s",
 	          p->key, (unsigned long long)r.size, p->next_part - 1, p->base_part,
 	          time_mono() - p->t_start, p->t_wait, p->t_hash);
 	if (out) {
@@ -594,7 +679,8 @@ void pipeline_free(struct pipeline *p)
 	free(p->bufs);
 	free(p->parts);
 	free(p->upload_id);
-	blockmap_free(p->bm);
+	hash_free(p->whole);
+	free(p->hashes);
 	free(p->key);
 	free(p->meta_key);
 	free(p->name);
