@@ -36,7 +36,7 @@
 #define DEFAULT_REFRESH_S  60
 #define DEFAULT_TIMEOUT_S  30
 #define MAX_SECONDS        (365L * 24 * 3600)
-#define READ_AHEAD_KB      "16384" /* FUSE bdi readahead when root */
+#define READ_AHEAD_KB      "4096" /* FUSE bdi readahead when root */
 
 static const char usage_text[] =
         "usage: imgfs [--endpoint URL] [--bucket NAME] [--credentials PATH]\n"
@@ -500,6 +500,7 @@ out:
 
 static void stop_all(struct imgfs *fs)
 {
+	imgfs_release_handles(fs);
 	tree_free(fs);
 	reader_free(fs->reader);
 	fs->reader = NULL;
@@ -549,6 +550,12 @@ int main(int argc, char **argv)
 		err_errno(&e, "eventfd");
 		goto fail;
 	}
+	/* SIGHUP means "re-read the listing", also during a long first one */
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_sighup;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGHUP, &sa, NULL);
 	if (start(fs, &c, &e))
 		goto fail;
 
@@ -579,11 +586,7 @@ int main(int argc, char **argv)
 		goto fail;
 	}
 	sig_installed = 1;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_sighup;
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = SA_RESTART;
-	sigaction(SIGHUP, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL); /* libfuse's handler would unmount */
 
 	if (pthread_create(&rth, NULL, refresh_thread, fs) == 0)
 		rth_started = 1;

@@ -149,6 +149,8 @@ void version_unref(struct version *v);
 /* ---- FUSE ---- */
 
 extern const struct fuse_lowlevel_ops imgfs_ops;
+/* After the session: free the handles whose RELEASE never came. */
+void imgfs_release_handles(struct imgfs *fs);
 /* The stats JSON (malloc'd, with a trailing newline). */
 char *imgfs_stats_json(struct imgfs *fs, size_t *len);
 

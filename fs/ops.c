@@ -29,7 +29,37 @@
 
 #define FS(req) ((struct imgfs *)fuse_req_userdata(req))
 
+/* Open handles are also on a list: the kernel drops RELEASEs that are
+ * still queued at unmount, and what they held is freed on the way out. */
+struct hlink {
+	struct hlink *prev, *next;
+	int is_dir;
+};
+
+static pthread_mutex_t handles_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct hlink handles = {&handles, &handles, 0};
+
+static void handle_add(struct hlink *l, int is_dir)
+{
+	l->is_dir = is_dir;
+	pthread_mutex_lock(&handles_mu);
+	l->next = handles.next;
+	l->prev = &handles;
+	handles.next->prev = l;
+	handles.next = l;
+	pthread_mutex_unlock(&handles_mu);
+}
+
+static void handle_del(struct hlink *l)
+{
+	pthread_mutex_lock(&handles_mu);
+	l->prev->next = l->next;
+	l->next->prev = l->prev;
+	pthread_mutex_unlock(&handles_mu);
+}
+
 struct fh {
+	struct hlink link; /* first */
 	enum nkind kind;
 	struct node *node;
 	struct version *ver;      /* N_FILE */
@@ -45,6 +75,7 @@ struct dent {
 };
 
 struct dh {
+	struct hlink link; /* first */
 	struct dent *v;
 	size_t n;
 };
@@ -177,8 +208,8 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	conn->max_readahead = conn->capable ? UINT32_MAX : conn->max_readahead;
 	conn->max_read = IMGFS_MAX_READ; /* must equal -o max_read */
-	conn->max_background = 32;
-	conn->congestion_threshold = 24;
+	conn->max_background = 16;
+	conn->congestion_threshold = 12;
 	fs->mounted = 1;
 }
 
@@ -290,6 +321,19 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 /* ---- files ---- */
 
+static void fh_free(struct imgfs *fs, struct fh *h)
+{
+	if (h->pagecache) {
+		pthread_mutex_lock(&fs->pc_mu);
+		h->node->pc_open--;
+		pthread_mutex_unlock(&fs->pc_mu);
+	}
+	reader_stream_free(h->st);
+	version_unref(h->ver);
+	free(h->data);
+	free(h);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct imgfs *fs = FS(req);
@@ -347,17 +391,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->noflush = 1;
 	fi->fh = (uint64_t)(uintptr_t)h;
+	handle_add(&h->link, 0);
 	if (fuse_reply_open(req, fi) == -ENOENT) {
 		/* interrupted: the kernel will not release it */
-		if (h->pagecache) {
-			pthread_mutex_lock(&fs->pc_mu);
-			n->pc_open--;
-			pthread_mutex_unlock(&fs->pc_mu);
-		}
-		reader_stream_free(h->st);
-		version_unref(h->ver);
-		free(h->data);
-		free(h);
+		handle_del(&h->link);
+		fh_free(fs, h);
 	}
 	return;
 fail:
@@ -365,6 +403,38 @@ fail:
 	reader_stream_free(h->st);
 	free(h);
 	fuse_reply_err(req, err);
+}
+
+/* Read buffers of IMGFS_MAX_READ bytes, reused: a fresh 1 MiB allocation
+ * costs 256 page faults; a few are kept, the rest go back. */
+#define RBUF_KEEP 8
+static pthread_mutex_t rbuf_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *rbuf_free[RBUF_KEEP];
+static unsigned rbuf_n;
+
+static char *rbuf_get(size_t size)
+{
+	void *p = NULL;
+	if (size > IMGFS_MAX_READ)
+		return malloc(size);
+	pthread_mutex_lock(&rbuf_mu);
+	if (rbuf_n)
+		p = rbuf_free[--rbuf_n];
+	pthread_mutex_unlock(&rbuf_mu);
+	return p ? p : malloc(IMGFS_MAX_READ);
+}
+
+static void rbuf_put(char *p, size_t size)
+{
+	if (size <= IMGFS_MAX_READ) {
+		pthread_mutex_lock(&rbuf_mu);
+		if (rbuf_n < RBUF_KEEP) {
+			rbuf_free[rbuf_n++] = p;
+			p = NULL;
+		}
+		pthread_mutex_unlock(&rbuf_mu);
+	}
+	free(p);
 }
 
 /* Every failure of a read is EIO: a checksum mismatch, a changed object, an
@@ -390,7 +460,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	/* A buffer per request, not per thread: memory follows the reads in
 	 * flight, not the number of (mostly idle) worker threads. */
-	if (!(buf = malloc(size ? size : 1))) {
+	if (!(buf = rbuf_get(size))) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
@@ -409,7 +479,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	} else {
 		fuse_reply_buf(req, buf, got);
 	}
-	free(buf);
+	rbuf_put(buf, size);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -417,15 +487,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct imgfs *fs = FS(req);
 	struct fh *h = (struct fh *)(uintptr_t)fi->fh;
 	(void)ino;
-	if (h->pagecache) {
-		pthread_mutex_lock(&fs->pc_mu);
-		h->node->pc_open--;
-		pthread_mutex_unlock(&fs->pc_mu);
-	}
-	reader_stream_free(h->st);
-	version_unref(h->ver);
-	free(h->data);
-	free(h);
+	handle_del(&h->link);
+	fh_free(fs, h);
 	fuse_reply_err(req, 0);
 }
 
@@ -528,8 +591,11 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)d;
-	if (fuse_reply_open(req, fi) == -ENOENT)
+	handle_add(&d->link, 1);
+	if (fuse_reply_open(req, fi) == -ENOENT) {
+		handle_del(&d->link);
 		dh_free(d);
+	}
 }
 
 static void do_readdir(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi, int plus)
@@ -590,8 +656,10 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct dh *d = (struct dh *)(uintptr_t)fi->fh;
 	(void)ino;
-	dh_free((struct dh *)(uintptr_t)fi->fh);
+	handle_del(&d->link);
+	dh_free(d);
 	fuse_reply_err(req, 0);
 }
 
@@ -601,6 +669,21 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
 	(void)datasync;
 	(void)fi;
 	fuse_reply_err(req, 0);
+}
+
+void imgfs_release_handles(struct imgfs *fs)
+{
+	pthread_mutex_lock(&handles_mu);
+	while (handles.next != &handles) {
+		struct hlink *l = handles.next;
+		l->prev->next = l->next;
+		l->next->prev = l->prev;
+		if (l->is_dir)
+			dh_free((struct dh *)l);
+		else
+			fh_free(fs, (struct fh *)l);
+	}
+	pthread_mutex_unlock(&handles_mu);
 }
 
 /* ---- extended attributes ---- */

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RECORD_FETCH_THREADS 8
+#define RECORD_FETCH_THREADS 16
 #define NAME_MAX_LEN         255
 
 /* ---- state ---- */

@@ -39,6 +39,7 @@
 #define UNVERIFIED_BS     RECORD_DEFAULT_BLOCK_SIZE
 #define NBUCKETS          16384
 #define IDLE_CONNS        16
+#define CACHE_READ_SLOTS  6
 #define SEQ_BEHIND        16 /* blocks: kernel readahead requests arrive out of order */
 #define SEQ_AHEAD         2
 #define STACK_SLOTS       8    /* blocks per read handled without malloc */
@@ -95,6 +96,13 @@ struct reader {
 	pthread_mutex_t conn_mu;
 	struct s3 *idle[IDLE_CONNS];
 	unsigned nidle;
+
+	/* Concurrent block reads from SQLite: each one holds a connection
+	 * with its own page cache, and the disk is as fast at a queue depth
+	 * of a few; more only costs memory. */
+	pthread_mutex_t slot_mu;
+	pthread_cond_t slot_cv;
+	unsigned slots_free;
 
 	/* Circuit breaker: after a GET could not reach the bucket (within its
 	 * retry budget), demand fetches fail at once instead of each waiting out
@@ -182,6 +190,23 @@ static void add_s3_delta(struct reader *r, const struct s3_stats *before, struct
 	s3_get_stats(s, &after);
 	atomic_fetch_add(&r->requests, after.requests - before->requests);
 	atomic_fetch_add(&r->retries, after.retries - before->retries);
+}
+
+static void cache_slot_get(struct reader *r)
+{
+	pthread_mutex_lock(&r->slot_mu);
+	while (!r->slots_free)
+		pthread_cond_wait(&r->slot_cv, &r->slot_mu);
+	r->slots_free--;
+	pthread_mutex_unlock(&r->slot_mu);
+}
+
+static void cache_slot_put(struct reader *r)
+{
+	pthread_mutex_lock(&r->slot_mu);
+	r->slots_free++;
+	pthread_cond_signal(&r->slot_cv);
+	pthread_mutex_unlock(&r->slot_mu);
 }
 
 /* ---- connections (demand fetches; fetch threads keep their own) ---- */
@@ -785,6 +810,9 @@ int reader_new(const struct reader_opts *o, struct reader **out, struct err *e)
 	r->fifo.next = r->fifo.prev = &r->fifo;
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_mutex_init(&r->conn_mu, NULL);
+	pthread_mutex_init(&r->slot_mu, NULL);
+	pthread_cond_init(&r->slot_cv, NULL);
+	r->slots_free = CACHE_READ_SLOTS;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&r->job_cv, &ca);
@@ -849,6 +877,8 @@ void reader_free(struct reader *r)
 	s3_config_free(&r->cfg);
 	pthread_cond_destroy(&r->job_cv);
 	pthread_mutex_destroy(&r->conn_mu);
+	pthread_mutex_destroy(&r->slot_mu);
+	pthread_cond_destroy(&r->slot_cv);
 	pthread_mutex_destroy(&r->mu);
 	free(r);
 }
@@ -1074,7 +1104,9 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 
 	if (r->cache) {
 		struct err ce = {0};
+		cache_slot_get(r);
 		rc = cache_get(r->cache, key, full ? sl->dst : mine->data, len, &ce);
+		cache_slot_put(r);
 		if (rc < 0)
 			log_debug("block cache: %s", ce.msg);
 	}

@@ -726,7 +726,7 @@ def test_small_cache_stays_near_its_limit(bucket, tmp_path, imgfs):
     assert s["cache_limit_bytes"] == 8 * MiB
     assert s["cache_bytes"] <= 8 * MiB
     m.stop()
-    assert cache_dir_bytes(tmp_path / "cache") <= 8 * MiB + 8 * MiB
+    assert cache_dir_bytes(tmp_path / "cache") <= 12 * MiB  # the DB near its limit
 
 
 def test_kill9_during_read_then_remount(bucket, tmp_path, imgfs):
