@@ -2,6 +2,9 @@
  * collecting every problem (see manifest.h for the schema and the rules). */
 #include "manifest/manifest.h"
 
+#include "common/buf.h"
+#include "common/file.h"
+
 #include "manifest/mf_internal.h"
 #include "manifest/yamltree.h"
 
@@ -1141,68 +1144,21 @@ out:
 
 int manifest_load(const char *path, struct manifest **out, struct mf_problems *probs, struct err *e)
 {
+	struct buf b = BUF_INIT;
 	struct stat st;
-	char *data = NULL;
-	size_t len = 0, cap;
-	int fd, rc = -1;
+	int rc;
 
 	*out = NULL;
 	if (probs)
 		mf_problems_free(probs);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return err_errno(e, "opening the manifest %s", path);
-	if (fstat(fd, &st)) {
-		err_errno(e, "reading the manifest %s", path);
-		goto out;
+	if (!stat(path, &st) && !S_ISREG(st.st_mode))
+		return err_set(e, ERR_IO, "the manifest %s is not a regular file", path);
+	if (file_read_all(path, MF_MAX_FILE_SIZE, &b, e)) {
+		buf_free(&b);
+		return err_prefix(e, "reading the manifest");
 	}
-	if (!S_ISREG(st.st_mode)) {
-		err_set(e, ERR_IO, "the manifest %s is not a regular file", path);
-		goto out;
-	}
-	if (st.st_size > (off_t)MF_MAX_FILE_SIZE) {
-		err_set(e, ERR_INVALID, "the manifest %s is %lld bytes long; the limit is %u bytes",
-		        path, (long long)st.st_size, MF_MAX_FILE_SIZE);
-		goto out;
-	}
-	cap = (size_t)st.st_size + 1;
-	data = malloc(cap);
-	if (!data) {
-		err_set(e, ERR_IO, "%s: out of memory", path);
-		goto out;
-	}
-	for (;;) {
-		ssize_t r;
-		if (len == cap) { /* the file grew since fstat */
-			char *bigger;
-			if (cap > MF_MAX_FILE_SIZE) {
-				err_set(e, ERR_INVALID, "the manifest %s is longer than %u bytes",
-				        path, MF_MAX_FILE_SIZE);
-				goto out;
-			}
-			bigger = realloc(data, 2 * cap);
-			if (!bigger) {
-				err_set(e, ERR_IO, "%s: out of memory", path);
-				goto out;
-			}
-			data = bigger;
-			cap *= 2;
-		}
-		r = read(fd, data + len, cap - len);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			err_errno(e, "reading the manifest %s", path);
-			goto out;
-		}
-		if (r == 0)
-			break;
-		len += (size_t)r;
-	}
-	rc = manifest_load_buffer(data, len, path, out, probs, e);
-out:
-	free(data);
-	close(fd);
+	rc = manifest_load_buffer(b.data ? b.data : "", b.len, path, out, probs, e);
+	buf_free(&b);
 	return rc;
 }
 

@@ -1,6 +1,8 @@
 /* age-encryption.org/v1 (X25519 only) on OpenSSL 3.  See age.h. */
 #include "store/age.h"
 
+#include "common/file.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -450,35 +452,11 @@ out:
 int age_identities_load(struct age_identities *ids, const char *path, struct err *e)
 {
 	struct buf b = BUF_INIT;
-	char chunk[4096];
-	int fd, rc = -1;
-	ssize_t n;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return err_errno(e, "age identity file %s", path);
-	for (;;) {
-		n = read(fd, chunk, sizeof(chunk));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			err_errno(e, "reading age identity file %s", path);
-			goto out;
-		}
-		if (n == 0)
-			break;
-		if (b.len + (size_t)n > AGE_IDENTITY_FILE_MAX) {
-			err_set(e, ERR_INVALID, "age identity file %s: too large", path);
-			goto out;
-		}
-		if (buf_append(&b, chunk, (size_t)n)) {
-			err_set(e, ERR_IO, "out of memory");
-			goto out;
-		}
-	}
-	rc = age_identities_parse(ids, b.data ? b.data : "", b.len, path, e);
-out:
-	OPENSSL_cleanse(chunk, sizeof(chunk));
-	close(fd);
+	int rc = -1;
+	if (file_read_all(path, AGE_IDENTITY_FILE_MAX, &b, e))
+		err_prefix(e, "age identity file");
+	else
+		rc = age_identities_parse(ids, b.data ? b.data : "", b.len, path, e);
 	buf_free_secure(&b);
 	return rc;
 }

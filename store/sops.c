@@ -2,6 +2,7 @@
  * shared/testdata/sops/README.md for the algorithm. */
 #include "store/sops.h"
 
+#include "common/file.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/timefmt.h"
@@ -83,45 +84,6 @@ static void free_secret(char *s, size_t n)
 		OPENSSL_cleanse(s, n);
 		free(s);
 	}
-}
-
-static int read_whole_file(const char *path, size_t max, struct buf *b, struct err *e)
-{
-	char chunk[8192];
-	ssize_t n;
-	int fd = strcmp(path, "-") ? open(path, O_RDONLY | O_CLOEXEC) : 0;
-	int rc = -1;
-	if (fd < 0)
-		return err_errno(e, "%s", path);
-	for (;;) {
-		n = read(fd, chunk, sizeof(chunk));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			err_errno(e, "reading %s", path);
-			goto out;
-		}
-		if (n == 0)
-			break;
-		if (b->len + (size_t)n > max) {
-			err_set(e, ERR_INVALID, "%s: larger than %zu bytes", path, (size_t)max);
-			goto out;
-		}
-		if (buf_append(b, chunk, (size_t)n)) {
-			err_set(e, ERR_IO, "out of memory");
-			goto out;
-		}
-	}
-	if (!b->data && buf_reserve(b, 0)) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	rc = 0;
-out:
-	OPENSSL_cleanse(chunk, sizeof(chunk));
-	if (fd > 0)
-		close(fd);
-	return rc;
 }
 
 static const char *scalar(const yaml_node_t *n)
@@ -791,7 +753,7 @@ int sops_load(const char *path, struct sops_file **out, struct err *e)
 	struct buf b = BUF_INIT;
 	int rc;
 	*out = NULL;
-	if (read_whole_file(path, SOPS_FILE_MAX, &b, e))
+	if (file_read_all(path, SOPS_FILE_MAX, &b, e))
 		return -1;
 	rc = sops_parse(b.data, b.len, path, out, e);
 	buf_free(&b);

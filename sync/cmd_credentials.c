@@ -3,6 +3,7 @@
 
 #include "common/buf.h"
 #include "common/err.h"
+#include "common/file.h"
 #include "store/credentials.h"
 #include "store/sops.h"
 
@@ -102,107 +103,18 @@ static int add_list(char **v, size_t *n, char *arg)
 	return 0;
 }
 
-static int read_input(const char *path, struct buf *b, struct err *e)
-{
-	char chunk[8192];
-	int fd = strcmp(path, "-") ? open(path, O_RDONLY | O_CLOEXEC) : 0, rc = -1;
-	ssize_t n;
-	struct stat st;
-	if (fd < 0)
-		return err_errno(e, "%s", path);
-	/* Reserve once for a regular file, so the plaintext is not copied around
-	 * by realloc (freed memory is not wiped). */
-	if (!fstat(fd, &st) && S_ISREG(st.st_mode) && st.st_size > 0 &&
-	    (size_t)st.st_size <= PLAIN_MAX && buf_reserve(b, (size_t)st.st_size)) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	for (;;) {
-		n = read(fd, chunk, sizeof(chunk));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			err_errno(e, "reading %s", strcmp(path, "-") ? path : "standard input");
-			goto out;
-		}
-		if (n == 0)
-			break;
-		if (b->len + (size_t)n > PLAIN_MAX) {
-			err_set(e, ERR_INVALID, "%s: larger than 1 MiB", path);
-			goto out;
-		}
-		if (buf_append(b, chunk, (size_t)n)) {
-			err_set(e, ERR_IO, "out of memory");
-			goto out;
-		}
-	}
-	rc = 0;
-out:
-	explicit_bzero(chunk, sizeof(chunk));
-	if (fd > 0)
-		close(fd);
-	return rc;
-}
-
 /* Write atomically: a temporary file next to path, then rename. */
 static int write_output(const char *path, const struct buf *b, struct err *e)
 {
-	char *dup = NULL, *tmp = NULL;
-	int fd = -1, rc = -1;
 	mode_t um;
-	size_t off = 0;
 	if (!strcmp(path, "-")) {
 		if (fwrite(b->data, 1, b->len, stdout) != b->len || fflush(stdout))
 			return err_errno(e, "writing standard output");
 		return 0;
 	}
-	if (!(dup = strdup(path)) ||
-	    asprintf(&tmp, "%s/.%s.XXXXXX", dirname(dup),
-	             strrchr(path, '/') ? strrchr(path, '/') + 1 : path) < 0) {
-		tmp = NULL;
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	fd = mkstemp(tmp);
-	if (fd < 0) {
-		err_errno(e, "creating %s", tmp);
-		goto out;
-	}
 	um = umask(0);
 	umask(um);
-	if (fchmod(fd, 0666 & ~um)) {
-		err_errno(e, "chmod %s", tmp);
-		goto out;
-	}
-	while (off < b->len) {
-		ssize_t w = write(fd, b->data + off, b->len - off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0) {
-			err_errno(e, "writing %s", tmp);
-			goto out;
-		}
-		off += (size_t)w;
-	}
-	if (fsync(fd) || close(fd)) {
-		fd = -1;
-		err_errno(e, "writing %s", tmp);
-		goto out;
-	}
-	fd = -1;
-	if (rename(tmp, path)) {
-		err_errno(e, "renaming %s to %s", tmp, path);
-		goto out;
-	}
-	rc = 0;
-out:
-	if (fd >= 0)
-		close(fd);
-	if (rc && tmp)
-		unlink(tmp);
-	free(tmp);
-	free(dup);
-	return rc;
+	return file_write_atomic(path, b->data, b->len, 0666 & ~um, e);
 }
 
 static int cmd_encrypt(int argc, char **argv)
@@ -253,7 +165,7 @@ static int cmd_encrypt(int argc, char **argv)
 		                      "and/or --pgp FINGERPRINT");
 		goto done;
 	}
-	if (read_input(in, &plain, &e))
+	if (file_read_all(in, PLAIN_MAX, &plain, &e))
 		goto fail;
 	memset(&o, 0, sizeof(o));
 	o.age = (const char *const *)ages;

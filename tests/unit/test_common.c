@@ -1,12 +1,16 @@
 /* Unit tests for common/: size parsing, hex, hashing, time, errors. */
 #include "common/err.h"
+#include "common/file.h"
 #include "common/hash.h"
 #include "common/hex.h"
 #include "common/size.h"
 #include "common/timefmt.h"
 #include "tests/unit/check.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void test_size(void)
 {
@@ -80,8 +84,37 @@ static void test_err(void)
 	CHECK(err_exit_code(&e) == 2);
 }
 
+static void test_file(void)
+{
+	char dir[] = "/tmp/imgstore-test-file-XXXXXX";
+	char path[64];
+	struct buf b = BUF_INIT;
+	struct err e;
+	struct stat st;
+	CHECK(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/f", dir);
+	CHECK(file_read_all(path, 100, &b, &e) == -1 && e.code == ERR_NOTFOUND);
+	CHECK(file_write_atomic(path, "hello", 5, 0640, &e) == 0);
+	CHECK(stat(path, &st) == 0 && (st.st_mode & 07777) == 0640);
+	CHECK(file_read_all(path, 100, &b, &e) == 0 && b.len == 5);
+	CHECK_STR(b.data, "hello");
+	buf_reset(&b);
+	CHECK(file_read_all(path, 4, &b, &e) == -1 && e.code == ERR_INVALID);
+	buf_reset(&b);
+	/* replacing keeps the existing mode, not the one asked for new files */
+	CHECK(chmod(path, 0600) == 0);
+	CHECK(file_write_atomic(path, "bye", 3, 0644, &e) == 0);
+	CHECK(stat(path, &st) == 0 && (st.st_mode & 07777) == 0600);
+	CHECK(file_read_all(path, 100, &b, &e) == 0);
+	CHECK_STR(b.data, "bye");
+	buf_free(&b);
+	unlink(path);
+	rmdir(dir);
+}
+
 int main(void)
 {
+	test_file();
 	test_size();
 	test_hash();
 	test_time();

@@ -660,7 +660,7 @@ static void test_files(void)
 	struct err e = {0};
 	CHECK(manifest_load("does-not-exist.yaml", &m, &p, &e) == -1);
 	CHECK(e.code == ERR_NOTFOUND && m == NULL && p.n == 0);
-	CHECK_STR(e.msg, "opening the manifest does-not-exist.yaml: No such file or directory");
+	CHECK_STR(e.msg, "reading the manifest: does-not-exist.yaml: No such file or directory");
 	CHECK(manifest_load(".", &m, &p, &e) == -1);
 	CHECK(e.code == ERR_IO);
 	CHECK_STR(e.msg, "the manifest . is not a regular file");
