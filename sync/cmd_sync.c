@@ -1,5 +1,7 @@
 /* labctl images sync [--manifest PATH] [--credentials PATH] [--sops-age-key-file PATH]
  *                    [--dry-run] [--force] [--parallel N] [--only NAME]... */
+#include "common/buf.h"
+#include "common/file.h"
 #include "common/log.h"
 #include "common/size.h"
 #include "manifest/manifest.h"
@@ -200,13 +202,13 @@ static int update_files(const struct mf_image *img, const char *root, int dry_ru
 	for (size_t u = 0; u < img->nupdate_files; u++) {
 		const struct mf_update_file *uf = &img->update_files[u];
 		struct mf_apply_result res = {0};
-		char *path = NULL, *text = NULL;
-		size_t len = 0;
+		struct buf text = BUF_INIT;
+		char *path = NULL;
 		int rc = -1;
 		path = files_inside(root, uf->path, e);
-		if (!path || files_read(path, UPDATE_FILE_MAX, &text, &len, e))
+		if (!path || file_read_all(path, UPDATE_FILE_MAX, &text, e))
 			goto next;
-		if (mf_apply_replacements(img, uf, text, len, &res, e))
+		if (mf_apply_replacements(img, uf, text.data ? text.data : "", text.len, &res, e))
 			goto next;
 		for (size_t k = 0; k < res.nmatches; k++)
 			if (!res.matches[k])
@@ -217,7 +219,7 @@ static int update_files(const struct mf_image *img, const char *root, int dry_ru
 		if (res.changed) {
 			if (dry_run) {
 				printf("    would rewrite %s\n", uf->path);
-			} else if (files_replace(path, res.text, res.len, e)) {
+			} else if (file_write_atomic(path, res.text, res.len, 0644, e)) {
 				goto next;
 			} else {
 				progress_log("%s: rewrote %s", img->name, uf->path);
@@ -229,7 +231,7 @@ static int update_files(const struct mf_image *img, const char *root, int dry_ru
 		rc = 0;
 	next:
 		mf_apply_result_free(&res);
-		free(text);
+		buf_free(&text);
 		free(path);
 		if (rc)
 			return err_prefix(e, "%s: updateFile %s", img->name, uf->path);
