@@ -135,6 +135,7 @@ print(r["seconds"], round(r["guest_done"] - r["guest_start"], 3))' "$out"
 		start_mount "$cache"
 		t=$(boot_once cold "$mnt/.imgstore/by-sha256/$BASE_SHA")
 		echo "$delay $r cold $t" >>"$RESULTS"
+		echo "$delay cold $(tr -d '\n' <"$mnt/.imgstore/stats")" >>"$BENCH_DIR/stats.txt"
 		# (c) warm: remount on the same cache
 		stop_mount
 		sync
@@ -142,6 +143,7 @@ print(r["seconds"], round(r["guest_done"] - r["guest_start"], 3))' "$out"
 		start_mount "$cache"
 		t=$(boot_once warm "$mnt/.imgstore/by-sha256/$BASE_SHA")
 		echo "$delay $r warm $t" >>"$RESULTS"
+		echo "$delay warm $(tr -d '\n' <"$mnt/.imgstore/stats")" >>"$BENCH_DIR/stats.txt"
 		printf 'boot.sh: %3s ms round %d done\n' "$delay" "$r" >&2
 	done
 	suite_cleanup
@@ -234,4 +236,13 @@ for lat in sorted({l for (l, _, _) in t}):
           f" {med(g, lat, 'local'):8.2f}s {med(g, lat, 'cold'):5.2f}s {med(g, lat, 'warm'):5.2f}s"
           f" {ratio(g, lat, 'cold'):5.2f} {ratio(g, lat, 'warm'):5.2f}")
 print("goals at 0 ms: b/a <= 1.5, c/a <= 1.1")
+import json, os
+st = os.path.join(os.path.dirname(sys.argv[1]), "stats.txt")
+if os.path.exists(st):
+    fetched = {}
+    for line in open(st):
+        label, case, js = line.split(" ", 2)
+        fetched.setdefault((label, case), []).append(json.loads(js).get("bytes_fetched", 0))
+    print("imgfs bytes_fetched per boot (MiB): " + ", ".join(
+        f"{l} {c} {statistics.median(v) / 1048576:.1f}" for (l, c), v in sorted(fetched.items())))
 PY
