@@ -526,6 +526,29 @@ def test_stable_inodes_across_refresh_and_remount(bucket, tmp_path, imgfs):
     assert os.stat(m2.path / "i/c.raw").st_ino == c_ino
 
 
+def test_paths_file_dir_conflicts_and_odd_keys(bucket, tmp_path, imgfs):
+    put_raw(bucket, "a", pattern(100, 1))         # "a" is an image ...
+    put_raw(bucket, "a/b.raw", pattern(100, 2))   # ... and a directory: the directory wins
+    put_raw(bucket, "sp ace/ü.raw", pattern(100, 3))
+    put_raw(bucket, ".imgstore/x.raw", pattern(100, 4))  # the control directory is ours
+    put_raw(bucket, "x", pattern(100, 5))
+    bucket.put("images/dir-marker/", b"")
+    m = imgfs(extra=["--refresh", "0"])
+    assert sorted(os.listdir(m.path)) == [".imgstore", "a", "sp ace", "x"]
+    assert (m.path / "a").is_dir() and (m.path / "a/b.raw").read_bytes() == pattern(100, 2)
+    assert (m.path / "sp ace/ü.raw").read_bytes() == pattern(100, 3)
+    assert sorted(os.listdir(m.path / ".imgstore")) == ["by-sha256", "stats"]
+    # x turns from an image into a directory: a new inode, the old one gone
+    x_ino = os.stat(m.path / "x").st_ino
+    bucket.s3.delete_object(Bucket=bucket.name, Key="images/x")
+    bucket.s3.delete_object(Bucket=bucket.name, Key="metadata/x.json")
+    put_raw(bucket, "x/y.raw", pattern(100, 6))
+    m.sighup()
+    wait_for(lambda: (m.path / "x/y.raw").exists(), what="x/y.raw")
+    assert (m.path / "x").is_dir() and os.stat(m.path / "x").st_ino != x_ino
+    assert (m.path / "x/y.raw").read_bytes() == pattern(100, 6)
+
+
 def test_only_images_with_a_valid_record(bucket, tmp_path, imgfs):
     good = pattern(2 * MiB, 1)
     put_raw(bucket, "good.raw", good)
