@@ -6,6 +6,7 @@
 #include "sync/cmd_overlay.h"
 
 #include "common/err.h"
+#include "common/file.h"
 #include "common/hex.h"
 #include "common/log.h"
 #include "common/timefmt.h"
@@ -376,60 +377,6 @@ static json_t *string_array(const char *const *v, size_t n)
 	return a;
 }
 
-/* Write `data` to path atomically: temp file in the same directory, fsync,
- * rename, fsync the directory. */
-static int write_atomic(const char *dir, const char *path, const char *data, struct err *e)
-{
-	char tmp[PATH_MAX];
-	size_t len = strlen(data), done = 0;
-	int fd = -1, dfd = -1, rc = -1;
-	int n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
-	if (n < 0 || (size_t)n >= sizeof(tmp))
-		return err_set(e, ERR_USAGE, "path too long: %s", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		err_errno(e, "creating %s", tmp);
-		goto out;
-	}
-	while (done < len) {
-		ssize_t w = write(fd, data + done, len - done);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0) {
-			err_errno(e, "writing %s", tmp);
-			goto out;
-		}
-		done += (size_t)w;
-	}
-	if (fsync(fd)) {
-		err_errno(e, "fsync %s", tmp);
-		goto out;
-	}
-	if (close(fd)) {
-		fd = -1;
-		err_errno(e, "closing %s", tmp);
-		goto out;
-	}
-	fd = -1;
-	if (rename(tmp, path)) {
-		err_errno(e, "renaming %s to %s", tmp, path);
-		goto out;
-	}
-	tmp[0] = '\0';
-	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0)
-		fsync(dfd);
-	rc = 0;
-out:
-	if (fd >= 0)
-		close(fd);
-	if (dfd >= 0)
-		close(dfd);
-	if (tmp[0])
-		unlink(tmp);
-	return rc;
-}
-
 /* ------------------------------------------------------------ one overlay */
 
 struct ctx {
@@ -694,7 +641,7 @@ static int write_provenance(struct ctx *c, const struct ov_spec *o, const char *
 		goto out;
 	}
 	strcat(text, "\n");
-	if (write_atomic(c->overlay_dir, path, text, e)) {
+	if (file_write_atomic(path, text, strlen(text), 0644, e)) {
 		err_prefix(e, "writing the provenance of '%s'", o->name);
 		goto out;
 	}
