@@ -420,6 +420,31 @@ struct sink_ctx {
 	uint64_t received;
 };
 
+/* 0 when block idx matches its record; else it is failed and logged. */
+static int verify_block(struct reader_image *img, size_t idx, struct bent *b)
+{
+	unsigned char got[32];
+	char ghex[65], whex[65], msg[512];
+	uint64_t off = (uint64_t)idx * img->bs;
+
+	hash_sha256(b->data, b->len, got);
+	if (!memcmp(got, img->hashes[idx], 32))
+		return 0;
+	hex_encode(got, 32, ghex);
+	hex_encode(img->hashes[idx], 32, whex);
+	atomic_fetch_add(&img->r->verify_failures, 1);
+	log_error("verification failed: %s block %zu (bytes %llu-%llu) has sha256 %s, its "
+	          "checksum record says %s; not served, not cached",
+	          img->key, idx, (unsigned long long)off, (unsigned long long)(off + b->len - 1),
+	          ghex, whex);
+	snprintf(msg, sizeof(msg),
+	         "%s: block %zu does not match its checksum record (the object in the bucket "
+	         "is damaged or was replaced without a new record)",
+	         img->key, idx);
+	ent_fail(img->r, b, ERR_INTEGRITY, msg);
+	return -1;
+}
+
 static void verify_and_publish(struct sink_ctx *c)
 {
 	struct reader_image *img = c->img;
@@ -427,28 +452,8 @@ static void verify_and_publish(struct sink_ctx *c)
 	struct bent *b = c->ents[c->cur];
 	size_t idx = c->first + c->cur;
 
-	if (img->verified) {
-		unsigned char got[32];
-		hash_sha256(b->data, b->len, got);
-		if (memcmp(got, img->hashes[idx], 32)) {
-			char ghex[65], whex[65], msg[512];
-			hex_encode(got, 32, ghex);
-			hex_encode(img->hashes[idx], 32, whex);
-			atomic_fetch_add(&r->verify_failures, 1);
-			log_error("verification failed: %s block %zu (bytes %llu-%llu) has sha256 "
-			          "%s but "
-			          "its checksum record says %s; not served, not cached",
-			          img->key, idx, (unsigned long long)idx * img->bs,
-			          (unsigned long long)idx * img->bs + b->len - 1, ghex, whex);
-			snprintf(msg, sizeof(msg),
-			         "%s: block %zu does not match its checksum record (the object in "
-			         "the "
-			         "bucket is damaged or was replaced without a new record)",
-			         img->key, idx);
-			ent_fail(r, b, ERR_INTEGRITY, msg);
-			return;
-		}
-	}
+	if (img->verified && verify_block(img, idx, b))
+		return;
 	if (r->cache)
 		cache_put(r->cache, b->key, b->data, b->len);
 	atomic_fetch_add(&r->bytes_fetched, b->len);
