@@ -603,6 +603,7 @@ static void *fetch_thread(void *arg)
 	struct reader *r = arg;
 	struct s3 *s = NULL;
 
+	pthread_setname_np(pthread_self(), "imgfs-fetch");
 	pthread_mutex_lock(&r->mu);
 	for (;;) {
 		struct job *j;
