@@ -49,7 +49,9 @@ if [ ! -s "$IMG" ]; then
 	{
 		tar cf - --ignore-failed-read /usr/share /usr/lib 2>/dev/null | head -c $((SIZE_MIB * 1024 * 1024 * 6 / 10)) || true
 		head -c $((SIZE_MIB * 1024 * 1024)) /dev/zero
-	} | head -c $((SIZE_MIB * 1024 * 1024)) >"$IMG.tmp"
+	} | head -c $((SIZE_MIB * 1024 * 1024)) >"$IMG.tmp" || true # SIGPIPE upstream
+	[ "$(stat -c %s "$IMG.tmp")" = $((SIZE_MIB * 1024 * 1024)) ] ||
+		{ echo "sync.sh: could not make the test image" >&2; exit 1; }
 	mv "$IMG.tmp" "$IMG"
 fi
 if [ ! -s "$XZ" ]; then
