@@ -407,7 +407,7 @@ fail:
 
 /* Read buffers of IMGFS_MAX_READ bytes, reused: a fresh 1 MiB allocation
  * costs 256 page faults; a few are kept, the rest go back. */
-#define RBUF_KEEP 8
+#define RBUF_KEEP 4
 static pthread_mutex_t rbuf_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *rbuf_free[RBUF_KEEP];
 static unsigned rbuf_n;

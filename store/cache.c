@@ -51,12 +51,12 @@
 #define CACHE_SCHEMA_VERSION 1
 #define CACHE_PAGE_SIZE      65536
 
-#define QUEUE_MAX_BYTES   (64u << 20) /* copies waiting for the writer */
+#define QUEUE_MAX_BYTES   (16u << 20) /* blocks waiting for the writer */
 #define BATCH_MAX_BLOCKS  256
-#define BATCH_MAX_BYTES   (16u << 20)
+#define BATCH_MAX_BYTES   (4u << 20)
 #define TOUCH_MAX         8192 /* hits recorded between two writer batches */
 #define DELETE_MAX        256
-#define POOL_MAX          32 /* read connections */
+#define POOL_MAX          12 /* read connections */
 #define BUSY_TIMEOUT_MS   5000
 #define FULL_BACKOFF_S    30.0
 #define ERROR_BACKOFF_S   2.0
@@ -64,8 +64,8 @@
 /* Page cache per connection.  The writer's is small on purpose: a batch
  * spills to the WAL early and reuses hot buffers; with 32 MiB inserts ran
  * at 130 MB/s instead of 350 (tests/bench/README.md). */
-#define WRITER_CACHE_KIB 2048
-#define READER_CACHE_KIB 4096
+#define WRITER_CACHE_KIB 512
+#define READER_CACHE_KIB 256
 
 /* ---- types ---- */
 
@@ -73,8 +73,18 @@ struct qent {
 	struct qent *next;
 	unsigned char key[CACHE_KEY_LEN];
 	size_t len;
-	unsigned char data[];
+	const unsigned char *data; /* own[] or the caller's buffer */
+	void (*release)(void *);   /* the caller's buffer: called once written */
+	void *arg;
+	unsigned char own[];
 };
+
+static void qent_free(struct qent *q)
+{
+	if (q->release)
+		q->release(q->arg);
+	free(q);
+}
 
 /* A synchronous cache_meta_put(), handed to the writer thread so that one
  * connection does all the writing (no lock contention inside a process). */
@@ -911,13 +921,18 @@ static void *writer_main(void *arg)
 				}
 			}
 		}
+		for (int k = 0; k < 2; k++)
+			for (struct qent *q = k ? skipped : b.head; q; q = q->next)
+				c->qbytes -= q->len;
+		/* release callbacks take their owner's locks: not under ours */
+		pthread_mutex_unlock(&c->mu);
 		for (int k = 0; k < 2; k++) {
 			for (struct qent *q = k ? skipped : b.head, *next; q; q = next) {
 				next = q->next;
-				c->qbytes -= q->len;
-				free(q);
+				qent_free(q);
 			}
 		}
+		pthread_mutex_lock(&c->mu);
 		for (struct meta_req *r = meta; r; r = r->next)
 			r->done = 1;
 		c->done_seq = put_target;
@@ -956,7 +971,7 @@ static void cache_free(struct cache *c)
 	}
 	for (struct qent *q = c->qhead, *n; q; q = n) {
 		n = q->next;
-		free(q);
+		qent_free(q);
 	}
 	free(c->touch);
 	free(c->touch_spare);
@@ -1106,12 +1121,18 @@ static void queue_delete(struct cache *c, const unsigned char *key)
 int cache_get(struct cache *c, const unsigned char key[CACHE_KEY_LEN], void *buf, size_t len,
               struct err *e)
 {
+	return cache_get_range(c, key, len, 0, buf, len, e);
+}
+
+int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], size_t len, size_t off,
+                    void *buf, size_t n, struct err *e)
+{
 	struct rconn *r;
 	sqlite3_blob *blob = NULL;
 	sqlite3_int64 id, stored;
 	int rc, ret = -1, drop = 0;
 
-	if (atomic_load(&c->corrupt) || !len || len > INT_MAX) {
+	if (atomic_load(&c->corrupt) || !len || len > INT_MAX || !n || off > len || n > len - off) {
 		atomic_fetch_add(&c->misses, 1);
 		return 0;
 	}
@@ -1152,7 +1173,10 @@ int cache_get(struct cache *c, const unsigned char key[CACHE_KEY_LEN], void *buf
 		drop = 1;
 		goto out;
 	}
-	rc = sqlite3_blob_read(blob, buf, (int)len, 0);
+	/* A piece costs the pages it spans: SQLite finds an overflow page of an
+	 * incremental-vacuum database through the pointer map instead of
+	 * walking the chain from the row. */
+	rc = sqlite3_blob_read(blob, buf, (int)n, (int)off);
 	if (rc != SQLITE_OK) {
 		db_err(e, r->db, rc, "reading a block");
 		goto out;
@@ -1190,35 +1214,25 @@ int cache_has(struct cache *c, const unsigned char key[CACHE_KEY_LEN])
 	return rc == SQLITE_ROW;
 }
 
-void cache_put(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const void *data,
-               size_t len)
+/* Reserve queue room for len bytes; 0 (and counted as dropped) when the
+ * insert cannot be taken now. */
+static int queue_reserve(struct cache *c, size_t len)
 {
-	struct qent *q;
 	int ok;
-
 	pthread_mutex_lock(&c->mu);
 	ok = len && len <= INT_MAX && len <= c->limit && !c->stop && !atomic_load(&c->corrupt) &&
 	     c->qbytes + len <= QUEUE_MAX_BYTES &&
 	     (c->degraded_until == 0 || time_mono() >= c->degraded_until);
 	if (ok)
-		c->qbytes += len; /* reserve, then copy without the lock */
+		c->qbytes += len;
 	pthread_mutex_unlock(&c->mu);
-	if (!ok) {
+	if (!ok)
 		atomic_fetch_add(&c->dropped, 1);
-		return;
-	}
-	q = malloc(sizeof(*q) + len);
-	if (!q) {
-		pthread_mutex_lock(&c->mu);
-		c->qbytes -= len;
-		pthread_mutex_unlock(&c->mu);
-		atomic_fetch_add(&c->dropped, 1);
-		return;
-	}
-	memcpy(q->key, key, CACHE_KEY_LEN);
-	q->len = len;
-	q->next = NULL;
-	memcpy(q->data, data, len);
+	return ok;
+}
+
+static void queue_append(struct cache *c, struct qent *q)
+{
 	pthread_mutex_lock(&c->mu);
 	if (c->qtail)
 		c->qtail->next = q;
@@ -1228,6 +1242,48 @@ void cache_put(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const vo
 	c->put_seq++;
 	pthread_cond_signal(&c->wake);
 	pthread_mutex_unlock(&c->mu);
+}
+
+static struct qent *qent_new(struct cache *c, const unsigned char *key, size_t len, size_t extra)
+{
+	struct qent *q = malloc(sizeof(*q) + extra);
+	if (!q) {
+		pthread_mutex_lock(&c->mu);
+		c->qbytes -= len;
+		pthread_mutex_unlock(&c->mu);
+		atomic_fetch_add(&c->dropped, 1);
+		return NULL;
+	}
+	memcpy(q->key, key, CACHE_KEY_LEN);
+	q->len = len;
+	q->next = NULL;
+	q->release = NULL;
+	q->arg = NULL;
+	return q;
+}
+
+void cache_put(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const void *data,
+               size_t len)
+{
+	struct qent *q;
+	if (!queue_reserve(c, len) || !(q = qent_new(c, key, len, len)))
+		return;
+	memcpy(q->own, data, len);
+	q->data = q->own;
+	queue_append(c, q);
+}
+
+int cache_put_ref(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const void *data,
+                  size_t len, void (*release)(void *), void *arg)
+{
+	struct qent *q;
+	if (!queue_reserve(c, len) || !(q = qent_new(c, key, len, 0)))
+		return 0;
+	q->data = data;
+	q->release = release;
+	q->arg = arg;
+	queue_append(c, q);
+	return 1;
 }
 
 void cache_flush(struct cache *c)

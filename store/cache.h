@@ -30,12 +30,22 @@ void cache_close(struct cache *c);
 /* 1 hit (exactly len bytes copied into buf), 0 miss, -1 error. */
 int cache_get(struct cache *c, const unsigned char key[CACHE_KEY_LEN], void *buf, size_t len,
               struct err *e);
+/* Bytes [off, off + n) of the block stored under key, which must be len
+ * bytes long; same returns as cache_get(). */
+int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], size_t len, size_t off,
+                    void *buf, size_t n, struct err *e);
 /* 1 when the key is cached (no data read). */
 int cache_has(struct cache *c, const unsigned char key[CACHE_KEY_LEN]);
 /* Queue an insert; the data is copied.  Never blocks on I/O: drops the block
  * when the queue is full.  Caller has verified the bytes. */
 void cache_put(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const void *data,
                size_t len);
+/* The same without the copy: the cache reads data until it calls
+ * release(arg) (once, from its writer thread or cache_close(), holding none
+ * of its locks).
+ * 1 taken; 0 dropped (release is not called, the buffer stays the caller's). */
+int cache_put_ref(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const void *data,
+                  size_t len, void (*release)(void *), void *arg);
 /* Wait until every queued insert is on disk (tests, unmount). */
 void cache_flush(struct cache *c);
 

@@ -32,7 +32,7 @@
 
 #define DEF_FETCH_THREADS 4
 #define MAX_FETCH_THREADS 64
-#define DEF_MEM_BYTES     (32ull << 20)
+#define DEF_MEM_BYTES     (24ull << 20)
 #define DEF_RA_MIN        (2ull << 20)
 #define DEF_RA_MAX        (32ull << 20)
 #define DEF_RA_CHUNK      (8ull << 20)
@@ -57,9 +57,10 @@ struct bent {
 	int in_table, on_fifo;
 	int pending;    /* fetched by readahead, not read yet */
 	double t_ready; /* when it became READY */
-	int refs;
+	int refs;       /* readers, fetchers and a pending cache insert */
 	uint32_t len;
 	unsigned char *data;
+	struct reader *owner;
 	enum err_code err_code; /* FAILED */
 	char *err_msg;
 	pthread_cond_t cv;
@@ -302,7 +303,8 @@ static void table_remove(struct reader *r, struct bent *b)
 
 static void buf_release(struct reader *r, unsigned char *data, uint32_t len)
 {
-	if (len == r->pool_len && (uint64_t)(r->npool + 1) * len <= r->mem_limit) {
+	/* the pool counts against the same budget as the blocks in use */
+	if (len == r->pool_len && r->mem_bytes + (uint64_t)(r->npool + 1) * len <= r->mem_limit) {
 		*(void **)data = r->pool;
 		r->pool = data;
 		r->npool++;
@@ -376,6 +378,7 @@ static struct bent *ent_new_locked(struct reader *r, const unsigned char key[CAC
 	pthread_condattr_destroy(&ca);
 	memcpy(b->key, key, CACHE_KEY_LEN);
 	b->len = len;
+	b->owner = r;
 	b->refs = 1;
 	b->state = B_LOADING;
 	r->mem_bytes += len;
@@ -445,6 +448,15 @@ static int verify_block(struct reader_image *img, size_t idx, struct bent *b)
 	return -1;
 }
 
+static void cache_written(void *arg)
+{
+	struct bent *b = arg;
+	struct reader *r = b->owner;
+	pthread_mutex_lock(&r->mu);
+	ent_put_locked(r, b);
+	pthread_mutex_unlock(&r->mu);
+}
+
 static void verify_and_publish(struct sink_ctx *c)
 {
 	struct reader_image *img = c->img;
@@ -454,8 +466,15 @@ static void verify_and_publish(struct sink_ctx *c)
 
 	if (img->verified && verify_block(img, idx, b))
 		return;
-	if (r->cache)
-		cache_put(r->cache, b->key, b->data, b->len);
+	if (r->cache) {
+		/* the cache writes the block from our buffer, which it holds a
+		 * reference to: no copy, and the memory budget covers it */
+		pthread_mutex_lock(&r->mu);
+		b->refs++;
+		pthread_mutex_unlock(&r->mu);
+		if (!cache_put_ref(r->cache, b->key, b->data, b->len, cache_written, b))
+			cache_written(b);
+	}
 	atomic_fetch_add(&r->bytes_fetched, b->len);
 	atomic_fetch_add(&r->misses, 1);
 	ent_publish(r, b);
@@ -856,6 +875,8 @@ void reader_free(struct reader *r)
 	for (unsigned i = 0; i < r->nstarted; i++)
 		pthread_join(r->threads[i], NULL);
 	free(r->threads);
+	if (r->cache)
+		cache_flush(r->cache); /* it holds references to our blocks */
 
 	err_set(&e, ERR_IO, "imgfs is shutting down");
 	while ((j = r->jhead)) {
@@ -1063,7 +1084,6 @@ enum slot_kind { S_DONE, S_WAIT, S_OWN };
 
 struct slot {
 	enum slot_kind kind;
-	int counted; /* served from SQLite: already counted as a hit */
 	struct bent *b;
 	unsigned char *dst;
 	uint32_t poff, plen; /* the piece of the block that the read wants */
@@ -1099,58 +1119,43 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 		sl->b = b;
 		return 0;
 	}
-	if (!full) {
-		/* the block goes to memory first: the next small read finds it there */
-		evict_for_locked(r, len, 1);
-		mine = ent_new_locked(r, key, len);
-	}
 	pthread_mutex_unlock(&r->mu);
-	if (!full && !mine)
-		return err_set(e, ERR_IO, "out of memory");
 
+	/* From SQLite straight into the reply, whole block or piece: a piece
+	 * costs only the pages it spans (a 4 KiB random read would otherwise
+	 * copy the whole 1 MiB block out of the database). */
 	if (r->cache) {
 		struct err ce = {0};
 		cache_slot_get(r);
-		rc = cache_get(r->cache, key, full ? sl->dst : mine->data, len, &ce);
+		rc = cache_get_range(r->cache, key, len, sl->poff, sl->dst, sl->plen, &ce);
 		cache_slot_put(r);
 		if (rc < 0)
 			log_debug("block cache: %s", ce.msg);
 	}
-	if (rc == 1 && full) {
+	if (rc == 1) {
 		atomic_fetch_add(&r->hits, 1);
 		sl->kind = S_DONE;
 		return 0;
 	}
-
-	if (rc == 1) {
-		atomic_fetch_add(&r->hits, 1);
-		sl->counted = 1;
-	}
+	/* a miss: fetch it (a piece's block goes to memory, where the next
+	 * small read finds it) */
 	pthread_mutex_lock(&r->mu);
 	if ((b = table_find(r, key))) { /* someone else got there meanwhile */
 		b->refs++;
-		if (mine)
-			ent_put_locked(r, mine);
 		pthread_mutex_unlock(&r->mu);
 		sl->kind = S_WAIT;
 		sl->b = b;
 		return 0;
 	}
-	if (!mine) {
-		evict_for_locked(r, len, 1);
-		if (!(mine = ent_new_locked(r, key, len))) {
-			pthread_mutex_unlock(&r->mu);
-			return err_set(e, ERR_IO, "out of memory");
-		}
+	evict_for_locked(r, len, 1);
+	if (!(mine = ent_new_locked(r, key, len))) {
+		pthread_mutex_unlock(&r->mu);
+		return err_set(e, ERR_IO, "out of memory");
 	}
 	table_insert(r, mine);
-	if (rc == 1) {
-		mine->state = B_READY;
-		fifo_append(r, mine);
-	}
 	pthread_mutex_unlock(&r->mu);
 	sl->b = mine;
-	sl->kind = rc == 1 ? S_WAIT : S_OWN;
+	sl->kind = S_OWN;
 	return 0;
 }
 
@@ -1185,7 +1190,7 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 		if (sl->plen == b->len && b->in_table && b->on_fifo)
 			fifo_prepend(r, b);
 		pthread_mutex_unlock(&r->mu);
-		if (sl->kind == S_WAIT && !waited && !sl->counted) {
+		if (sl->kind == S_WAIT && !waited) {
 			atomic_fetch_add(&r->hits, 1);
 			atomic_fetch_add(&r->mem_hits, 1);
 		}
@@ -1221,7 +1226,6 @@ int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off
 		uint64_t pe =
 		        off + len < bo + block_len(img, i) ? off + len : bo + block_len(img, i);
 		slots[k].kind = S_DONE;
-		slots[k].counted = 0;
 		slots[k].b = NULL;
 		slots[k].dst = (unsigned char *)buf + (ps - off);
 		slots[k].poff = (uint32_t)(ps - bo);

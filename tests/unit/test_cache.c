@@ -174,6 +174,33 @@ static void test_round_trip(void)
 	CHECK(st.bytes == total);
 	CHECK(st.limit_bytes == 64 * MIB);
 
+	/* Pieces: exact bytes at the start, across page boundaries, at the end;
+	 * out of range is a miss. */
+	{
+		static unsigned char whole[256 * KIB];
+		size_t n = block_len(4, 256 * KIB);
+		const size_t offs[] = {0, 4096, 65536 - 7, 200000, n - 4096, n - 1};
+		unsigned char k3[32];
+		block_fill(4, whole, n);
+		block_key(whole, n, k3);
+		for (size_t j = 0; j < sizeof(offs) / sizeof(offs[0]); j++) {
+			size_t len = offs[j] + 4096 <= n ? 4096 : n - offs[j];
+			memset(buf, 0xee, len);
+			CHECK(cache_get_range(c, k3, n, offs[j], buf, len, &e) == 1);
+			CHECK(!memcmp(buf, whole + offs[j], len));
+		}
+		CHECK(cache_get_range(c, k3, n, n - 10, buf, 11, &e) == 0);
+		CHECK(cache_get_range(c, k3, n, n + 1, buf, 1, &e) == 0);
+		CHECK(cache_get_range(c, k3, n - 1, 0, buf, 10, &e) == 0); /* wrong length */
+		cache_flush(c);
+		CHECK(cache_has(c, k3) == 0); /* ... drops the row */
+		total -= n;
+		put_block(c, 4, 256 * KIB, k3);
+		total += n;
+		cache_flush(c);
+		CHECK(cache_has(c, k3) == 1);
+	}
+
 	/* A length mismatch is a miss, and the row goes away. */
 	CHECK(cache_get(c, key, buf, 1000, &e) == 0);
 	cache_flush(c);
