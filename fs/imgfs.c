@@ -535,8 +535,9 @@ int main(int argc, char **argv)
 	 * kept in malloc's arenas, each arena held on to its own peak and the
 	 * resident size doubled.  The reader's buffer pool and the reply
 	 * buffers are reused, so few of them ever reach the system. */
-	mallopt(M_MMAP_THRESHOLD, 512 << 10);
+	mallopt(M_MMAP_THRESHOLD, 4 << 20);
 	mallopt(M_ARENA_MAX, 4);
+	mallopt(M_TRIM_THRESHOLD, 16 << 20);
 
 	if (!(mp = realpath(fs->o.mountpoint, NULL))) {
 		fprintf(stderr, "imgfs: mount point %s: %s\n", fs->o.mountpoint, strerror(errno));
