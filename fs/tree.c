@@ -15,6 +15,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/timefmt.h"
+#include "store/record_index.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -266,6 +267,36 @@ static int fetch_records(const struct s3_config *cfg, struct s3 *s, struct srec 
 	return 0;
 }
 
+/* Fill the records of todo that the record index holds unchanged (same ETag
+ * as the listing); returns how many are left to fetch, compacted at the
+ * front of todo.  Any trouble with the index only means more GETs. */
+static size_t take_from_index(struct s3 *s, struct srec **todo, size_t n)
+{
+	struct recindex ix = {0};
+	struct err e = {0};
+	size_t left = 0;
+	if (recindex_load(s, &ix, &e)) {
+		if (e.code == ERR_NOTFOUND)
+			log_debug("no record index (%s)", RECINDEX_KEY);
+		else
+			log_warn("not using the record index: %s", e.msg);
+		return n;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct srec *r = todo[i];
+		char *key = record_meta_key(r->dest);
+		const struct recindex_entry *en =
+		        key ? recindex_lookup(&ix, key, r->meta_etag) : NULL;
+		free(key);
+		if (en && (r->json = strdup(en->json)))
+			continue;
+		todo[left++] = r;
+	}
+	log_debug("record index: %zu of %zu record(s) taken from %s", n - left, n, RECINDEX_KEY);
+	recindex_free(&ix);
+	return left;
+}
+
 static int has_suffix(const char *s, const char *suf)
 {
 	size_t ls = strlen(s), lf = strlen(suf);
@@ -334,6 +365,8 @@ int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *p
 			todo[ntodo++] = r;
 		}
 	}
+	if (ntodo > RECINDEX_MIN_USE)
+		ntodo = take_from_index(s, todo, ntodo);
 	if (ntodo) {
 		log_debug("fetching %zu checksum record(s)", ntodo);
 		if (fetch_records(cfg, s, todo, ntodo, e))

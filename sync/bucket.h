@@ -5,6 +5,7 @@
 
 #include "common/err.h"
 #include "store/record.h"
+#include "store/record_index.h"
 #include "store/s3.h"
 
 #include <stdint.h>
@@ -20,11 +21,21 @@ struct bucket_image {
 	char problem[512]; /* why not complete */
 };
 
-/* Every image object under images/ with its record state, sorted by key. */
-int bucket_scan(struct s3 *s3, struct bucket_image **out, size_t *n, struct err *e);
+/* Every image object under images/ with its record state, sorted by key.
+ * Records come from the record index when it holds the listed version, the
+ * others are fetched in parallel over connections opened from cfg. */
+int bucket_scan(const struct s3_config *cfg, struct s3 *s3, struct bucket_image **out, size_t *n,
+                struct err *e);
 /* One destination: HEAD the object, read and check its record.  A missing
  * object or record is not an error (exists / has_record say so). */
 int bucket_check(struct s3 *s3, const char *destination, struct bucket_image *out, struct err *e);
+/* Rebuild the record index (store/record_index.h) over s3, or over a
+ * connection of its own when s3 is NULL; res says what was done. */
+int bucket_index_update(const struct s3_config *cfg, struct s3 *s3, struct recindex_result *res,
+                        struct err *e);
+/* The same after a command changed the bucket: logs the outcome, and a
+ * failure is only a warning (the index is a cache, the command succeeded). */
+void bucket_index_refresh(const struct s3_config *cfg, struct s3 *s3);
 void bucket_image_clear(struct bucket_image *im);
 void bucket_images_free(struct bucket_image *v, size_t n);
 

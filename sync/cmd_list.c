@@ -140,7 +140,7 @@ int cmd_list(int argc, char **argv)
 		return cli_fail(&e);
 	rc = 1;
 	s3 = s3_open(&cfg, &e);
-	if (!s3 || bucket_scan(s3, &imgs, &n, &e)) {
+	if (!s3 || bucket_scan(&cfg, s3, &imgs, &n, &e)) {
 		err_prefix(&e, "listing bucket %s at %s", cfg.bucket, cfg.endpoint);
 		rc = cli_fail(&e);
 		goto out;

@@ -4,6 +4,7 @@
 #include "common/size.h"
 #include "manifest/manifest.h"
 #include "store/record.h"
+#include "sync/bucket.h"
 #include "sync/cli.h"
 #include "sync/commands.h"
 
@@ -42,7 +43,8 @@ static const struct cmd_spec prune_spec = {
         "names, and abort multipart uploads older than 24 hours (--upload-age).  Refuses (exit 2, "
         "deletes\n"
         "nothing) when the manifest is invalid or names no images.  Keys outside images/\n"
-        "and metadata/ are never touched.",
+        "and metadata/ are never touched, except imgstore's record index\n"
+        "(index/records.json.gz), which is rebuilt after a deletion.",
         prune_opts,
 };
 
@@ -197,6 +199,10 @@ static int do_prune(const struct common_opts *common, const struct manifest *m,
 			failed++;
 		}
 	}
+	/* the index may name deleted records (harmless: readers check it
+	 * against the listing), but it should not keep them */
+	if (del_meta.n || del_img.n)
+		bucket_index_refresh(&cfg, s3);
 	size_format(del_img.bytes, size, sizeof(size));
 	printf("deleted %zu image%s (%s) and %zu record%s; aborted %zu upload%s\n", del_img.n,
 	       del_img.n == 1 ? "" : "s", size, del_meta.n, del_meta.n == 1 ? "" : "s",

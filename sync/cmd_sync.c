@@ -321,7 +321,7 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 	struct runner r = {0};
 	char *root = NULL;
 	size_t n = 0, ntodo = 0;
-	int changed = 0, failed = 0, rc = -1;
+	int changed = 0, failed = 0, reached = 0, rc = -1;
 
 	if (select_items(m, a, &items, &n, e))
 		return -1;
@@ -401,8 +401,15 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 			}
 		}
 	}
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		failed += items[i].action == ACT_FAILED || items[i].files_failed;
+		reached += items[i].ok;
+	}
+	/* uploads change records; a missing or stale index is caught up too
+	 * (nothing is written when it is current).  When no image could even
+	 * be checked the bucket is out of reach: do not add a warning. */
+	if (reached)
+		bucket_index_refresh(&cfg, s3);
 	if (files_github_output("files_changed", changed ? "true" : "false", e)) {
 		print_summary(items, n, changed);
 		goto out;

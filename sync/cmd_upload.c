@@ -3,6 +3,7 @@
 #include "common/size.h"
 #include "manifest/manifest.h"
 #include "store/record.h"
+#include "sync/bucket.h"
 #include "sync/cli.h"
 #include "sync/commands.h"
 #include "sync/pipeline.h"
@@ -189,6 +190,8 @@ int cmd_upload(int argc, char **argv)
 	if (cli_s3_config(&common, &cfg, &e))
 		return cli_fail(&e);
 	rc = upload_file(&a, &cfg, &e);
+	if (!rc)
+		bucket_index_refresh(&cfg, NULL);
 	s3_config_free(&cfg);
 	if (rc) {
 		err_prefix(&e, "upload of %s failed", a.source);

@@ -9,5 +9,6 @@ int cmd_list(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
 int cmd_upload(int argc, char **argv);
 int cmd_overlay(int argc, char **argv);
+int cmd_index(int argc, char **argv);
 
 #endif

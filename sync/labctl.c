@@ -27,6 +27,7 @@ static const struct command image_cmds[] = {
         {"prune", cmd_prune, "delete images the manifest no longer names"},
         {"upload", cmd_upload, "upload one local file (e.g. Packer output) with its record"},
         {"overlay", cmd_overlay, "create qcow2 overlays on top of mounted bases"},
+        {"index", cmd_index, "rebuild the record index (one GET lists every record)"},
         {NULL, NULL, NULL},
 };
 

@@ -21,6 +21,9 @@ SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared")).resolve()
 LOCAL_S3 = ROOT / "deploy" / "local-s3.sh"
 ACCESS_KEY = "test:tester"
 SECRET_KEY = "testing"
+# labctl's record index (a cache of every checksum record, README "The bucket"):
+# written next to images/ and metadata/ whenever labctl changed the bucket
+RECORD_INDEX = "index/records.json.gz"
 
 
 def binary(name):

@@ -3,7 +3,7 @@ import pytest
 
 from conftest import binary, clean_env, run
 
-SUBCOMMANDS = ["validate", "sync", "list", "prune", "upload", "overlay"]
+SUBCOMMANDS = ["validate", "sync", "list", "prune", "upload", "overlay", "index"]
 
 
 def labctl(*args):
@@ -33,6 +33,7 @@ def test_help_lists_contract_flags(sub):
         "prune": ["--manifest", "--credentials", "--sops-age-key-file", "--dry-run"],
         "upload": ["--source", "--destination", "--name", "--credentials"],
         "overlay": ["--mount", "--overlay-dir", "--manifest", "--only"],
+        "index": ["--credentials", "--sops-age-key-file"],
     }[sub]
     for flag in expected:
         assert flag in p.stdout, (sub, flag)
