@@ -289,9 +289,14 @@ fi
 r=$(calc "${RAND[imgfs]} / $(best_peer RAND max)")
 row "4 KiB random, O_DIRECT, 4 jobs (IOPS)" - RAND "$(printf 'imgfs/best peer %.2f' "$r")" \
 	">= 1.3" "$(verdict "$r >= 1.3")"
-r=$(calc "$(best_peer LS min) / ${LS[imgfs]}")
-row "first ls -la, $NFILES objects (s)" - LS "$(printf 'best peer/imgfs %.1f' "$r")" \
+# imgfs reads the listing and the records before the mount appears, the
+# peers when ls asks: compare mount + first ls, not ls alone
+declare -A MLS
+for t in imgfs $PEERS; do MLS[$t]=$(calc "${MOUNT[$t]} + ${LS[$t]}"); done
+r=$(calc "$(best_peer MLS min) / ${MLS[imgfs]}")
+row "mount + first ls -la, $NFILES obj (s)" - MLS "$(printf 'best peer/imgfs %.1f' "$r")" \
 	">= 10" "$(verdict "$r >= 10")"
-row "mount, fresh cache (s)" - MOUNT "(imgfs: listing + records)" "" ""
+row "  of which mount, fresh cache (s)" - MOUNT "(imgfs: listing + records)" "" ""
+row "  of which first ls -la (s)" - LS "" "" ""
 row "peak RSS (MiB)" - RSS "$(printf 'imgfs %d MiB' "${RSS[imgfs]}")" "< 64" \
 	"$(verdict "${RSS[imgfs]} < 64")"
