@@ -256,9 +256,29 @@ out:
 void bucket_index_refresh(const struct s3_config *cfg, struct s3 *s3)
 {
 	struct recindex_result r = {0};
+	struct s3_object obj = {0};
+	struct s3 *own = NULL;
 	struct err e = {0};
+	int present;
+
+	/* Opt-in: a bucket gets an index from 'labctl images index' and only
+	 * then is it kept up to date here, so that by default the bucket holds
+	 * exactly the layout of DESIGN.md. */
+	if (!s3 && !(s3 = own = s3_open(cfg, &e))) {
+		log_warn("record index: %s", e.msg);
+		return;
+	}
+	present = s3_head(s3, RECINDEX_KEY, &obj, &e) == 0;
+	free(obj.key);
+	if (!present) {
+		if (e.code != ERR_NOTFOUND)
+			log_warn("record index: checking %s: %s", RECINDEX_KEY, e.msg);
+		s3_close(own);
+		return;
+	}
 	/* the index only makes readers faster: never fail the command for it */
 	if (bucket_index_update(cfg, s3, &r, &e)) {
+		s3_close(own);
 		log_warn("%s (readers fetch each record instead; 'labctl images index' "
 		         "retries)",
 		         e.msg);
@@ -268,4 +288,5 @@ void bucket_index_refresh(const struct s3_config *cfg, struct s3 *s3)
 		log_info("record index %s: %zu record(s), %zu reused, %zu fetched; %s",
 		         RECINDEX_KEY, r.records, r.reused, r.fetched,
 		         r.written ? "written" : "already up to date");
+	s3_close(own);
 }

@@ -33,7 +33,8 @@ int bucket_check(struct s3 *s3, const char *destination, struct bucket_image *ou
  * connection of its own when s3 is NULL; res says what was done. */
 int bucket_index_update(const struct s3_config *cfg, struct s3 *s3, struct recindex_result *res,
                         struct err *e);
-/* The same after a command changed the bucket: logs the outcome, and a
+/* The same after a command changed the bucket, when the bucket has an index
+ * (labctl images index made one): logs the outcome, and a
  * failure is only a warning (the index is a cache, the command succeeded). */
 void bucket_index_refresh(const struct s3_config *cfg, struct s3 *s3);
 void bucket_image_clear(struct bucket_image *im);

@@ -18,12 +18,13 @@ static const struct optdef index_opts[] = {
 static const struct cmd_spec index_spec = {
         "images index",
         "[--credentials PATH] [--sops-age-key-file PATH] [--ca-bundle FILE]",
-        "Rebuild the record index " RECINDEX_KEY ": one object with a copy of every\n"
-        "checksum record (metadata/) and its ETag, so that imgfs and 'labctl images list'\n"
-        "read one object instead of one per record.  Entries whose record is unchanged\n"
-        "are kept, the others read again; nothing is written when the index is current.\n"
-        "sync, upload and prune do this on their own; the index is only a cache (readers\n"
-        "check every entry against the listing), so running this is never required.",
+        "Create or rebuild the record index " RECINDEX_KEY ": one object with a copy\n"
+        "of every checksum record (metadata/) and its ETag, so that imgfs and 'labctl\n"
+        "images list' read one object instead of one per record (a fresh mount of a\n"
+        "bucket with thousands of images).  Entries whose record is unchanged are kept,\n"
+        "the others read again; nothing is written when the index is current.  Once a\n"
+        "bucket has an index, sync, upload and prune keep it current.  It is only a\n"
+        "cache (readers check every entry against the listing): never required.",
         index_opts,
 };
 

@@ -3,7 +3,7 @@ multipart uploads, and refuses (exit 2, deleting nothing) on an invalid or
 empty manifest."""
 import json
 
-from conftest import RECORD_INDEX, binary, run
+from conftest import binary, run
 
 SHA = "sha256:" + "ab" * 32
 
@@ -53,9 +53,9 @@ def test_prune_deletes_unnamed_only(bucket, tmp_path):
     m = manifest(tmp_path, ["keep.raw", "dir/keep2.qcow2"])
     p = prune(bucket, m, "--dry-run")
     assert "would delete images/old.raw" in p.stdout
-    assert len(bucket.keys()) == 13  # with the record index
+    assert len(bucket.keys()) == 12
     prune(bucket, m)
-    assert bucket.keys() == ["images/dir/keep2.qcow2", "images/keep.raw", RECORD_INDEX,
+    assert bucket.keys() == ["images/dir/keep2.qcow2", "images/keep.raw",
                              "metadata/README", "metadata/dir/keep2.qcow2.json",
                              "metadata/keep.raw.json", "other/untouched.txt"]
     items = json.loads(run(labctl("images", "list", "--json"), env=bucket.env, check=0).stdout)
@@ -73,7 +73,7 @@ def test_prune_refuses_invalid_manifest(bucket, tmp_path):
                                      "spec:\n  images:\n    - name: a\n      sorce: {}\n")
     p = prune(bucket, m, check=2)
     assert "refusing" in p.stderr and "images.yaml:" in p.stderr
-    assert bucket.keys() == ["images/a.raw", RECORD_INDEX, "metadata/a.raw.json"]
+    assert bucket.keys() == ["images/a.raw", "metadata/a.raw.json"]
 
 
 def test_prune_refuses_manifest_without_images(bucket, tmp_path):
@@ -81,13 +81,13 @@ def test_prune_refuses_manifest_without_images(bucket, tmp_path):
     m = manifest(tmp_path, [])
     p = prune(bucket, m, check=2)
     assert "refusing" in p.stderr and "no images" in p.stderr
-    assert bucket.keys() == ["images/a.raw", RECORD_INDEX, "metadata/a.raw.json"]
+    assert bucket.keys() == ["images/a.raw", "metadata/a.raw.json"]
 
 
 def test_prune_refuses_missing_manifest(bucket, tmp_path):
     fill(bucket, tmp_path, ["a.raw"])
     prune(bucket, tmp_path / "nope.yaml", check=2)
-    assert bucket.keys() == ["images/a.raw", RECORD_INDEX, "metadata/a.raw.json"]
+    assert bucket.keys() == ["images/a.raw", "metadata/a.raw.json"]
 
 
 def test_prune_aborts_stale_uploads(bucket, tmp_path):
@@ -105,4 +105,4 @@ def test_prune_aborts_stale_uploads(bucket, tmp_path):
     p = prune(bucket, m, "--upload-age", "0")
     assert "aborted 1 upload" in p.stdout
     assert bucket.pending_uploads() == []
-    assert bucket.keys() == ["images/a.raw", RECORD_INDEX, "metadata/a.raw.json"]
+    assert bucket.keys() == ["images/a.raw", "metadata/a.raw.json"]

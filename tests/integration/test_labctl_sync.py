@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import RECORD_INDEX, binary, run
+from conftest import binary, run
 from test_labctl_upload import check_record, peak_rss_kib
 
 MIB = 1 << 20
@@ -166,7 +166,7 @@ def test_four_formats_sync_resync_noop_and_prune(lab):
     lab.write()
     p = lab.run("prune")
     assert lab.bucket.keys() == sorted(
-        [RECORD_INDEX, f"images/{raw['destination']}", f"metadata/{raw['destination']}.json",
+        [f"images/{raw['destination']}", f"metadata/{raw['destination']}.json",
          f"images/{zs['destination']}", f"metadata/{zs['destination']}.json"])
     p = lab.run("sync")
     assert "0 uploaded, 2 skipped" in p.stdout
@@ -230,7 +230,7 @@ def test_wrong_checksums_leave_nothing_while_others_sync(lab):
     assert "checksum mismatch" in p.stderr
     assert "1 uploaded, 0 skipped, 3 failed" in p.stdout, p.stdout
     lab.check_stored(good)
-    assert lab.bucket.keys() == [f"images/{good['destination']}", RECORD_INDEX,
+    assert lab.bucket.keys() == [f"images/{good['destination']}",
                                  f"metadata/{good['destination']}.json"]
     assert lab.bucket.pending_uploads() == []
     assert pin.read_text() == "bad=old\n"
@@ -286,7 +286,7 @@ def test_only_and_parallel(lab):
     assert f"images/{b['destination']}" not in lab.bucket.keys()
     p = lab.run("sync", "--only", "bb", check=2)
     assert "bb" in p.stderr
-    assert lab.bucket.keys() == sorted([RECORD_INDEX, f"images/{a['destination']}",
+    assert lab.bucket.keys() == sorted([f"images/{a['destination']}",
                                         f"metadata/{a['destination']}.json",
                                         f"images/{c['destination']}",
                                         f"metadata/{c['destination']}.json"])

@@ -1,4 +1,5 @@
-"""The record index (index/records.json.gz): labctl writes it, imgfs and
+"""The record index (index/records.json.gz): `labctl images index` creates
+it, upload/sync/prune keep an existing one current, imgfs and
 `labctl images list` read it instead of one GET per record.
 
 It is only a cache: whatever the index holds (nothing, garbage, stale or
@@ -91,11 +92,22 @@ def expected_mount():
     return {f"d/img{i:02d}.raw" for i in range(N_GOOD)}
 
 
-def test_upload_writes_the_index_and_index_command_rebuilds_it(bucket, tmp_path):
+def test_no_index_unless_asked(bucket, tmp_path):
+    """By default the bucket holds exactly DESIGN.md's layout."""
     src = tmp_path / "a.raw"
     src.write_bytes(b"a" * 5000)
     run(labctl("images", "upload", "--source", src, "--destination", "a.raw"),
         env=bucket.env, check=0)
+    assert bucket.keys() == ["images/a.raw", "metadata/a.raw.json"]
+
+
+def test_index_command_then_upload_keeps_it_current(bucket, tmp_path):
+    src = tmp_path / "a.raw"
+    src.write_bytes(b"a" * 5000)
+    run(labctl("images", "upload", "--source", src, "--destination", "a.raw"),
+        env=bucket.env, check=0)
+    p = run(labctl("images", "index"), env=bucket.env, check=0)
+    assert "written" in p.stdout, p.stdout
     ix = index_of(bucket)
     assert list(ix) == ["metadata/a.raw.json"]
     e = ix["metadata/a.raw.json"]
@@ -110,6 +122,12 @@ def test_upload_writes_the_index_and_index_command_rebuilds_it(bucket, tmp_path)
     assert "written" in p.stdout and "1 reused" in p.stdout, p.stdout
     ix = index_of(bucket)
     assert sorted(ix) == sorted(k for k in bucket.keys("metadata/"))
+    # an upload into a bucket that has an index keeps it current
+    src.write_bytes(b"b" * 7000)
+    run(labctl("images", "upload", "--source", src, "--destination", "b.raw"),
+        env=bucket.env, check=0)
+    ix = index_of(bucket)
+    assert ix["metadata/b.raw.json"]["json"].encode() == bucket.get("metadata/b.raw.json")
     for k, e in ix.items():
         assert e["json"].encode() == bucket.get(k)
     p = run(labctl("images", "index"), env=bucket.env, check=0)
@@ -125,6 +143,7 @@ def test_empty_bucket_gets_no_index(bucket):
 
 
 def test_upload_replaces_a_garbage_index(bucket, tmp_path):
+    # (an object at the index key, even garbage, means the bucket has one)
     # an unreadable current index is neither a failure nor kept
     bucket.put(RECORD_INDEX, os.urandom(4096))
     src = tmp_path / "a.raw"
@@ -240,6 +259,7 @@ def test_forged_entry_cannot_validate_an_invalid_record(bucket, tmp_path, same_e
 
 def test_prune_keeps_the_index_current(bucket, tmp_path):
     fill(bucket)
+    run(labctl("images", "index"), env=bucket.env, check=0)
     # prune with a manifest that keeps only the good images
     lines = ["apiVersion: images.lab.gilman.io/v1alpha1", "kind: ImageManifest",
              "metadata:", "  name: lab", "spec:", "  images:"]
@@ -251,8 +271,9 @@ def test_prune_keeps_the_index_current(bucket, tmp_path):
     m = tmp_path / "images" / "images.yaml"
     m.parent.mkdir()
     m.write_text("\n".join(lines) + "\n")
+    before = bucket.get(RECORD_INDEX)
     run(labctl("images", "prune", "--manifest", m, "--dry-run"), env=bucket.env, check=0)
-    assert RECORD_INDEX not in bucket.keys()
+    assert bucket.get(RECORD_INDEX) == before
     run(labctl("images", "prune", "--manifest", m), env=bucket.env, check=0)
     ix = index_of(bucket)
     assert sorted(ix) == [f"metadata/d/img{i:02d}.raw.json" for i in range(N_GOOD)]
