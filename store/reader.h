@@ -42,7 +42,7 @@ struct reader_opts {
 	const struct s3_config *s3; /* copied; retry_budget_s bounds an uncached read */
 	struct cache *cache;        /* not owned; NULL: no persistent cache */
 	unsigned fetch_threads;     /* readahead GETs in parallel; 0: default (4) */
-	uint64_t mem_bytes;         /* in-memory block buffer; 0: default (32 MiB) */
+	uint64_t mem_bytes;         /* in-memory block buffer; 0: default (48 MiB) */
 	uint64_t readahead_min;     /* first readahead window; 0: default (2 MiB) */
 	uint64_t readahead_max;     /* largest window; 0: default (32 MiB) */
 	uint64_t readahead_chunk;   /* bytes per readahead GET; 0: default (8 MiB) */

@@ -57,23 +57,42 @@ settle() {
 	sleep 1
 }
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+# CPU seconds used so far by every process of the local S3 server (the server
+# shares this machine's cores with the client: what one contender makes it
+# do, e.g. hash a signed payload, is time the other does not have)
+HZ=$(getconf CLK_TCK)
+server_cpu() {
+	local pgs
+	pgs=" $(awk '{ printf "%s ", $2 }' "$S3DIR/etc/pids")"
+	cat /proc/[0-9]*/stat 2>/dev/null |
+		awk -v pgs="$pgs" -v hz="$HZ" 'index(pgs, " " $5 " ") { t += $14 + $15 }
+			END { printf "%.2f", t / hz }'
+}
+
 best_labctl=999999 best_curl=999999 rss=0
 for r in $(seq 1 "$ROUNDS"); do
 	settle
+	s0=$(server_cpu)
 	t0=$(now)
-	curl -sS -f -o /dev/null --aws-sigv4 "aws:amz:${E2_REGION}:s3" --netrc-file "$NETRC" \
+	/usr/bin/time -f '%U %S' -o "$BENCH_DIR/curl.time" curl -sS -f -o /dev/null --aws-sigv4 "aws:amz:${E2_REGION}:s3" --netrc-file "$NETRC" \
 		-H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -T "$FILE" \
 		"$E2_ENDPOINT/$E2_BUCKET/curl/image-$r.raw"
 	t1=$(now)
+	s1=$(server_cpu)
 	settle
+	s2=$(server_cpu)
 	t2=$(now)
-	/usr/bin/time -f '%M' -o "$BENCH_DIR/time.out" "$LABCTL" images upload --source "$FILE" \
-		--destination "labctl/image-$r.raw" >/dev/null
+	/usr/bin/time -f '%U %S %M' -o "$BENCH_DIR/time.out" "$LABCTL" images upload \
+		--source "$FILE" --destination "labctl/image-$r.raw" >/dev/null
 	t3=$(now)
+	s3=$(server_cpu)
 	c=$(calc "$t1 - $t0")
 	l=$(calc "$t3 - $t2")
-	m=$(tail -n1 "$BENCH_DIR/time.out")
+	read -r lu ls m < <(tail -n1 "$BENCH_DIR/time.out")
+	read -r cu cs < <(tail -n1 "$BENCH_DIR/curl.time")
 	printf 'round %d: curl -T %.2f s, labctl upload %.2f s (peak RSS %d MiB)\n' "$r" "$c" "$l" $((m / 1024))
+	printf '         CPU s: curl %.2f + server %.2f;  labctl %.2f + server %.2f\n' \
+		"$(calc "$cu + $cs")" "$(calc "$s1 - $s0")" "$(calc "$lu + $ls")" "$(calc "$s3 - $s2")"
 	best_curl=$(calc "$c < $best_curl ? $c : $best_curl")
 	best_labctl=$(calc "$l < $best_labctl ? $l : $best_labctl")
 	((m > rss)) && rss=$m
