@@ -23,8 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RECORD_FETCH_THREADS 16
-#define NAME_MAX_LEN         255
+#define NAME_MAX_LEN 255
 
 /* ---- state ---- */
 
@@ -178,93 +177,42 @@ int state_load(struct cache *c, struct state **out)
 	return 1;
 }
 
-/* Records to fetch, shared by the fetch threads. */
-struct recjob {
-	const struct s3_config *cfg;
-	struct s3 *first_conn; /* the caller's connection, used by worker 0 */
-	struct srec **todo;
-	size_t n;
-	atomic_size_t next;
-	pthread_mutex_t mu;
-	struct err err; /* first hard error */
-	int failed;
-};
-
-static void recjob_fail(struct recjob *j, const struct err *e)
-{
-	pthread_mutex_lock(&j->mu);
-	if (!j->failed) {
-		j->failed = 1;
-		j->err = *e;
-	}
-	pthread_mutex_unlock(&j->mu);
-}
-
-static void recjob_run(struct recjob *j, struct s3 *s)
-{
-	for (;;) {
-		size_t i = atomic_fetch_add(&j->next, 1);
-		struct srec *r;
-		char *key, *data = NULL;
-		size_t len = 0;
-		char etag[S3_ETAG_MAX];
-		struct err e = {0};
-		if (i >= j->n || j->failed)
-			return;
-		r = j->todo[i];
-		if (!(key = record_meta_key(r->dest))) {
-			err_set(&e, ERR_IO, "out of memory");
-			recjob_fail(j, &e);
-			return;
-		}
-		if (s3_get_all(s, key, &data, &len, etag, &e) == 0) {
-			r->json = data;
-			/* the ETag of what we read (it may be newer than the listing's) */
-			copy_etag(r->meta_etag, etag);
-		} else if (e.code == ERR_NOTFOUND) {
-			r->json = NULL; /* deleted since the listing */
-		} else {
-			err_prefix(&e, "reading %s", key);
-			recjob_fail(j, &e);
-		}
-		free(key);
-	}
-}
-
-static void *recjob_thread(void *arg)
-{
-	struct recjob *j = arg;
-	struct err e = {0};
-	struct s3 *s = s3_open(j->cfg, &e);
-	if (!s) {
-		recjob_fail(j, &e);
-		return NULL;
-	}
-	recjob_run(j, s);
-	s3_close(s);
-	return NULL;
-}
-
+/* GET the records of todo in parallel (recindex_get_many); a record deleted
+ * since the listing is left without json. */
 static int fetch_records(const struct s3_config *cfg, struct s3 *s, struct srec **todo, size_t n,
                          struct err *e)
 {
-	struct recjob j = {.cfg = cfg, .first_conn = s, .todo = todo, .n = n};
-	pthread_t th[RECORD_FETCH_THREADS];
-	unsigned nth = 0, want = n > 16 ? RECORD_FETCH_THREADS - 1 : 0;
-	atomic_init(&j.next, 0);
-	pthread_mutex_init(&j.mu, NULL);
-	for (unsigned i = 0; i < want; i++)
-		if (!pthread_create(&th[nth], NULL, recjob_thread, &j))
-			nth++;
-	recjob_run(&j, s);
-	for (unsigned i = 0; i < nth; i++)
-		pthread_join(th[i], NULL);
-	pthread_mutex_destroy(&j.mu);
-	if (j.failed) {
-		*e = j.err;
-		return -1;
+	struct recindex_get *v = calloc(n + 1, sizeof(*v));
+	char **keys = calloc(n + 1, sizeof(*keys));
+	int rc = -1;
+	if (!v || !keys) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
 	}
-	return 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!(keys[i] = record_meta_key(todo[i]->dest))) {
+			err_set(e, ERR_IO, "out of memory");
+			goto out;
+		}
+		v[i].key = keys[i];
+	}
+	if (recindex_get_many(cfg, s, v, n, e))
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		todo[i]->json = v[i].json;
+		v[i].json = NULL;
+		/* the ETag of what we read (it may be newer than the listing's) */
+		if (todo[i]->json)
+			copy_etag(todo[i]->meta_etag, v[i].etag);
+	}
+	rc = 0;
+out:
+	recindex_gets_free(v, n);
+	if (keys)
+		for (size_t i = 0; i < n; i++)
+			free(keys[i]);
+	free(keys);
+	return rc;
 }
 
 /* Fill the records of todo that the record index holds unchanged (same ETag
