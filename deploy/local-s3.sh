@@ -131,6 +131,12 @@ start() {
 		echo "local S3 already running on 127.0.0.1:$port"
 	else
 		stop_procs
+		if is_up "$port"; then
+			# someone else's server: ours would fail to bind and go unnoticed
+			echo "127.0.0.1:$port is already served by another process (another" \
+				"local S3? deploy/local-s3.sh stop ITS_DIR), or pick another PORT" >&2
+			exit 1
+		fi
 		: >"$ETC/pids"
 		/usr/bin/memcached -l 127.0.0.1 -p $((port + 4)) -U 0 -u root -m 64 >"$ETC/run/memcached.log" 2>&1 &
 		echo "memcached $!" >>"$ETC/pids"
