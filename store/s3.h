@@ -32,6 +32,10 @@ void s3_config_free(struct s3_config *cfg);
 
 struct s3;
 
+/* 1 when object bodies (PUT, UploadPart) go out as UNSIGNED-PAYLOAD: over
+ * https, or with IMGSTORE_PAYLOAD_SIGNING=unsigned; =signed forces signing. */
+int s3_payload_unsigned(const struct s3 *s);
+
 /* s3_open copies cfg.  Environment overrides, for tests (a small budget
  * makes "server down" fail fast): IMGSTORE_RETRY_BUDGET (seconds),
  * IMGSTORE_MAX_ATTEMPTS, IMGSTORE_LOW_SPEED_TIMEOUT (seconds, >= 1).

@@ -17,6 +17,9 @@
 
 /* SHA-256 of the empty string, the payload hash of GET/HEAD/DELETE. */
 #define SIGV4_EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+/* x-amz-content-sha256 of a body that is not signed (the canonical request
+ * carries this string instead of the hash) */
+#define SIGV4_UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
 
 struct sigv4_header {
 	const char *name; /* any case; lower-cased when signing */

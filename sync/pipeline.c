@@ -330,7 +330,8 @@ static int start_multipart(struct pipeline *p, struct err *e)
 {
 	if (s3_mpu_create(p->s3, p->key, "application/octet-stream", &p->upload_id, e))
 		return err_prefix(e, "starting the upload of %s", p->key);
-	log_debug("%s: multipart upload started", p->key);
+	log_debug("%s: multipart upload started (part bodies %s)", p->key,
+	          s3_payload_unsigned(p->s3) ? "unsigned: UNSIGNED-PAYLOAD" : "signed");
 	p->wconn = calloc(p->nworkers, sizeof(*p->wconn));
 	p->workers = calloc(p->nworkers, sizeof(*p->workers));
 	if (!p->wconn || !p->workers)

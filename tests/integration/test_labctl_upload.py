@@ -87,6 +87,28 @@ def test_upload_multipart_round_trip(bucket, tmp_path):
     assert bucket.keys() == ["images/big.qcow2", "metadata/big.qcow2.json"]
 
 
+@pytest.mark.parametrize("signing", ["signed", "unsigned"])
+def test_upload_payload_signing(bucket, tmp_path, signing):
+    """Part bodies are signed over plain HTTP (the default here) and go out as
+    UNSIGNED-PAYLOAD over TLS; the server takes both, and the bytes and the
+    record come out the same.  IMGSTORE_PAYLOAD_SIGNING forces either."""
+    data = pattern(2 * 8 * MIB + 3 * MIB, seed=7)
+    src = tmp_path / "p.raw"
+    src.write_bytes(data)
+    env = bucket.env
+    env["IMGSTORE_LOG"] = "debug"
+    if signing == "unsigned":
+        env["IMGSTORE_PAYLOAD_SIGNING"] = "unsigned"
+    p = run(labctl("images", "upload", "--source", src, "--destination", "p.raw"),
+            env=env, check=0)
+    want = "(part bodies unsigned: UNSIGNED-PAYLOAD)" if signing == "unsigned" \
+        else "(part bodies signed)"
+    assert want in p.stderr, p.stderr
+    assert bucket.get("images/p.raw") == data
+    check_record(bucket, "p.raw", data, name="p.raw")
+    assert bucket.pending_uploads() == []
+
+
 def test_upload_empty_and_stdin(bucket, tmp_path):
     empty = tmp_path / "empty.iso"
     empty.write_bytes(b"")
