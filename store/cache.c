@@ -54,7 +54,8 @@
 /* Blocks waiting for the writer (references to the reader's buffers, so
  * they count against memory).  When the writer falls behind, a block past
  * this is not cached and a warm re-read fetches it again: with 16 MiB a cold
- * 1 GiB read on a busy 2-core host dropped 8% of its blocks, with 48 none. */
+ * 1 GiB read on a 2-core host dropped 8% of its blocks, with 48 none
+ * (cache_dropped in tests/bench/mount.sh). */
 #define QUEUE_MAX_BYTES   (48u << 20)
 #define BATCH_MAX_BLOCKS  256
 #define BATCH_MAX_BYTES   (4u << 20)
@@ -68,9 +69,10 @@
 /* Page cache per connection.  The writer's is small on purpose: a batch
  * spills to the WAL early and reuses hot buffers; with 32 MiB inserts ran
  * at 130 MB/s instead of 350 (tests/bench/README.md), and 2 MiB still held
- * 31 MiB of pages at peak (valgrind massif) against 12 MiB with 512 KiB.
- * Readers keep the pages that small reads pull in: 4 KiB random reads ran
- * at 17k IOPS with 4 MiB, 11k with 256 KiB (times POOL_MAX in memory). */
+ * 31 MiB of pages at peak against 12 MiB with 512 KiB (valgrind --tool=massif
+ * on imgfs during a cold read).  Readers keep the pages that small reads
+ * pull in: 4 KiB random reads ran at 17k IOPS with 4 MiB, 11k with 256 KiB
+ * (times POOL_MAX in memory; tests/bench/mount.sh, fio line). */
 #define WRITER_CACHE_KIB 512
 #define READER_CACHE_KIB 1024
 

@@ -33,9 +33,9 @@
 #define DEF_FETCH_THREADS 4
 #define MAX_FETCH_THREADS 64
 /* Blocks in memory (read ahead, being read, waiting for the cache writer)
- * and their free pool.  Cold 1 GiB read from the local server, 2 cores:
- * 24 MiB 145 MB/s (peak RSS 94 MiB), 32 MiB 153 (91), 48 MiB 167 (103),
- * 64 MiB 170 (120). */
+ * and their free pool.  Cold 1 GiB read from the local server, 2 cores
+ * (IMGFS_MEM_MIB=N, the cold line of tests/bench/mount.sh): 24 MiB 145 MB/s
+ * (peak RSS 94 MiB), 32 MiB 153 (91), 48 MiB 167 (103), 64 MiB 170 (120). */
 #define DEF_MEM_BYTES     (48ull << 20)
 #define DEF_RA_MIN        (2ull << 20)
 #define DEF_RA_MAX        (32ull << 20)

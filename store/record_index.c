@@ -4,6 +4,7 @@
 #include "store/record_index.h"
 
 #include "common/buf.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "store/record.h"
 
@@ -278,8 +279,7 @@ static int md5_matches(const char *data, size_t len, const char *etag)
 	char hex[33];
 	if (!EVP_Digest(data, len, md, &mdlen, EVP_md5(), NULL) || mdlen != 16)
 		return 0; /* no MD5 (FIPS): unverifiable, so unused */
-	for (int i = 0; i < 16; i++)
-		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	hex_encode(md, 16, hex);
 	return !strncasecmp(hex, etag + 1, 32);
 }
 
@@ -444,8 +444,8 @@ static int is_record_key(const char *key)
 	return n > pl + sl && !strncmp(key, META_PREFIX, pl) && !strcmp(key + n - sl, META_SUFFIX);
 }
 
-int recindex_rebuild(const struct s3_config *cfg, struct s3 *s, struct recindex_result *res,
-                     struct err *e)
+int recindex_rebuild(const struct s3_config *cfg, struct s3 *s, int create,
+                     struct recindex_result *res, struct err *e)
 {
 	struct s3_object *metas = NULL;
 	struct recindex old = {0}, ix = {0};
@@ -457,14 +457,20 @@ int recindex_rebuild(const struct s3_config *cfg, struct s3 *s, struct recindex_
 	struct err le = {0};
 
 	memset(res, 0, sizeof(*res));
+	if (load(s, &old, &oldlen, &le) == 0) {
+		have_old = 1;
+	} else if (le.code == ERR_NOTFOUND) {
+		if (!create) { /* keep a bucket without an index as it is */
+			rc = 0;
+			goto out;
+		}
+	} else {
+		log_warn("rewriting the record index: the current one is unusable: %s", le.msg);
+	}
 	if (s3_list(s, META_PREFIX, NULL, &metas, &nmetas, NULL, NULL, e)) {
 		err_prefix(e, "listing %s", META_PREFIX);
 		goto out;
 	}
-	if (load(s, &old, &oldlen, &le) == 0)
-		have_old = 1;
-	else if (le.code != ERR_NOTFOUND)
-		log_warn("rewriting the record index: the current one is unusable: %s", le.msg);
 	todo = calloc(nmetas + 1, sizeof(*todo));
 	if (!todo) {
 		err_set(e, ERR_IO, "out of memory");

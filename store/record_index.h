@@ -86,7 +86,8 @@ void recindex_gets_free(struct recindex_get *v, size_t n);
 
 /* Rebuild the index from a fresh metadata/ listing: entries of the current
  * index that still match are kept, the other records fetched, and the index
- * written when it changed. */
+ * written when it changed.  Without an index object in the bucket, one is
+ * made only when create is set (an unreadable one is always replaced). */
 struct recindex_result {
 	size_t records; /* in the new index */
 	size_t reused;  /* taken from the old one */
@@ -94,7 +95,7 @@ struct recindex_result {
 	size_t bytes;   /* size of the index object */
 	int written;    /* 0: the index was already up to date */
 };
-int recindex_rebuild(const struct s3_config *cfg, struct s3 *s, struct recindex_result *res,
-                     struct err *e);
+int recindex_rebuild(const struct s3_config *cfg, struct s3 *s, int create,
+                     struct recindex_result *res, struct err *e);
 
 #endif

@@ -236,14 +236,14 @@ out:
 	return rc;
 }
 
-int bucket_index_update(const struct s3_config *cfg, struct s3 *s3, struct recindex_result *res,
-                        struct err *e)
+int bucket_index_update(const struct s3_config *cfg, struct s3 *s3, int create,
+                        struct recindex_result *res, struct err *e)
 {
 	struct s3 *own = NULL;
 	int rc = -1;
 	if (!s3 && !(s3 = own = s3_open(cfg, e)))
 		goto out;
-	if (recindex_rebuild(cfg, s3, res, e))
+	if (recindex_rebuild(cfg, s3, create, res, e))
 		goto out;
 	rc = 0;
 out:
@@ -256,29 +256,13 @@ out:
 void bucket_index_refresh(const struct s3_config *cfg, struct s3 *s3)
 {
 	struct recindex_result r = {0};
-	struct s3_object obj = {0};
-	struct s3 *own = NULL;
 	struct err e = {0};
-	int present;
 
-	/* Opt-in: a bucket gets an index from 'labctl images index' and only
-	 * then is it kept up to date here, so that by default the bucket holds
-	 * exactly the layout of DESIGN.md. */
-	if (!s3 && !(s3 = own = s3_open(cfg, &e))) {
-		log_warn("record index: %s", e.msg);
-		return;
-	}
-	present = s3_head(s3, RECINDEX_KEY, &obj, &e) == 0;
-	free(obj.key);
-	if (!present) {
-		if (e.code != ERR_NOTFOUND)
-			log_warn("record index: checking %s: %s", RECINDEX_KEY, e.msg);
-		s3_close(own);
-		return;
-	}
-	/* the index only makes readers faster: never fail the command for it */
-	if (bucket_index_update(cfg, s3, &r, &e)) {
-		s3_close(own);
+	/* Opt-in (create 0): a bucket gets an index from 'labctl images index'
+	 * and only then is it kept current here, so that by default the bucket
+	 * holds exactly the layout of DESIGN.md.  The index only makes readers
+	 * faster: a failure is a warning, never a failed command. */
+	if (bucket_index_update(cfg, s3, 0, &r, &e)) {
 		log_warn("%s (readers fetch each record instead; 'labctl images index' "
 		         "retries)",
 		         e.msg);
@@ -288,5 +272,4 @@ void bucket_index_refresh(const struct s3_config *cfg, struct s3 *s3)
 		log_info("record index %s: %zu record(s), %zu reused, %zu fetched; %s",
 		         RECINDEX_KEY, r.records, r.reused, r.fetched,
 		         r.written ? "written" : "already up to date");
-	s3_close(own);
 }

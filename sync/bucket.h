@@ -29,10 +29,11 @@ int bucket_scan(const struct s3_config *cfg, struct s3 *s3, struct bucket_image 
 /* One destination: HEAD the object, read and check its record.  A missing
  * object or record is not an error (exists / has_record say so). */
 int bucket_check(struct s3 *s3, const char *destination, struct bucket_image *out, struct err *e);
-/* Rebuild the record index (store/record_index.h) over s3, or over a
- * connection of its own when s3 is NULL; res says what was done. */
-int bucket_index_update(const struct s3_config *cfg, struct s3 *s3, struct recindex_result *res,
-                        struct err *e);
+/* Rebuild the record index (store/record_index.h; create: also when the
+ * bucket has none) over s3, or over a connection of its own when s3 is NULL;
+ * res says what was done. */
+int bucket_index_update(const struct s3_config *cfg, struct s3 *s3, int create,
+                        struct recindex_result *res, struct err *e);
 /* The same after a command changed the bucket, when the bucket has an index
  * (labctl images index made one): logs the outcome, and a
  * failure is only a warning (the index is a cache, the command succeeded). */

@@ -1,5 +1,6 @@
 /* labctl images index [--credentials PATH] [--sops-age-key-file PATH] */
 #include "common/size.h"
+#include "common/timefmt.h"
 #include "store/record_index.h"
 #include "sync/bucket.h"
 #include "sync/cli.h"
@@ -37,13 +38,6 @@ static int index_opt(void *ud, int id, const char *v, struct err *e)
 	return 0;
 }
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 int cmd_index(int argc, char **argv)
 {
 	struct common_opts common = {0};
@@ -57,8 +51,8 @@ int cmd_index(int argc, char **argv)
 		return rc > 0 ? 0 : cli_fail(&e);
 	if (cli_s3_config(&common, &cfg, &e))
 		return cli_fail(&e);
-	t0 = now_s();
-	if (bucket_index_update(&cfg, NULL, &r, &e)) {
+	t0 = time_mono();
+	if (bucket_index_update(&cfg, NULL, 1, &r, &e)) {
 		err_prefix(&e, "bucket %s at %s", cfg.bucket, cfg.endpoint);
 		rc = cli_fail(&e);
 		goto out;
@@ -69,7 +63,7 @@ int cmd_index(int argc, char **argv)
 	else
 		printf("%s: %zu record%s (%zu reused, %zu read), %s; %s in %.1f s\n", RECINDEX_KEY,
 		       r.records, r.records == 1 ? "" : "s", r.reused, r.fetched, size,
-		       r.written ? "written" : "already up to date", now_s() - t0);
+		       r.written ? "written" : "already up to date", time_mono() - t0);
 	rc = 0;
 out:
 	s3_config_free(&cfg);

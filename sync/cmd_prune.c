@@ -44,7 +44,7 @@ static const struct cmd_spec prune_spec = {
         "deletes\n"
         "nothing) when the manifest is invalid or names no images.  Keys outside images/\n"
         "and metadata/ are never touched, except imgstore's record index\n"
-        "(index/records.json.gz), which is rebuilt after a deletion.",
+        "(index/records.json.gz), which is rebuilt after a deletion when there is one.",
         prune_opts,
 };
 

@@ -405,9 +405,10 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 		failed += items[i].action == ACT_FAILED || items[i].files_failed;
 		reached += items[i].ok;
 	}
-	/* uploads change records; a missing or stale index is caught up too
-	 * (nothing is written when it is current).  When no image could even
-	 * be checked the bucket is out of reach: do not add a warning. */
+	/* uploads change records; a stale index (when the bucket has one) is
+	 * caught up too, and nothing is written when it is current.  When no
+	 * image could even be checked the bucket is out of reach: do not add a
+	 * warning. */
 	if (reached)
 		bucket_index_refresh(&cfg, s3);
 	if (files_github_output("files_changed", changed ? "true" : "false", e)) {
