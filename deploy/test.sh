@@ -30,7 +30,15 @@ if [ "$bad" != 0 ]; then
 	exit 1
 fi
 
-# 4. integration tests against the optimized build, then the quick ones again
+# 4. the repository stands alone: nothing tracked points outside it
+refs=$(git grep -l '\.\./shared' -- . || true)
+if [ -n "$refs" ]; then
+	echo "test.sh: these files refer to ../shared, which a clone of this repository does not have:" >&2
+	echo "$refs" >&2
+	exit 1
+fi
+
+# 5. integration tests against the optimized build, then the quick ones again
 #    against the sanitizer build (labctl and the imgfs daemon under ASan/UBSan:
 #    an error or a leak aborts the program, which fails the test)
 markers=()

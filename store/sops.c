@@ -1,5 +1,5 @@
 /* SOPS decryption, MAC check and encryption.  See sops.h and
- * shared/testdata/sops/README.md for the algorithm. */
+ * tests/data/sops/README.md for the algorithm. */
 #include "store/sops.h"
 
 #include "common/file.h"

@@ -1,7 +1,7 @@
 /* SOPS-encrypted YAML (and JSON, which is YAML too): decryption with the MAC
  * check exactly as sops does it, and an encryptor whose files sops accepts.
  *
- * The algorithm is the one in shared/testdata/sops/README.md:
+ * The algorithm is the one in tests/data/sops/README.md:
  *   - metadata: the top-level `sops` map of the first document;
  *   - data key (32 bytes): from any `sops.age[]` entry (our age.c with an
  *     X25519 identity file) or any `sops.pgp[]` entry (`gpg --decrypt`, run

@@ -17,7 +17,7 @@ from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("IMGSTORE_BUILD", ROOT / "build")).resolve()
-SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared")).resolve()
+TEST_DATA = ROOT / "tests" / "data"
 LOCAL_S3 = ROOT / "deploy" / "local-s3.sh"
 ACCESS_KEY = "test:tester"
 SECRET_KEY = "testing"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ACCESS_KEY, SECRET_KEY, SHARED, binary, clean_env, run
+from conftest import ACCESS_KEY, SECRET_KEY, TEST_DATA, binary, clean_env, run
 
-SOPS_VECTORS = SHARED / "testdata" / "sops"
+SOPS_VECTORS = TEST_DATA / "sops"
 PGP_FPR = "FBC7B9E2A4F9289AC0C1D4843D16CEE4A27381B4"
 
 

@@ -93,14 +93,14 @@ static void test_identities(void)
 {
 	static const char *const files[] = {"helm-secrets/key.txt", "sops-nix/age-keys.txt",
 	                                    "kustomize-controller/age.txt"};
-	const char *shared = getenv("SHARED_DIR");
+	const char *data = getenv("TEST_DATA");
 	char path[1024], want[128], got[AGE_RECIPIENT_MAX];
 	unsigned char pub[32];
 	size_t i;
 	struct err e;
 	for (i = 0; i < 3; i++) {
 		struct age_identities ids = {0};
-		snprintf(path, sizeof(path), "%s/testdata/sops/%s", shared, files[i]);
+		snprintf(path, sizeof(path), "%s/sops/%s", data, files[i]);
 		CHECK(public_key_comment(path, want, sizeof(want)) == 0);
 		CHECK(age_identities_load(&ids, path, &e) == 0);
 		CHECK(ids.n == 1);

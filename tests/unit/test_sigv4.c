@@ -1,5 +1,5 @@
 /* SigV4: the four worked examples of the S3 documentation
- * ($SHARED_DIR/testdata/sigv4/vectors.json), byte for byte, plus the
+ * (tests/data/sigv4/vectors.json), byte for byte, plus the
  * encoding and query rules the signer applies before them. */
 #include "check.h"
 #include "common/buf.h"
@@ -60,12 +60,12 @@ static void test_vector(json_t *root, json_t *v)
 
 static void test_vectors(void)
 {
-	const char *dir = getenv("SHARED_DIR");
+	const char *dir = getenv("TEST_DATA");
 	char path[4096];
 	json_error_t jerr;
 	json_t *root, *vs;
 	size_t i;
-	snprintf(path, sizeof(path), "%s/testdata/sigv4/vectors.json", dir ? dir : "../shared");
+	snprintf(path, sizeof(path), "%s/sigv4/vectors.json", dir ? dir : "tests/data");
 	root = json_load_file(path, 0, &jerr);
 	CHECK(root != NULL);
 	if (!root) {

@@ -1,4 +1,4 @@
-/* SOPS: every vector in shared/testdata/sops decrypts to exactly the expected
+/* SOPS: every vector in tests/data/sops decrypts to exactly the expected
  * leaves (walk order, AAD, type, plaintext) with the data key from
  * expected.json, every MAC verifies, tampering is refused; the age vectors
  * open with their identity files, the PGP vectors through gpg (temporary
@@ -882,14 +882,14 @@ static void test_credentials(void)
 
 int main(void)
 {
-	const char *shared = getenv("SHARED_DIR"), *t = getenv("TMPDIR");
+	const char *data = getenv("TEST_DATA"), *t = getenv("TMPDIR");
 	char path[1200], cmd[600];
 	json_error_t je;
-	if (!shared) {
-		fprintf(stderr, "SHARED_DIR is not set\n");
+	if (!data) {
+		fprintf(stderr, "TEST_DATA is not set\n");
 		return 1;
 	}
-	snprintf(sops_dir, sizeof(sops_dir), "%s/testdata/sops", shared);
+	snprintf(sops_dir, sizeof(sops_dir), "%s/sops", data);
 	snprintf(path, sizeof(path), "%s/expected.json", sops_dir);
 	expected = json_load_file(path, 0, &je);
 	if (!expected) {
