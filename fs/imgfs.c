@@ -10,7 +10,7 @@
 #include "common/log.h"
 #include "common/size.h"
 #include "common/timefmt.h"
-#include "store/credentials.h"
+#include "store/secrets/credentials.h"
 
 #include <errno.h>
 #include <fcntl.h>

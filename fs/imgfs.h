@@ -6,10 +6,10 @@
 #define FUSE_USE_VERSION 314
 
 #include "common/err.h"
-#include "store/cache.h"
+#include "store/cache/cache.h"
 #include "store/reader.h"
 #include "store/record.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 
 #include <fuse_lowlevel.h>
 #include <pthread.h>

@@ -31,9 +31,9 @@
 #define IMGSTORE_STORE_READER_H
 
 #include "common/err.h"
-#include "store/cache.h"
+#include "store/cache/cache.h"
 #include "store/record.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 
 #include <stddef.h>
 #include <stdint.h>

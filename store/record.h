@@ -5,7 +5,7 @@
 
 #include "common/err.h"
 #include "common/hash.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 
 #include <stddef.h>
 #include <stdint.h>

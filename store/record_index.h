@@ -17,7 +17,7 @@
 #define IMGSTORE_STORE_RECORD_INDEX_H
 
 #include "common/err.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 
 #include <stddef.h>
 

@@ -6,7 +6,7 @@
 #include "common/err.h"
 #include "store/record.h"
 #include "store/record_index.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 
 #include <stdint.h>
 

@@ -2,7 +2,7 @@
 
 #include "common/log.h"
 #include "manifest/manifest.h"
-#include "store/credentials.h"
+#include "store/secrets/credentials.h"
 
 #include <errno.h>
 #include <stdlib.h>

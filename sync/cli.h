@@ -5,7 +5,7 @@
 #define IMGSTORE_SYNC_CLI_H
 
 #include "common/err.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 
 #include <stdio.h>
 

@@ -4,8 +4,8 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/file.h"
-#include "store/credentials.h"
-#include "store/sops.h"
+#include "store/secrets/credentials.h"
+#include "store/secrets/sops.h"
 
 #include <errno.h>
 #include <fcntl.h>

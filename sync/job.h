@@ -10,7 +10,7 @@
 
 #include "common/err.h"
 #include "store/record.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 #include "sync/decompress.h"
 
 #include <stdint.h>

@@ -2,7 +2,7 @@
  * command. */
 #include "common/err.h"
 #include "common/log.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 #include "sync/cmd_credentials.h"
 #include "sync/commands.h"
 

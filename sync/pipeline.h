@@ -18,7 +18,7 @@
 #include "common/err.h"
 #include "common/hash.h"
 #include "store/record.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -16,7 +16,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/timefmt.h"
-#include "store/cache.h"
+#include "store/cache/cache.h"
 
 #include <errno.h>
 #include <fcntl.h>

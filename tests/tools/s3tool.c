@@ -20,8 +20,8 @@
 #include "common/log.h"
 #include "common/size.h"
 #include "common/timefmt.h"
-#include "store/credentials.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
+#include "store/secrets/credentials.h"
 
 #include <errno.h>
 #include <fcntl.h>

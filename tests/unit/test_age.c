@@ -4,7 +4,7 @@
 
 #include "common/buf.h"
 #include "common/err.h"
-#include "store/age.h"
+#include "store/secrets/age.h"
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>

@@ -2,8 +2,8 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/timefmt.h"
-#include "store/cache.h"
-#include "store/cache_internal.h"
+#include "store/cache/cache.h"
+#include "store/cache/cache_internal.h"
 #include "tests/unit/check.h"
 
 #include <dirent.h>

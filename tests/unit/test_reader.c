@@ -6,10 +6,10 @@
  * tests/integration/test_imgfs.py. */
 #include "common/log.h"
 #include "common/timefmt.h"
-#include "store/cache.h"
+#include "store/cache/cache.h"
 #include "store/reader.h"
 #include "store/record.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 #include "tests/unit/check.h"
 
 #include <errno.h>

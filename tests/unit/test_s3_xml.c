@@ -1,7 +1,7 @@
 /* S3 XML: responses as AWS and Swift's s3api send them, and the two bodies
  * we build. */
 #include "check.h"
-#include "store/s3_xml.h"
+#include "store/s3/s3_xml.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  * encoding and query rules the signer applies before them. */
 #include "check.h"
 #include "common/buf.h"
-#include "store/sigv4.h"
+#include "store/s3/sigv4.h"
 
 #include <jansson.h>
 #include <stdlib.h>

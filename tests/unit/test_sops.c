@@ -9,9 +9,9 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/hex.h"
-#include "store/age.h"
-#include "store/credentials.h"
-#include "store/sops.h"
+#include "store/secrets/age.h"
+#include "store/secrets/credentials.h"
+#include "store/secrets/sops.h"
 
 #include <jansson.h>
 #include <openssl/crypto.h>

@@ -1,5 +1,5 @@
 /* AWS Signature Version 4 (see sigv4.h for why this is not CURLOPT_AWS_SIGV4). */
-#include "store/sigv4.h"
+#include "store/s3/sigv4.h"
 
 #include "common/hex.h"
 

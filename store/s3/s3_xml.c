@@ -1,5 +1,5 @@
 /* S3 XML bodies on libxml2 (see s3_xml.h). */
-#include "store/s3_xml.h"
+#include "store/s3/s3_xml.h"
 
 #include "common/timefmt.h"
 

@@ -12,14 +12,14 @@
  * is cached per day in `struct s3` and wiped on close; the Authorization
  * header is wiped from the header list before it is freed.  CURLOPT_VERBOSE
  * is never set, and no error text contains a header. */
-#include "store/s3.h"
+#include "store/s3/s3.h"
 
 #include "common/buf.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/timefmt.h"
-#include "store/s3_xml.h"
-#include "store/sigv4.h"
+#include "store/s3/s3_xml.h"
+#include "store/s3/sigv4.h"
 
 #include <curl/curl.h>
 #include <errno.h>

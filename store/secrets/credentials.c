@@ -1,9 +1,9 @@
 /* Bucket settings from flags, environment and SOPS file.  See credentials.h. */
-#include "store/credentials.h"
+#include "store/secrets/credentials.h"
 
 #include "common/buf.h"
 #include "common/log.h"
-#include "store/sops.h"
+#include "store/secrets/sops.h"
 
 #include <openssl/crypto.h>
 #include <stdio.h>

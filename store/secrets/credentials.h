@@ -22,7 +22,7 @@
 #define IMGSTORE_STORE_CREDENTIALS_H
 
 #include "common/err.h"
-#include "store/s3.h"
+#include "store/s3/s3.h"
 
 struct cred_opts {
 	const char *credentials_path; /* --credentials, may be NULL */

@@ -1,12 +1,12 @@
 /* SOPS decryption, MAC check and encryption.  See sops.h and
  * tests/data/sops/README.md for the algorithm. */
-#include "store/sops.h"
+#include "store/secrets/sops.h"
 
 #include "common/file.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/timefmt.h"
-#include "store/age.h"
+#include "store/secrets/age.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 

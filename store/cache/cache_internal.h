@@ -2,7 +2,7 @@
 #ifndef IMGSTORE_STORE_CACHE_INTERNAL_H
 #define IMGSTORE_STORE_CACHE_INTERNAL_H
 
-#include "store/cache.h"
+#include "store/cache/cache.h"
 
 /* Simulate a full disk: cap the database at `pages` pages (SQLite's
  * max_page_count, applied by the writer before its next batch), so that

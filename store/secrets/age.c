@@ -1,5 +1,5 @@
 /* age-encryption.org/v1 (X25519 only) on OpenSSL 3.  See age.h. */
-#include "store/age.h"
+#include "store/secrets/age.h"
 
 #include "common/file.h"
 

@@ -27,11 +27,11 @@
  * sqlite3_blob_read() straight into the caller's buffer; pages that are in
  * the main file (not the WAL) are then read by SQLite directly into it,
  * bypassing its page cache, which is why the writer checkpoints often. */
-#include "store/cache.h"
+#include "store/cache/cache.h"
 
 #include "common/log.h"
 #include "common/timefmt.h"
-#include "store/cache_internal.h"
+#include "store/cache/cache_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
