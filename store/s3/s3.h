@@ -6,6 +6,7 @@
 #define IMGSTORE_STORE_S3_H
 
 #include "common/err.h"
+#include "store/s3/s3_types.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -49,15 +50,6 @@ int s3_payload_unsigned(const struct s3 *s);
 struct s3 *s3_open(const struct s3_config *cfg, struct err *e);
 void s3_close(struct s3 *s);
 
-#define S3_ETAG_MAX 128
-
-struct s3_object {
-	char *key;
-	uint64_t size;
-	char etag[S3_ETAG_MAX]; /* with its quotes, as the server sends it */
-	time_t mtime;
-};
-
 /* HEAD: ERR_NOTFOUND when missing.  out->key is left NULL. */
 int s3_head(struct s3 *s, const char *key, struct s3_object *out, struct err *e);
 
@@ -85,11 +77,7 @@ int s3_delete(struct s3 *s, const char *key, struct err *e);
 /* DeleteObjects in batches of up to 1000 keys; fails if any key failed. */
 int s3_delete_many(struct s3 *s, char *const *keys, size_t n, struct err *e);
 
-/* Multipart upload. */
-struct s3_part {
-	int number; /* 1-based */
-	char etag[S3_ETAG_MAX];
-};
+/* Multipart upload (struct s3_part is in s3_types.h). */
 int s3_mpu_create(struct s3 *s, const char *key, const char *content_type, char **upload_id,
                   struct err *e);
 int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
@@ -99,21 +87,13 @@ int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
                     struct err *e);
 int s3_mpu_abort(struct s3 *s, const char *key, const char *upload_id, struct err *e);
 
-struct s3_upload {
-	char *key;
-	char *upload_id;
-	time_t initiated;
-};
 /* ListMultipartUploads under prefix (all pages). Free with s3_uploads_free. */
 int s3_mpu_list(struct s3 *s, const char *prefix, struct s3_upload **out, size_t *n, struct err *e);
-void s3_uploads_free(struct s3_upload *u, size_t n);
 
 /* ListObjectsV2 (all pages). delimiter may be NULL; with one, common
  * prefixes come back in *prefixes. Free with s3_objects_free/s3_strings_free. */
 int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_object **objs,
             size_t *nobjs, char ***prefixes, size_t *nprefixes, struct err *e);
-void s3_objects_free(struct s3_object *o, size_t n);
-void s3_strings_free(char **v, size_t n);
 
 /* Counters for stats and tests (per connection). */
 struct s3_stats {

@@ -10,7 +10,7 @@
 
 #include "common/buf.h"
 #include "common/err.h"
-#include "store/s3/s3.h"
+#include "store/s3/s3_types.h"
 
 #include <stddef.h>
 
