@@ -731,7 +731,7 @@ static int open_bucket(const struct common_opts *common, struct s3 **s3, struct 
 	struct s3_config cfg = {0};
 	const char *ep = getenv("E2_ENDPOINT");
 	*s3 = NULL;
-	if (!common->credentials && !(ep && *ep))
+	if (!common->cred.credentials_path && !(ep && *ep))
 		return 0;
 	if (cli_s3_config(common, &cfg, e))
 		return -1;
