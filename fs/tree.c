@@ -24,6 +24,7 @@
 #include <string.h>
 
 #define NAME_MAX_LEN 255
+#define IMAGE_PREFIX "images/"
 
 /* ---- state ---- */
 
@@ -122,7 +123,8 @@ static struct state *state_parse(const char *text, size_t len)
 		json_t *o = json_array_get(imgs, i);
 		const char *key = json_string_value(json_object_get(o, "key"));
 		struct sobj *so = &st->imgs[st->nimgs];
-		if (!key || !(so->key = strdup(key)))
+		if (!key || strncmp(key, IMAGE_PREFIX, strlen(IMAGE_PREFIX)) ||
+		    !(so->key = strdup(key)))
 			goto bad;
 		st->nimgs++;
 		so->size = (uint64_t)json_integer_value(json_object_get(o, "size"));
@@ -245,6 +247,11 @@ static size_t take_from_index(struct s3 *s, struct srec **todo, size_t n)
 	return left;
 }
 
+static int has_image_prefix(const char *key)
+{
+	return !strncmp(key, IMAGE_PREFIX, strlen(IMAGE_PREFIX));
+}
+
 static int has_suffix(const char *s, const char *suf)
 {
 	size_t ls = strlen(s), lf = strlen(suf);
@@ -282,8 +289,11 @@ int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *p
 		const struct s3_object *o = &imgs[i];
 		struct sobj *so;
 		struct s3_object mk = {0}, *m;
-		const char *dest = o->key + strlen("images/");
+		const char *dest;
 		const struct srec *old;
+		if (!has_image_prefix(o->key))
+			continue; /* s3_list drops those; the name is made from the rest */
+		dest = o->key + strlen(IMAGE_PREFIX);
 		if (!*dest || has_suffix(o->key, "/"))
 			continue; /* "directory" markers */
 		so = &st->imgs[st->nimgs];
@@ -639,7 +649,7 @@ static int is_valid_record(const struct sobj *o, const struct srec *sr, struct r
                            int log_it)
 {
 	struct err e = {0};
-	const char *dest = o->key + strlen("images/");
+	const char *dest = o->key + strlen(IMAGE_PREFIX);
 	if (!sr) {
 		if (log_it)
 			log_info("%s: no checksum record (metadata/%s.json); not shown", dest,
@@ -669,7 +679,7 @@ static int same_listing(const struct state *prev, const struct sobj *o, const st
 	if (!prev || !prev->nimgs)
 		return 0;
 	po = bsearch(&k, prev->imgs, prev->nimgs, sizeof(k), cmp_sobj);
-	pr = state_find_rec(prev, o->key + strlen("images/"));
+	pr = state_find_rec(prev, o->key + strlen(IMAGE_PREFIX));
 	if (!po || strcmp(po->etag, o->etag) || po->size != o->size || !pr != !sr)
 		return 0;
 	return !sr || !strcmp(pr->meta_etag, sr->meta_etag);
@@ -747,7 +757,7 @@ static char **dir_prefixes(const struct state *st, struct version **vers, size_t
 	if (!v)
 		return NULL;
 	for (size_t i = 0; i < st->nimgs; i++) {
-		const char *dest = st->imgs[i].key + strlen("images/");
+		const char *dest = st->imgs[i].key + strlen(IMAGE_PREFIX);
 		if (!vers[i])
 			continue;
 		for (const char *p = strchr(dest, '/'); p; p = strchr(p + 1, '/')) {
@@ -788,7 +798,7 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 	pthread_rwlock_rdlock(&fs->lock);
 	for (size_t i = 0; i < st->nimgs; i++) {
 		const struct sobj *o = &st->imgs[i];
-		const char *dest = o->key + strlen("images/");
+		const char *dest = o->key + strlen(IMAGE_PREFIX);
 		struct node *n;
 		if (!valid_dest(dest)) {
 			if (initial)
@@ -826,7 +836,7 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 		vers[i] = NULL;
 		if (!v)
 			continue;
-		dest = st->imgs[i].key + strlen("images/");
+		dest = st->imgs[i].key + strlen(IMAGE_PREFIX);
 		if (ndirs && bsearch(&dest, dirs, ndirs, sizeof(*dirs), cmp_str)) {
 			if (initial)
 				log_warn("%s is both an image and a directory; the directory wins",

@@ -1347,6 +1347,40 @@ out:
 
 /* ---------------------------------------------------------------- list */
 
+/* Drop the entries of a page that do not start with the prefix asked for.  A
+ * compliant server never sends them, but a listing is input: callers strip
+ * the prefix off every key, and a foreign key must not become a name (or a
+ * deletion) under it. */
+static void keep_prefixed(struct s3_xml_list *acc, size_t objs_from, size_t prefixes_from,
+                          const char *prefix)
+{
+	size_t pl = prefix ? strlen(prefix) : 0, w;
+	if (!pl)
+		return;
+	for (w = objs_from; objs_from < acc->nobjs; objs_from++) {
+		struct s3_object *o = &acc->objs[objs_from];
+		if (!strncmp(o->key, prefix, pl)) {
+			acc->objs[w++] = *o;
+			continue;
+		}
+		log_debug("listing of '%s': dropping key '%s' (outside the prefix)", prefix,
+		          o->key);
+		free(o->key);
+	}
+	acc->nobjs = w;
+	for (w = prefixes_from; prefixes_from < acc->nprefixes; prefixes_from++) {
+		char *p = acc->prefixes[prefixes_from];
+		if (!strncmp(p, prefix, pl)) {
+			acc->prefixes[w++] = p;
+			continue;
+		}
+		log_debug("listing of '%s': dropping common prefix '%s' (outside the prefix)",
+		          prefix, p);
+		free(p);
+	}
+	acc->nprefixes = w;
+}
+
 int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_object **objs,
             size_t *nobjs, char ***prefixes, size_t *nprefixes, struct err *e)
 {
@@ -1367,6 +1401,7 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 	for (;;) {
 		struct sigv4_param params[4];
 		struct req r = {.method = "GET", .params = params, .out = &resp, .what = w};
+		size_t objs_from = acc.nobjs, prefixes_from = acc.nprefixes; /* this page's */
 		params[r.nparams++] = (struct sigv4_param){"list-type", "2"};
 		if (prefix && *prefix)
 			params[r.nparams++] = (struct sigv4_param){"prefix", prefix};
@@ -1381,6 +1416,7 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 			err_prefix(e, "%s", w);
 			goto out;
 		}
+		keep_prefixed(&acc, objs_from, prefixes_from, prefix);
 		if (!acc.truncated)
 			break;
 		if (!acc.next_token || !*acc.next_token ||
