@@ -585,6 +585,25 @@ static int valid_dest(const char *dest)
 	}
 }
 
+/* What two claims on one checksum must agree on: the size and the block map
+ * (block size and every hash). */
+static int map_digest(const struct record *rec, unsigned char out[32])
+{
+	unsigned char head[12];
+	struct hash *h = hash_new(HASH_SHA256);
+	if (!h)
+		return -1;
+	for (int i = 0; i < 8; i++)
+		head[i] = (unsigned char)(rec->size >> (56 - 8 * i));
+	for (int i = 0; i < 4; i++)
+		head[8 + i] = (unsigned char)(rec->block_size >> (24 - 8 * i));
+	hash_update(h, head, sizeof(head));
+	hash_update(h, rec->hashes, rec->nblocks * sizeof(*rec->hashes));
+	hash_final(h, out);
+	hash_free(h);
+	return 0;
+}
+
 static struct version *version_new(struct imgfs *fs, const struct sobj *o, const struct srec *sr,
                                    const struct record *rec)
 {
@@ -602,7 +621,8 @@ static struct version *version_new(struct imgfs *fs, const struct sobj *o, const
 		strcpy(v->meta_etag, sr->meta_etag);
 		snprintf(v->checksum, sizeof(v->checksum), "%s", rec->checksum);
 		snprintf(v->uploaded_at, sizeof(v->uploaded_at), "%s", rec->uploaded_at);
-		if (rec->source_url && !(v->source_url = strdup(rec->source_url)))
+		if ((rec->source_url && !(v->source_url = strdup(rec->source_url))) ||
+		    map_digest(rec, v->map_digest))
 			goto fail;
 	}
 	if (reader_image_open(fs->reader, o->key, o->size, o->etag, rec, &v->img, &e)) {
@@ -782,6 +802,63 @@ oom:
 	return NULL;
 }
 
+static void strings_free(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+/* /.imgstore/by-sha256/<hex> for every checksum that the records claiming it
+ * agree on (same size and block map): then any of them serves the same
+ * bytes, the first destination in order.  Records that disagree mean that
+ * one of them claims a checksum that is not its own (whoever can write the
+ * bucket could otherwise replace the base of every overlay): the name is not
+ * published, and that is logged when it starts.  Under fs->lock. */
+static int publish_by_sha256(struct imgfs *fs, struct version **vers, size_t nvers,
+                             struct invals *iv)
+{
+	char **refused = calloc(nvers + 1, sizeof(*refused));
+	size_t nrefused = 0;
+	if (!refused)
+		return -1;
+	qsort(vers, nvers, sizeof(*vers), cmp_ver_dest);
+	for (size_t i = 0, j; i < nvers; i = j) {
+		char path[128];
+		const char *hex = vers[i]->checksum + 7;
+		const struct version *odd = NULL;
+		for (j = i + 1; j < nvers && !strcmp(vers[j]->checksum, vers[i]->checksum); j++)
+			if (!odd && (vers[j]->size != vers[i]->size ||
+			             memcmp(vers[j]->map_digest, vers[i]->map_digest, 32)))
+				odd = vers[j];
+		if (strncmp(vers[i]->checksum, "sha256:", 7))
+			continue;
+		if (odd) {
+			if (!(refused[nrefused++] = strdup(hex)))
+				goto oom;
+			if (!fs->nbysha_refused ||
+			    !bsearch(&hex, fs->bysha_refused, fs->nbysha_refused, sizeof(char *),
+			             cmp_str))
+				log_warn("by-sha256/%s: claimed by records that disagree (%s and "
+				         "%s: different sizes or block maps); not published",
+				         hex, vers[i]->key + strlen(IMAGE_PREFIX),
+				         odd->key + strlen(IMAGE_PREFIX));
+			continue;
+		}
+		snprintf(path, sizeof(path), "%s/%s/%s", IMGFS_CTL_DIR, IMGFS_BYSHA_DIR, hex);
+		if (set_file(fs, path, vers[i], 1, iv))
+			goto oom;
+	}
+	/* sorted already: vers are in checksum order */
+	strings_free(fs->bysha_refused, fs->nbysha_refused);
+	fs->bysha_refused = refused;
+	fs->nbysha_refused = nrefused;
+	return 0;
+oom:
+	strings_free(refused, nrefused);
+	return -1;
+}
+
 int tree_apply(struct imgfs *fs, const struct state *st, const struct state *prev, int initial,
                struct err *e)
 {
@@ -852,19 +929,8 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 			nunv++;
 	}
 
-	/* by-sha256: one entry per checksum, the first destination in order */
-	qsort(vers, nvers, sizeof(*vers), cmp_ver_dest);
-	for (size_t i = 0; i < nvers; i++) {
-		char path[128];
-		const char *hex;
-		if (strncmp(vers[i]->checksum, "sha256:", 7) ||
-		    (i && !strcmp(vers[i]->checksum, vers[i - 1]->checksum)))
-			continue;
-		hex = vers[i]->checksum + 7;
-		snprintf(path, sizeof(path), "%s/%s/%s", IMGFS_CTL_DIR, IMGFS_BYSHA_DIR, hex);
-		if (set_file(fs, path, vers[i], 1, &iv))
-			goto oom;
-	}
+	if (publish_by_sha256(fs, vers, nvers, &iv))
+		goto oom;
 
 	/* what was not seen this time is gone */
 	for (size_t i = 0; i < fs->cap; i++) {
@@ -949,6 +1015,9 @@ void tree_free(struct imgfs *fs)
 	free(fs->by_ino);
 	free(fs->by_path);
 	fs->by_ino = fs->by_path = NULL;
+	strings_free(fs->bysha_refused, fs->nbysha_refused);
+	fs->bysha_refused = NULL;
+	fs->nbysha_refused = 0;
 	fs->cap = fs->nnodes = 0;
 	pthread_rwlock_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->pc_mu);

@@ -247,3 +247,83 @@ def test_foreign_keys_in_listing_prune_dry_run(crafted, tmp_path):
     for k in FOREIGN_IMAGES + FOREIGN_METAS:
         assert f"dropping key '{k}'" in p.stderr, p.stderr
     assert not [r for r in crafted.requests if r[0] in ("PUT", "POST", "DELETE")]
+
+
+# ------------------------------------------------- by-sha256 claims (finding 2)
+
+def put_image(bucket, dest, data, claim=None):
+    """images/<dest> and a record with its own valid block map; `claim`
+    replaces the record's checksum (a forged claim on another image's name)."""
+    etag = bucket.put(f"images/{dest}", data)["ETag"]
+    rec = record_for(data, etag, dest)
+    if claim:
+        rec["checksum"] = "sha256:" + claim
+    bucket.put(f"metadata/{dest}.json", json.dumps(rec).encode())
+
+
+def wait_refresh(m, before, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if m.stats()["refreshes"] > before:
+            return
+        time.sleep(0.1)
+    raise AssertionError("no refresh")
+
+
+@pytest.mark.parametrize("forged", ["other_size", "same_size"])
+def test_by_sha256_disagreeing_claims_not_published(bucket, tmp_path, forged):
+    base = bytes(range(256)) * 8192  # 2 MiB
+    other = (b"evil" * (len(base) // 4)) if forged == "same_size" else b"evil" * 300000
+    hexa = sha256(base)
+    put_image(bucket, "base.qcow2", base)
+    # sorts first: the old code gave the name to it
+    put_image(bucket, "0evil.qcow2", other, claim=hexa)
+    put_image(bucket, "fine.raw", b"fine" * 1000)
+    m = Mount(bucket.env, tmp_path / "mnt", tmp_path / "cache")
+    try:
+        m.start()
+        by = m.path / ".imgstore" / "by-sha256"
+        assert os.listdir(by) == [sha256(b"fine" * 1000)]
+        assert not (by / hexa).exists()
+        # the images themselves stay (their records are valid for their bytes)
+        assert (m.path / "base.qcow2").read_bytes() == base
+        assert sorted(os.listdir(m.path)) == [".imgstore", "0evil.qcow2", "base.qcow2",
+                                              "fine.raw"]
+        before = m.stats()["refreshes"]
+        m.sighup()
+        wait_refresh(m, before)
+        assert os.listdir(by) == [sha256(b"fine" * 1000)]
+        # the forged record goes away: the name is published again
+        bucket.s3.delete_object(Bucket=bucket.name, Key="metadata/0evil.qcow2.json")
+        before = m.stats()["refreshes"]
+        m.sighup()
+        wait_refresh(m, before)
+        assert sorted(os.listdir(by)) == sorted([hexa, sha256(b"fine" * 1000)])
+        assert (by / hexa).read_bytes() == base
+    finally:
+        m.stop()
+    log = m.logtext()
+    assert_no_sanitizer(log)
+    line = (f"warning: by-sha256/{hexa}: claimed by records that disagree "
+            "(0evil.qcow2 and base.qcow2: different sizes or block maps); not published")
+    assert log.count(line) == 1, log
+
+
+def test_by_sha256_identical_claims_published(bucket, tmp_path):
+    data = bytes(range(256)) * 4096 + b"tail"
+    src = tmp_path / "img.raw"
+    src.write_bytes(data)
+    for dest in ("a/one.raw", "b/two.raw"):
+        run(labctl("images", "upload", "--source", src, "--destination", dest),
+            env=bucket.env, check=0)
+    m = Mount(bucket.env, tmp_path / "mnt", tmp_path / "cache")
+    try:
+        m.start()
+        by = m.path / ".imgstore" / "by-sha256"
+        assert os.listdir(by) == [sha256(data)]
+        assert (by / sha256(data)).read_bytes() == data
+    finally:
+        m.stop()
+    log = m.logtext()
+    assert_no_sanitizer(log)
+    assert "disagree" not in log
