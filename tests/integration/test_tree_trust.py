@@ -327,3 +327,261 @@ def test_by_sha256_identical_claims_published(bucket, tmp_path):
     log = m.logtext()
     assert_no_sanitizer(log)
     assert "disagree" not in log
+
+
+# ------------------------------------------- labctl: record commit (finding 11)
+
+class FaultProxy:
+    """An HTTP proxy in front of the real S3 server: forwards every request
+    as it came (the Host header included, so signatures stay valid) unless
+    a rule says otherwise.  fail_put_prefix: PUTs of keys under it get 403.
+    hold: {("HEAD"|"PUT", key)} -> the first such request after the object
+    key was written through this proxy waits until release()."""
+
+    def __init__(self, server):
+        self.target = ("127.0.0.1", server.port)
+        self.fail_put_prefix = None
+        self.lose_answer = False  # forward those PUTs, then answer 403 all the same
+        self.hold_rules = set()
+        self.held = threading.Event()
+        self.go = threading.Event()
+        self.written = set()
+        self.log = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _body(self):
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = b""
+                    while True:
+                        n = int(self.rfile.readline().split(b";")[0], 16)
+                        if n == 0:
+                            self.rfile.readline()
+                            return out
+                        out += self.rfile.read(n)
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+            def _reply(self, status, headers, body):
+                self.send_response(status)
+                length = str(len(body))
+                for k, v in headers:
+                    if k.lower() == "content-length" and self.command == "HEAD":
+                        length = v  # of the object, which a HEAD does not send
+                    elif k.lower() not in ("transfer-encoding", "connection",
+                                           "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", length)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _any(self):
+                body = self._body()
+                u = urllib.parse.urlsplit(self.path)
+                parts = u.path.lstrip("/").split("/", 1)
+                key = urllib.parse.unquote(parts[1]) if len(parts) > 1 else ""
+                outer.log.append((self.command, key, u.query))
+                if (self.command == "PUT" and outer.fail_put_prefix and
+                        key.startswith(outer.fail_put_prefix) and "partNumber" not in u.query):
+                    if outer.lose_answer:
+                        outer.forward(self.command, self.path, dict(self.headers), body)
+                    return self._reply(403, [("Content-Type", "application/xml")],
+                                       b"<?xml version='1.0' encoding='UTF-8'?><Error>"
+                                       b"<Code>AccessDenied</Code><Message>Access Denied."
+                                       b"</Message></Error>")
+                for method, k in list(outer.hold_rules):
+                    if method == self.command and k == key and \
+                            ("images/" + key.split("/", 1)[1].removesuffix(".json")
+                             if key.startswith("metadata/") else key) in outer.written:
+                        outer.hold_rules.discard((method, k))
+                        outer.held.set()
+                        outer.go.wait(120)
+                r, data = outer.forward(self.command, self.path, dict(self.headers), body)
+                if self.command in ("PUT", "POST") and r.status == 200 and \
+                        key.startswith("images/") and (self.command == "PUT") == \
+                        ("uploadId" not in u.query):
+                    outer.written.add(key)
+                self._reply(r.status, r.getheaders(), data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = _any
+
+            def do_HEAD(self):
+                self._any()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def forward(self, method, path, headers, body):
+        import http.client
+        conn = http.client.HTTPConnection(*self.target, timeout=120)
+        hdrs = {k: v for k, v in headers.items()
+                if k.lower() not in ("transfer-encoding", "connection")}
+        if method in ("PUT", "POST"):
+            hdrs["Content-Length"] = str(len(body))
+        conn.request(method, path, body=body or None, headers=hdrs)
+        r = conn.getresponse()
+        data = r.read()
+        conn.close()
+        return r, data
+
+    def release(self):
+        self.go.set()
+
+    def close(self):
+        self.go.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def proxy(s3server):
+    p = FaultProxy(s3server)
+    yield p
+    p.close()
+
+
+def via(bucket, proxy):
+    env = bucket.env
+    env["E2_ENDPOINT"] = proxy.endpoint
+    env["IMGSTORE_MAX_ATTEMPTS"] = "2"
+    return env
+
+
+def upload_cmd(src, dest, *extra):
+    return labctl("images", "upload", "--source", src, "--destination", dest,
+                  "--part-size", "5M", *extra)
+
+
+def listing(bucket):
+    p = run(labctl("images", "list", "--json"), env=bucket.env, check=0)
+    return {x["destination"]: x for x in json.loads(p.stdout)}
+
+
+def head_etag(bucket, key):
+    return bucket.s3.head_object(Bucket=bucket.name, Key=key)["ETag"]
+
+
+def assert_not_mixed(bucket, dest):
+    """The promise: a record that names the object's ETag describes its bytes."""
+    keys = bucket.keys()
+    if f"metadata/{dest}.json" not in keys or f"images/{dest}" not in keys:
+        return
+    rec = json.loads(bucket.get(f"metadata/{dest}.json"))
+    data = bucket.get(f"images/{dest}")
+    if rec["etag"].strip('"') == head_etag(bucket, f"images/{dest}").strip('"'):
+        assert rec["checksum"] == "sha256:" + sha256(data)
+        assert rec["size"] == len(data)
+
+
+SIZES = {"single": 300 * 1024, "multipart": 11 * MiB + 5}
+
+
+@pytest.mark.parametrize("kind", ["single", "multipart"])
+def test_failed_record_put_keeps_the_new_image(bucket, proxy, tmp_path, kind):
+    n = SIZES[kind]
+    old, new = (b"old!" * n)[:n], (b"new." * n)[:n]
+    src = tmp_path / "src.raw"
+    src.write_bytes(old)
+    run(upload_cmd(src, "d/x.raw"), env=bucket.env, check=0)
+    src.write_bytes(new)
+    proxy.fail_put_prefix = "metadata/"
+    p = run(upload_cmd(src, "d/x.raw"), env=via(bucket, proxy), check=1)
+    assert_no_sanitizer(p.stderr)
+    assert ("images/d/x.raw holds the new bytes without a checksum record: it is not "
+            "served; upload or sync it again") in p.stderr, p.stderr
+    # the bytes that replaced the old ones stay; no record claims them
+    assert bucket.keys() == ["images/d/x.raw"]
+    assert bucket.get("images/d/x.raw") == new
+    got = listing(bucket)["d/x.raw"]
+    assert got["complete"] is False
+    assert ("DELETE", "metadata/d/x.raw.json", "") in proxy.log
+    proxy.fail_put_prefix = None
+    run(upload_cmd(src, "d/x.raw"), env=bucket.env, check=0)
+    assert listing(bucket)["d/x.raw"]["complete"] is True
+
+
+def test_failed_record_put_same_bytes_keeps_the_record(bucket, proxy, tmp_path):
+    data = b"same" * 1000
+    src = tmp_path / "src.raw"
+    src.write_bytes(data)
+    run(upload_cmd(src, "x.raw"), env=bucket.env, check=0)
+    before = bucket.get("metadata/x.raw.json")
+    proxy.fail_put_prefix = "metadata/"
+    # another name: not the same record, but the same bytes
+    p = run(upload_cmd(src, "x.raw", "--name", "other"), env=via(bucket, proxy), check=1)
+    assert "the previous record still describes images/x.raw" in p.stderr, p.stderr
+    assert bucket.get("metadata/x.raw.json") == before
+    assert listing(bucket)["x.raw"]["complete"] is True
+
+
+def test_record_put_answer_lost(bucket, proxy, tmp_path):
+    """The record PUT reached the server, its answer did not: the record is
+    there, the upload succeeded."""
+    data = b"lost" * 1000
+    src = tmp_path / "src.raw"
+    src.write_bytes(data)
+    proxy.fail_put_prefix = "metadata/"
+    proxy.lose_answer = True
+    p = run(upload_cmd(src, "x.raw"), env=via(bucket, proxy), check=0)
+    assert "the record is there all the same" in p.stderr, p.stderr
+    assert listing(bucket)["x.raw"]["complete"] is True
+
+
+def start_upload(cmd, env, log):
+    import subprocess
+    return subprocess.Popen([str(a) for a in cmd], env=env, stdout=subprocess.PIPE,
+                            stderr=open(log, "w"), text=True)
+
+
+@pytest.mark.parametrize("kind", ["single", "multipart"])
+def test_race_replaced_before_the_record(bucket, proxy, tmp_path, kind):
+    """A completes, B replaces the object, A checks it: A must not write a
+    record that names B's ETag with A's block map."""
+    n = SIZES[kind]
+    a_data, b_data = (b"AAAA" * n)[:n], (b"BBBB" * n)[:n]
+    (tmp_path / "a").write_bytes(a_data)
+    (tmp_path / "b").write_bytes(b_data)
+    proxy.hold_rules.add(("HEAD", "images/r.raw"))
+    a = start_upload(upload_cmd(tmp_path / "a", "r.raw"), via(bucket, proxy), tmp_path / "a.log")
+    assert proxy.held.wait(120), (tmp_path / "a.log").read_text()
+    run(upload_cmd(tmp_path / "b", "r.raw"), env=bucket.env, check=0)
+    proxy.release()
+    assert a.wait(120) == 1, (tmp_path / "a.log").read_text()
+    err = (tmp_path / "a.log").read_text()
+    assert_no_sanitizer(err)
+    assert "images/r.raw was replaced by another upload while this one finished" in err, err
+    assert_not_mixed(bucket, "r.raw")
+    got = listing(bucket)["r.raw"]
+    assert got["complete"] is True and got["checksum"] == "sha256:" + sha256(b_data)
+
+
+def test_race_replaced_before_the_record_lands(bucket, proxy, tmp_path):
+    """A checked its object and PUTs the record; B replaced the object (and
+    wrote its record) meanwhile: A's record must not stay as if complete,
+    and A must not report success."""
+    n = SIZES["single"]
+    a_data, b_data = (b"AAAA" * n)[:n], (b"BBBB" * n)[:n]
+    (tmp_path / "a").write_bytes(a_data)
+    (tmp_path / "b").write_bytes(b_data)
+    proxy.hold_rules.add(("PUT", "metadata/r.raw.json"))
+    a = start_upload(upload_cmd(tmp_path / "a", "r.raw"), via(bucket, proxy), tmp_path / "a.log")
+    assert proxy.held.wait(120), (tmp_path / "a.log").read_text()
+    run(upload_cmd(tmp_path / "b", "r.raw"), env=bucket.env, check=0)
+    proxy.release()
+    assert a.wait(120) == 1, (tmp_path / "a.log").read_text()
+    err = (tmp_path / "a.log").read_text()
+    assert_no_sanitizer(err)
+    assert "images/r.raw was replaced by another upload while its record was written" in err
+    assert_not_mixed(bucket, "r.raw")
+    # B's bytes, and no record that claims them with A's checksum
+    assert bucket.get("images/r.raw") == b_data
+    assert listing(bucket)["r.raw"]["complete"] is False
+    assert "metadata/r.raw.json" not in bucket.keys()
