@@ -64,6 +64,9 @@ class CraftedS3:
         self.objects = {}
         self.uploads = []
         self.requests = []
+        self.listing_asked = threading.Event()
+        self.answer_listings = threading.Event()  # listings wait for it
+        self.answer_listings.set()
         outer = self
 
         class H(BaseHTTPRequestHandler):
@@ -95,6 +98,8 @@ class CraftedS3:
             def do_GET(self):
                 key, q = self._route()
                 if not key and "list-type" in q:
+                    outer.listing_asked.set()
+                    outer.answer_listings.wait(120)
                     prefix = q.get("prefix", [""])[0]
                     return self._send(200, outer.list_xml(prefix),
                                       [("Content-Type", "application/xml")])
@@ -174,6 +179,7 @@ class CraftedS3:
         return env
 
     def close(self):
+        self.answer_listings.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -585,3 +591,151 @@ def test_race_replaced_before_the_record_lands(bucket, proxy, tmp_path):
     assert bucket.get("images/r.raw") == b_data
     assert listing(bucket)["r.raw"]["complete"] is False
     assert "metadata/r.raw.json" not in bucket.keys()
+
+
+# ------------------------------------------------ secrets in memory (finding 10)
+
+NOBODY = 65534
+
+
+def nobody_dir(prefix):
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chown(d, NOBODY, NOBODY)
+    return d
+
+
+def as_nobody(args):
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            "--inh-caps=-all", *[str(a) for a in args]]
+
+
+def proc_owner(pid):
+    return os.stat(f"/proc/{pid}/environ").st_uid
+
+
+def mounted(path):
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
+def test_imgfs_undumpable_as_a_user(crafted):
+    """Running as an ordinary user, imgfs holds the secret key: its /proc
+    files (mem, environ...) belong to root, so no other process of that user
+    can read them, and no core file is written.  It is looked at while the
+    listing it asks for before mounting is held back (here /dev/fuse is
+    root's alone, so the mount itself would fail as that user)."""
+    import shutil
+    import subprocess
+    top = nobody_dir("imgfs-nobody-")
+    mnt, cache = top / "mnt", top / "cache"
+    for d in (mnt, cache):
+        d.mkdir()
+        os.chown(d, NOBODY, NOBODY)
+    env = crafted.env
+    env["HOME"] = str(top)
+    crafted.answer_listings.clear()
+    p = subprocess.Popen(as_nobody([binary("imgfs"), "-f", "--cache-dir", cache, mnt]),
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert crafted.listing_asked.wait(60)
+        assert p.poll() is None
+        assert proc_owner(p.pid) == 0, "imgfs is dumpable"
+    finally:
+        crafted.answer_listings.set()
+        p.terminate()
+        err = p.communicate(timeout=60)[1].decode(errors="replace")
+        if mounted(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        shutil.rmtree(top, ignore_errors=True)
+    assert_no_sanitizer(err)
+
+
+def test_labctl_undumpable_as_a_user(tmp_path):
+    """labctl too: while it waits for a server that does not answer, its
+    /proc files belong to root."""
+    import socket
+    import subprocess
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)  # accepts into the backlog, never answers
+    env = clean_env()
+    env.update(E2_ENDPOINT=f"http://127.0.0.1:{s.getsockname()[1]}", E2_BUCKET="b",
+               E2_ACCESS_KEY="AK", E2_SECRET_KEY="SK", IMGSTORE_LOW_SPEED_TIMEOUT="30",
+               IMGSTORE_RETRY_BUDGET="30", HOME="/")
+    p = subprocess.Popen(as_nobody([binary("labctl"), "images", "list"]), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        conn, _ = s.accept()  # it has connected: the credentials are resolved
+        assert p.poll() is None
+        assert proc_owner(p.pid) == 0, "labctl is dumpable"
+        conn.close()
+    finally:
+        p.kill()
+        p.wait()
+        s.close()
+
+
+def secret_copies(pid, secret, env_name=b"E2_SECRET_KEY="):
+    """How many times the bytes of `secret` are in the process's memory,
+    not counting those right after `env_name` (the environment the process
+    got, and the sanitizer runtime's copy of it).  Mappings of 4 GiB and
+    more are skipped: the sanitizers' shadow."""
+    n, step = 0, 64 * MiB
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            f = line.split()
+            a, b = (int(x, 16) for x in f[0].split("-"))
+            if "r" not in f[1] or b - a >= 4 << 30 or \
+                    (len(f) > 5 and f[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            tail = b""
+            for off in range(a, b, step):
+                try:
+                    mem.seek(off)
+                    chunk = tail + mem.read(min(step, b - off))
+                except (OSError, ValueError, OverflowError):
+                    tail = b""
+                    continue
+                n += chunk.count(secret) - chunk.count(env_name + secret)
+                tail = chunk[-(len(env_name) + len(secret) - 1):]
+    return n
+
+
+def test_imgfs_one_copy_of_the_secret(crafted, tmp_path):
+    """After a mount and reads over several connections, the secret key is
+    in imgfs's memory once, besides the environment it was started with:
+    one heap copy that every connection uses."""
+    secret = "SK-" + hashlib.sha256(str(time.time()).encode()).hexdigest()[:24]
+    env = crafted.env
+    env["E2_SECRET_KEY"] = secret
+    m = Mount(env, tmp_path / "mnt", tmp_path / "cache")
+    try:
+        m.start()
+        data = crafted.objects["images/good.raw"]
+        assert (m.path / "good.raw").read_bytes() == data
+        assert secret_copies(m.proc.pid, secret.encode()) == 1
+    finally:
+        m.stop()
+    assert_no_sanitizer(m.logtext())
+
+
+@pytest.mark.parametrize("endpoint,warned", [
+    ("http://example.invalid:9000", True),
+    ("http://10.1.2.3", True),
+    ("http://127.0.0.1:9", False),
+    ("http://localhost:9", False),
+    ("http://[::1]:9", False),
+    ("https://example.invalid", False),
+])
+def test_plain_http_to_another_host_warns(endpoint, warned):
+    """`credentials check` resolves the settings and sends nothing."""
+    env = clean_env()
+    env.update(E2_ENDPOINT=endpoint, E2_BUCKET="b", E2_ACCESS_KEY="AK", E2_SECRET_KEY="SK")
+    p = run(labctl("credentials", "check"), env=env, check=0)
+    line = (f"labctl: warning: endpoint {endpoint} is plain http:// to another host: "
+            "requests and data travel unencrypted and can be read or altered on the way; "
+            "use https://\n")
+    assert p.stderr.count(line) == (1 if warned else 0), p.stderr
+    assert "plain http://" in p.stderr if warned else "plain http://" not in p.stderr
+
