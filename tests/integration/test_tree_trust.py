@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from shutil import which as shutil_which
 
 from conftest import binary, clean_env, run
 from test_imgfs import Mount
@@ -739,3 +740,128 @@ def test_plain_http_to_another_host_warns(endpoint, warned):
     assert p.stderr.count(line) == (1 if warned else 0), p.stderr
     assert "plain http://" in p.stderr if warned else "plain http://" not in p.stderr
 
+
+# ------------------------------------------ the systemd unit's sandbox (finding 10)
+
+UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "imgfs@.service"
+
+
+def unit_settings():
+    out = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[", " ")):
+            k, v = line.split("=", 1)
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def syscall_groups():
+    out = run(["systemd-analyze", "syscall-filter"], check=0).stdout
+    groups, cur = {}, None
+    for line in out.splitlines():
+        if line.startswith("@"):
+            cur = groups.setdefault(line.split()[0], [])
+        elif cur is not None and line.strip() and not line.strip().startswith("#"):
+            cur.append(line.strip())
+    return groups
+
+
+def expand(names, groups, seen=None):
+    seen = set() if seen is None else seen
+    res = set()
+    for n in names:
+        if not n.startswith("@"):
+            res.add(n)
+        elif n not in seen:
+            seen.add(n)
+            res |= expand(groups[n], groups, seen)
+    return res
+
+
+@pytest.mark.skipif(not shutil_which("systemd-analyze"), reason="needs systemd-analyze")
+def test_systemd_unit_verifies(tmp_path):
+    """systemd-analyze verify (with ExecStart= on the built imgfs) has nothing
+    to say, and no setting sets up a mount namespace: those "disconnect
+    propagation of mounts from the unit's processes to the host"
+    (systemd.exec(5)), and the mount is what the unit is for."""
+    d = tmp_path / "units"
+    d.mkdir()
+    (d / "imgfs@.service").write_text(
+        UNIT.read_text().replace("/usr/local/bin/imgfs", binary("imgfs")))
+    p = run(["systemd-analyze", "verify", d / "imgfs@srv-images.service"], check=0)
+    assert p.stdout == "" and p.stderr == "", p.stdout + p.stderr
+    s = unit_settings()
+    namespacing = {"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
+                   "PrivateMounts", "ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths",
+                   "TemporaryFileSystem", "BindPaths", "BindReadOnlyPaths",
+                   "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+                   "ProtectControlGroups", "ProtectProc", "ProcSubset", "PrivateUsers",
+                   "MountFlags", "RootDirectory", "RootImage", "LogNamespace"}
+    assert not namespacing & set(s), namespacing & set(s)
+    assert s["NoNewPrivileges"] == ["yes"]
+    assert s["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"]
+    assert s["DeviceAllow"] == ["/dev/fuse rw"] and s["DevicePolicy"] == ["closed"]
+
+
+@pytest.mark.skipif(not (shutil_which("systemd-analyze") and shutil_which("strace")),
+                    reason="needs systemd-analyze and strace")
+def test_systemd_unit_sandbox_runs_imgfs(crafted, tmp_path):
+    """What the unit grants is enough: imgfs with no new privileges and only
+    the unit's capabilities (setpriv, as systemd would set them) mounts,
+    serves, refreshes and is unmounted by fusermount3 the same way, and every
+    system call it makes (strace) is in the unit's SystemCallFilter."""
+    import signal
+    import subprocess
+    s = unit_settings()
+    caps = ",".join("+" + c.lower().removeprefix("cap_")
+                    for c in s["CapabilityBoundingSet"][0].split())
+    jail = ["setpriv", "--no-new-privs", f"--bounding-set=-all,{caps}"]
+    allowed = expand(s["SystemCallFilter"][0].split(), syscall_groups())
+    mnt, cache = tmp_path / "mnt", tmp_path / "cache"
+    mnt.mkdir()
+    env = crafted.env
+    env["IMGSTORE_LOG"] = "info"
+    # LeakSanitizer cannot work under ptrace (a sanitizer build only)
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    trace = tmp_path / "trace"
+    log = open(tmp_path / "log", "wb")
+    p = subprocess.Popen(["strace", "-f", "-qq", "-o", trace, *jail, binary("imgfs"), "-f",
+                          "--cache-dir", cache, "-o", "allow_other", mnt],
+                         env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not mounted(mnt):
+            assert p.poll() is None, (tmp_path / "log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        good = crafted.objects["images/good.raw"]
+        assert (mnt / "good.raw").read_bytes() == good
+        assert os.getxattr(mnt / "good.raw", "user.imgstore.checksum") == \
+            b"sha256:" + sha256(good).encode()
+        assert json.loads((mnt / ".imgstore" / "stats").read_text())["cache_misses"] >= 1
+        before = json.loads((mnt / ".imgstore" / "stats").read_text())["refreshes"]
+        imgfs_pid = int(run(["pgrep", "-P", str(p.pid)], check=0).stdout.split()[0])
+        os.kill(imgfs_pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while json.loads((mnt / ".imgstore" / "stats").read_text())["refreshes"] == before:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        run(["strace", "-f", "-qq", "-o", tmp_path / "trace-stop", *jail, "fusermount3",
+             "-u", mnt], check=0)
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if mounted(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        log.close()
+    used = set()
+    for f in (trace, tmp_path / "trace-stop"):
+        for line in f.read_text().splitlines():
+            m = re.match(r"\d+\s+([a-z0-9_]+)\(", line)
+            if m:
+                used.add(m.group(1))
+    assert {"mount", "umount2", "read", "openat"} <= used
+    assert used - allowed == set(), sorted(used - allowed)
+    assert_no_sanitizer((tmp_path / "log").read_text(errors="replace"))
