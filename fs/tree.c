@@ -825,7 +825,7 @@ static int publish_by_sha256(struct imgfs *fs, struct version **vers, size_t nve
 	qsort(vers, nvers, sizeof(*vers), cmp_ver_dest);
 	for (size_t i = 0, j; i < nvers; i = j) {
 		char path[128];
-		const char *hex = vers[i]->checksum + 7;
+		const char *hex;
 		const struct version *odd = NULL;
 		for (j = i + 1; j < nvers && !strcmp(vers[j]->checksum, vers[i]->checksum); j++)
 			if (!odd && (vers[j]->size != vers[i]->size ||
@@ -833,6 +833,7 @@ static int publish_by_sha256(struct imgfs *fs, struct version **vers, size_t nve
 				odd = vers[j];
 		if (strncmp(vers[i]->checksum, "sha256:", 7))
 			continue;
+		hex = vers[i]->checksum + 7;
 		if (odd) {
 			if (!(refused[nrefused++] = strdup(hex)))
 				goto oom;
