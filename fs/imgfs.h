@@ -71,6 +71,7 @@ struct version {
 	time_t mtime;
 	int verified;
 	char checksum[RECORD_CHECKSUM_MAX]; /* "sha256:<hex>" or "" */
+	unsigned char map_digest[32];       /* SHA-256 of the record's size and block map */
 	char *source_url;
 	char uploaded_at[32];
 	struct reader_image *img;
@@ -129,7 +130,9 @@ struct imgfs {
 
 	pthread_mutex_t pc_mu; /* node page-cache bookkeeping */
 
-	struct state *state; /* last applied (refresh thread only) */
+	struct state *state;  /* last applied (refresh thread only) */
+	char **bysha_refused; /* sorted hex of checksums not published (tree_apply) */
+	size_t nbysha_refused;
 	atomic_uint_fast64_t refreshes, refresh_errors;
 	_Atomic time_t last_refresh;
 	atomic_int bucket_ok;

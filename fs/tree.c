@@ -24,6 +24,7 @@
 #include <string.h>
 
 #define NAME_MAX_LEN 255
+#define IMAGE_PREFIX "images/"
 
 /* ---- state ---- */
 
@@ -122,7 +123,8 @@ static struct state *state_parse(const char *text, size_t len)
 		json_t *o = json_array_get(imgs, i);
 		const char *key = json_string_value(json_object_get(o, "key"));
 		struct sobj *so = &st->imgs[st->nimgs];
-		if (!key || !(so->key = strdup(key)))
+		if (!key || strncmp(key, IMAGE_PREFIX, strlen(IMAGE_PREFIX)) ||
+		    !(so->key = strdup(key)))
 			goto bad;
 		st->nimgs++;
 		so->size = (uint64_t)json_integer_value(json_object_get(o, "size"));
@@ -245,6 +247,11 @@ static size_t take_from_index(struct s3 *s, struct srec **todo, size_t n)
 	return left;
 }
 
+static int has_image_prefix(const char *key)
+{
+	return !strncmp(key, IMAGE_PREFIX, strlen(IMAGE_PREFIX));
+}
+
 static int has_suffix(const char *s, const char *suf)
 {
 	size_t ls = strlen(s), lf = strlen(suf);
@@ -282,8 +289,11 @@ int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *p
 		const struct s3_object *o = &imgs[i];
 		struct sobj *so;
 		struct s3_object mk = {0}, *m;
-		const char *dest = o->key + strlen("images/");
+		const char *dest;
 		const struct srec *old;
+		if (!has_image_prefix(o->key))
+			continue; /* s3_list drops those; the name is made from the rest */
+		dest = o->key + strlen(IMAGE_PREFIX);
 		if (!*dest || has_suffix(o->key, "/"))
 			continue; /* "directory" markers */
 		so = &st->imgs[st->nimgs];
@@ -575,6 +585,25 @@ static int valid_dest(const char *dest)
 	}
 }
 
+/* What two claims on one checksum must agree on: the size and the block map
+ * (block size and every hash). */
+static int map_digest(const struct record *rec, unsigned char out[32])
+{
+	unsigned char head[12];
+	struct hash *h = hash_new(HASH_SHA256);
+	if (!h)
+		return -1;
+	for (int i = 0; i < 8; i++)
+		head[i] = (unsigned char)(rec->size >> (56 - 8 * i));
+	for (int i = 0; i < 4; i++)
+		head[8 + i] = (unsigned char)(rec->block_size >> (24 - 8 * i));
+	hash_update(h, head, sizeof(head));
+	hash_update(h, rec->hashes, rec->nblocks * sizeof(*rec->hashes));
+	hash_final(h, out);
+	hash_free(h);
+	return 0;
+}
+
 static struct version *version_new(struct imgfs *fs, const struct sobj *o, const struct srec *sr,
                                    const struct record *rec)
 {
@@ -592,7 +621,8 @@ static struct version *version_new(struct imgfs *fs, const struct sobj *o, const
 		strcpy(v->meta_etag, sr->meta_etag);
 		snprintf(v->checksum, sizeof(v->checksum), "%s", rec->checksum);
 		snprintf(v->uploaded_at, sizeof(v->uploaded_at), "%s", rec->uploaded_at);
-		if (rec->source_url && !(v->source_url = strdup(rec->source_url)))
+		if ((rec->source_url && !(v->source_url = strdup(rec->source_url))) ||
+		    map_digest(rec, v->map_digest))
 			goto fail;
 	}
 	if (reader_image_open(fs->reader, o->key, o->size, o->etag, rec, &v->img, &e)) {
@@ -639,7 +669,7 @@ static int is_valid_record(const struct sobj *o, const struct srec *sr, struct r
                            int log_it)
 {
 	struct err e = {0};
-	const char *dest = o->key + strlen("images/");
+	const char *dest = o->key + strlen(IMAGE_PREFIX);
 	if (!sr) {
 		if (log_it)
 			log_info("%s: no checksum record (metadata/%s.json); not shown", dest,
@@ -669,7 +699,7 @@ static int same_listing(const struct state *prev, const struct sobj *o, const st
 	if (!prev || !prev->nimgs)
 		return 0;
 	po = bsearch(&k, prev->imgs, prev->nimgs, sizeof(k), cmp_sobj);
-	pr = state_find_rec(prev, o->key + strlen("images/"));
+	pr = state_find_rec(prev, o->key + strlen(IMAGE_PREFIX));
 	if (!po || strcmp(po->etag, o->etag) || po->size != o->size || !pr != !sr)
 		return 0;
 	return !sr || !strcmp(pr->meta_etag, sr->meta_etag);
@@ -747,7 +777,7 @@ static char **dir_prefixes(const struct state *st, struct version **vers, size_t
 	if (!v)
 		return NULL;
 	for (size_t i = 0; i < st->nimgs; i++) {
-		const char *dest = st->imgs[i].key + strlen("images/");
+		const char *dest = st->imgs[i].key + strlen(IMAGE_PREFIX);
 		if (!vers[i])
 			continue;
 		for (const char *p = strchr(dest, '/'); p; p = strchr(p + 1, '/')) {
@@ -772,6 +802,64 @@ oom:
 	return NULL;
 }
 
+static void strings_free(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+/* /.imgstore/by-sha256/<hex> for every checksum that the records claiming it
+ * agree on (same size and block map): then any of them serves the same
+ * bytes, the first destination in order.  Records that disagree mean that
+ * one of them claims a checksum that is not its own (whoever can write the
+ * bucket could otherwise replace the base of every overlay): the name is not
+ * published, and that is logged when it starts.  Under fs->lock. */
+static int publish_by_sha256(struct imgfs *fs, struct version **vers, size_t nvers,
+                             struct invals *iv)
+{
+	char **refused = calloc(nvers + 1, sizeof(*refused));
+	size_t nrefused = 0;
+	if (!refused)
+		return -1;
+	qsort(vers, nvers, sizeof(*vers), cmp_ver_dest);
+	for (size_t i = 0, j; i < nvers; i = j) {
+		char path[128];
+		const char *hex;
+		const struct version *odd = NULL;
+		for (j = i + 1; j < nvers && !strcmp(vers[j]->checksum, vers[i]->checksum); j++)
+			if (!odd && (vers[j]->size != vers[i]->size ||
+			             memcmp(vers[j]->map_digest, vers[i]->map_digest, 32)))
+				odd = vers[j];
+		if (strncmp(vers[i]->checksum, "sha256:", 7))
+			continue;
+		hex = vers[i]->checksum + 7;
+		if (odd) {
+			if (!(refused[nrefused++] = strdup(hex)))
+				goto oom;
+			if (!fs->nbysha_refused ||
+			    !bsearch(&hex, fs->bysha_refused, fs->nbysha_refused, sizeof(char *),
+			             cmp_str))
+				log_warn("by-sha256/%s: claimed by records that disagree (%s and "
+				         "%s: different sizes or block maps); not published",
+				         hex, vers[i]->key + strlen(IMAGE_PREFIX),
+				         odd->key + strlen(IMAGE_PREFIX));
+			continue;
+		}
+		snprintf(path, sizeof(path), "%s/%s/%s", IMGFS_CTL_DIR, IMGFS_BYSHA_DIR, hex);
+		if (set_file(fs, path, vers[i], 1, iv))
+			goto oom;
+	}
+	/* sorted already: vers are in checksum order */
+	strings_free(fs->bysha_refused, fs->nbysha_refused);
+	fs->bysha_refused = refused;
+	fs->nbysha_refused = nrefused;
+	return 0;
+oom:
+	strings_free(refused, nrefused);
+	return -1;
+}
+
 int tree_apply(struct imgfs *fs, const struct state *st, const struct state *prev, int initial,
                struct err *e)
 {
@@ -788,7 +876,7 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 	pthread_rwlock_rdlock(&fs->lock);
 	for (size_t i = 0; i < st->nimgs; i++) {
 		const struct sobj *o = &st->imgs[i];
-		const char *dest = o->key + strlen("images/");
+		const char *dest = o->key + strlen(IMAGE_PREFIX);
 		struct node *n;
 		if (!valid_dest(dest)) {
 			if (initial)
@@ -826,7 +914,7 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 		vers[i] = NULL;
 		if (!v)
 			continue;
-		dest = st->imgs[i].key + strlen("images/");
+		dest = st->imgs[i].key + strlen(IMAGE_PREFIX);
 		if (ndirs && bsearch(&dest, dirs, ndirs, sizeof(*dirs), cmp_str)) {
 			if (initial)
 				log_warn("%s is both an image and a directory; the directory wins",
@@ -842,19 +930,8 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 			nunv++;
 	}
 
-	/* by-sha256: one entry per checksum, the first destination in order */
-	qsort(vers, nvers, sizeof(*vers), cmp_ver_dest);
-	for (size_t i = 0; i < nvers; i++) {
-		char path[128];
-		const char *hex;
-		if (strncmp(vers[i]->checksum, "sha256:", 7) ||
-		    (i && !strcmp(vers[i]->checksum, vers[i - 1]->checksum)))
-			continue;
-		hex = vers[i]->checksum + 7;
-		snprintf(path, sizeof(path), "%s/%s/%s", IMGFS_CTL_DIR, IMGFS_BYSHA_DIR, hex);
-		if (set_file(fs, path, vers[i], 1, &iv))
-			goto oom;
-	}
+	if (publish_by_sha256(fs, vers, nvers, &iv))
+		goto oom;
 
 	/* what was not seen this time is gone */
 	for (size_t i = 0; i < fs->cap; i++) {
@@ -939,6 +1016,9 @@ void tree_free(struct imgfs *fs)
 	free(fs->by_ino);
 	free(fs->by_path);
 	fs->by_ino = fs->by_path = NULL;
+	strings_free(fs->bysha_refused, fs->nbysha_refused);
+	fs->bysha_refused = NULL;
+	fs->nbysha_refused = 0;
 	fs->cap = fs->nnodes = 0;
 	pthread_rwlock_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->pc_mu);

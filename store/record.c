@@ -334,18 +334,21 @@ static const char *etag_core(const char *s, size_t *len)
 	return s;
 }
 
-int record_matches_object(const struct record *r, uint64_t size, const char *etag, struct err *e)
+int record_etag_equal(const char *x, const char *y)
 {
 	size_t la, lb;
-	const char *a, *b;
+	/* Servers differ in quoting; compare what is inside the quotes. */
+	const char *a = etag_core(x ? x : "", &la), *b = etag_core(y ? y : "", &lb);
+	return la == lb && !memcmp(a, b, la);
+}
+
+int record_matches_object(const struct record *r, uint64_t size, const char *etag, struct err *e)
+{
 	if (size != r->size)
 		return err_set(e, ERR_INTEGRITY,
 		               "%s: the object has %llu bytes but its checksum record says %llu",
 		               r->name, (unsigned long long)size, (unsigned long long)r->size);
-	/* Servers differ in quoting; compare what is inside the quotes. */
-	a = etag_core(r->etag, &la);
-	b = etag_core(etag ? etag : "", &lb);
-	if (la != lb || memcmp(a, b, la))
+	if (!record_etag_equal(r->etag, etag))
 		return err_set(e, ERR_PRECONDITION,
 		               "%s: the object (ETag %s) is not the one its checksum record "
 		               "describes (ETag %s); re-run labctl images sync",

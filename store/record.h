@@ -32,6 +32,8 @@ int record_parse(const char *json, size_t len, struct record *out, struct err *e
 /* Serialize to a malloc'd JSON text; NULL and e set on failure. */
 char *record_to_json(const struct record *r, struct err *e);
 void record_free(struct record *r);
+/* The same ETag, whatever the quoting (W/ and the quotes are ignored). */
+int record_etag_equal(const char *a, const char *b);
 /* Does the record describe this object? (size and etag match) */
 int record_matches_object(const struct record *r, uint64_t size, const char *etag, struct err *e);
 /* Length of block i (the last one may be short); 0 when i >= nblocks. */

@@ -207,10 +207,13 @@ int bucket_scan(const struct s3_config *cfg, struct s3 *s3, struct bucket_image 
 		qsort(metas, nmetas, sizeof(*metas), cmp_obj);
 	for (size_t i = 0; i < nobjs; i++) {
 		struct bucket_image *im = &v[count];
-		const char *dest = objs[i].key + strlen(IMAGE_PREFIX);
-		size_t dl = strlen(dest);
-		if (strncmp(objs[i].key, IMAGE_PREFIX, strlen(IMAGE_PREFIX)) || !dl ||
-		    dest[dl - 1] == '/')
+		const char *dest;
+		size_t dl;
+		if (strncmp(objs[i].key, IMAGE_PREFIX, strlen(IMAGE_PREFIX)))
+			continue; /* s3_list drops those; the name is made from the rest */
+		dest = objs[i].key + strlen(IMAGE_PREFIX);
+		dl = strlen(dest);
+		if (!dl || dest[dl - 1] == '/')
 			continue; /* a "directory" marker, not an image */
 		count++;
 		im->destination = strdup(dest);

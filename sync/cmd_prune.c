@@ -135,7 +135,10 @@ static int do_prune(const struct common_opts *common, const struct manifest *m,
 		goto out;
 	}
 	for (size_t i = 0; i < nimgs; i++) {
-		const char *dest = imgs[i].key + strlen(IMAGE_PREFIX);
+		const char *dest;
+		if (strncmp(imgs[i].key, IMAGE_PREFIX, strlen(IMAGE_PREFIX)))
+			continue; /* s3_list drops those: prune never touches them */
+		dest = imgs[i].key + strlen(IMAGE_PREFIX);
 		if (!*dest || dest[strlen(dest) - 1] == '/')
 			continue;
 		if (manifest_find_destination(m, dest)) {
@@ -156,6 +159,22 @@ static int do_prune(const struct common_opts *common, const struct manifest *m,
 			continue;
 		if (keys_add(&del_meta, metas[i].key, metas[i].size))
 			goto oom;
+	}
+	{
+		/* as for objects: a server that answers with uploads outside
+		 * the prefix asked for does not get us to abort them */
+		size_t w = 0;
+		for (size_t i = 0; i < nups; i++) {
+			if (!strncmp(ups[i].key, IMAGE_PREFIX, strlen(IMAGE_PREFIX))) {
+				ups[w++] = ups[i];
+				continue;
+			}
+			log_debug("leaving the upload of '%s' alone: outside %s", ups[i].key,
+			          IMAGE_PREFIX);
+			free(ups[i].key);
+			free(ups[i].upload_id);
+		}
+		nups = w;
 	}
 	for (size_t i = 0; i < nups; i++)
 		if (stale(&ups[i], now, age))

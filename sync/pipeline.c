@@ -538,6 +538,14 @@ static int make_record(struct pipeline *p, uint64_t size, struct record *r, stru
 	r->hashes = p->hashes;
 	p->hashes = NULL;
 	p->hashes_cap = 0;
+	/* the rest now: once the object is replaced, no failure of ours may
+	 * keep its record from being written */
+	r->name = strdup(p->name);
+	if (p->source_url)
+		r->source_url = strdup(p->source_url);
+	time_format_rfc3339(time(NULL), r->uploaded_at);
+	if (!r->name || (p->source_url && !r->source_url))
+		return err_set(e, ERR_IO, "out of memory");
 	return 0;
 }
 
@@ -551,6 +559,135 @@ static int wait_parts(struct pipeline *p, struct err *e)
 		return -1;
 	stop_threads(p);
 	return 0;
+}
+
+/* The record at meta_key is byte for byte `json`: 1 yes, 0 no (also when
+ * there is none), -1 could not read it (ge says why). */
+static int record_is(struct pipeline *p, const char *json, struct err *ge)
+{
+	char *data = NULL;
+	size_t len = 0;
+	int rc;
+	if (s3_get_all(p->s3, p->meta_key, &data, &len, NULL, ge)) {
+		if (ge->code != ERR_NOTFOUND)
+			return -1;
+		err_clear(ge);
+		return 0;
+	}
+	rc = len == strlen(json) && !memcmp(data, json, len);
+	free(data);
+	return rc;
+}
+
+/* Our object is complete at p->key (ETag r->etag) but our record is not
+ * there: the PUT failed (e says how) or json could not be made (NULL).  The
+ * previous bytes are gone (CompleteMultipartUpload / PUT replaced them), so
+ * the question is only what the bucket says about the new ones.  They stay:
+ * they were verified, and deleting them would leave nothing at all.  What
+ * must not stay is a record that does not describe them: the previous one
+ * is removed unless it describes these very bytes (the same upload again).
+ * Every step is checked against the object as it is now, so that another
+ * upload's object and record are never touched.  -1 with e set, or 0 when
+ * our record turns out to be there after all (only the answer was lost). */
+static int unrecorded(struct pipeline *p, const struct record *r, const char *json, struct err *e)
+{
+	char why[ERR_MSG_MAX], *data = NULL;
+	struct s3_object cur = {0};
+	struct record prev = {0};
+	struct err ge = {0};
+	size_t len = 0;
+	int rc = -1;
+
+	snprintf(why, sizeof(why), "%s", e->msg);
+	if (s3_head(p->s3, p->key, &cur, &ge) || !record_etag_equal(cur.etag, r->etag)) {
+		err_set(e, ERR_PRECONDITION, "%s; %s: %s (left as it is)", why, p->key,
+		        ge.code ? ge.msg : "replaced by another upload meanwhile");
+		goto out;
+	}
+	if (s3_get_all(p->s3, p->meta_key, &data, &len, NULL, &ge)) {
+		if (ge.code == ERR_NOTFOUND)
+			err_set(e, ERR_IO,
+			        "%s; %s holds the new bytes without a checksum record: it is not "
+			        "served; upload or sync it again",
+			        why, p->key);
+		else
+			err_set(e, ERR_IO,
+			        "%s; %s holds the new bytes; the previous record could not be "
+			        "checked (%s), and readers refuse it as long as its ETag is not "
+			        "that of the new bytes; upload or sync it again",
+			        why, p->key, ge.msg);
+		goto out;
+	}
+	if (json && len == strlen(json) && !memcmp(data, json, len)) {
+		log_warn("%s: %s; the record is there all the same", p->meta_key, why);
+		err_clear(e);
+		rc = 0;
+		goto out;
+	}
+	if (!record_parse(data, len, &prev, &ge) &&
+	    !record_matches_object(&prev, cur.size, cur.etag, &ge)) {
+		err_set(e, ERR_IO,
+		        "%s; the previous record still describes %s (the same bytes), which "
+		        "stays as it was",
+		        why, p->key);
+		goto out;
+	}
+	err_clear(&ge);
+	if (s3_delete(p->s3, p->meta_key, &ge))
+		err_set(e, ERR_IO,
+		        "%s; %s holds the new bytes, and the previous record could not be "
+		        "removed (%s): readers refuse it, its ETag is not that of the new bytes; "
+		        "upload or sync it again",
+		        why, p->key, ge.msg);
+	else
+		err_set(e, ERR_IO,
+		        "%s; %s holds the new bytes without a checksum record: it is not served; "
+		        "upload or sync it again",
+		        why, p->key);
+out:
+	record_free(&prev);
+	free(data);
+	free(cur.key);
+	return rc;
+}
+
+/* Our record is written.  Another upload may have replaced the object since
+ * it was checked (S3 has no conditional PUT here to prevent it: Swift's
+ * s3api answers NotImplemented): then our record names an ETag the object
+ * no longer has.  Readers refuse such a record, but it is taken back when it
+ * is still ours, and the command fails, since its image is not there. */
+static int recheck(struct pipeline *p, const struct record *r, const char *json, struct err *e)
+{
+	struct s3_object cur = {0};
+	struct err ge = {0};
+	int rc = 0, ours;
+	if (s3_head(p->s3, p->key, &cur, &ge)) {
+		log_warn("%s: checking it again after writing its record: %s", p->key, ge.msg);
+		goto out;
+	}
+	if (record_etag_equal(cur.etag, r->etag))
+		goto out;
+	ours = record_is(p, json, &ge);
+	if (ours == 1 && !s3_delete(p->s3, p->meta_key, &ge))
+		err_set(e, ERR_PRECONDITION,
+		        "%s was replaced by another upload while its record was written; this "
+		        "upload's record was taken back (the object is the other upload's)",
+		        p->key);
+	else if (ours == 0)
+		err_set(e, ERR_PRECONDITION,
+		        "%s was replaced by another upload while its record was written; the "
+		        "record there now is not this upload's",
+		        p->key);
+	else
+		err_set(e, ERR_PRECONDITION,
+		        "%s was replaced by another upload while its record was written, and "
+		        "this upload's record could not be taken back (%s); readers refuse it "
+		        "(its ETag is not the object's)",
+		        p->key, ge.msg);
+	rc = -1;
+out:
+	free(cur.key);
+	return rc;
 }
 
 int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
@@ -602,38 +739,50 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 		free(p->upload_id);
 		p->upload_id = NULL;
 	}
-	/* what readers will see: size and ETag of the object as stored */
+	/* What readers will see: size and ETag of the object as stored.  The
+	 * ETag is the one our PUT / CompleteMultipartUpload answered: the HEAD's
+	 * may be another upload's that replaced ours meanwhile, and a record
+	 * with that ETag and our block map would look complete over bytes it
+	 * does not describe.  That object and its record are the other
+	 * upload's to write: nothing is touched. */
 	if (s3_head(p->s3, p->key, &obj, e)) {
-		err_prefix(e, "checking %s after the upload", p->key);
-		goto out_delete;
+		err_prefix(e,
+		           "checking %s after the upload (no record was written: it is not "
+		           "served)",
+		           p->key);
+		goto out;
+	}
+	if (etag[0] && !record_etag_equal(etag, obj.etag)) {
+		err_set(e, ERR_PRECONDITION,
+		        "%s was replaced by another upload while this one finished (ETag %s, "
+		        "ours %s); this upload writes no record",
+		        p->key, obj.etag, etag);
+		goto out;
 	}
 	if (obj.size != r.size) {
 		err_set(e, ERR_INTEGRITY, "%s: the server stored %llu bytes, %llu were sent",
 		        p->key, (unsigned long long)obj.size, (unsigned long long)r.size);
 		goto out_delete;
 	}
-	if (obj.etag[0])
+	if (!etag[0])
 		memcpy(etag, obj.etag, S3_ETAG_MAX);
 	if (!etag[0]) {
 		err_set(e, ERR_SERVER, "%s: the server returned no ETag", p->key);
 		goto out_delete;
 	}
 	memcpy(r.etag, etag, S3_ETAG_MAX);
-	r.name = strdup(p->name);
-	if (p->source_url)
-		r.source_url = strdup(p->source_url);
-	time_format_rfc3339(time(NULL), r.uploaded_at);
-	if (!r.name || (p->source_url && !r.source_url)) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out_delete;
-	}
 	json = record_to_json(&r, e);
-	if (!json)
-		goto out_delete;
+	if (!json) {
+		unrecorded(p, &r, NULL, e);
+		goto out;
+	}
 	if (s3_put(p->s3, p->meta_key, json, strlen(json), "application/json", NULL, e)) {
 		err_prefix(e, "writing the record %s", p->meta_key);
-		goto out_delete;
+		if (unrecorded(p, &r, json, e))
+			goto out;
 	}
+	if (recheck(p, &r, json, e))
+		goto out;
 	p->finished = 1;
 	rc = 0;
 	log_debug("%s: %llu bytes in %d part(s) of %zu bytes, %.2f s; the writer waited %.2f s "
@@ -646,7 +795,8 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 	}
 	goto out;
 out_delete : {
-	/* the object is there but has no record: do not leave it behind */
+	/* the server did not store what was sent (or gave no ETag to name
+	 * it by): that object is ours and can have no record; remove it */
 	struct err de = {0};
 	if (s3_delete(p->s3, p->key, &de))
 		log_warn("could not delete %s after a failed upload: %s", p->key, de.msg);

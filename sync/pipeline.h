@@ -10,8 +10,16 @@
  *
  * An object smaller than one part goes up with a single PUT, after it is
  * hashed and verified.  Any failure, a checksum mismatch or pipeline_free()
- * before pipeline_finish() succeeded aborts the multipart upload: no object,
- * no record, no pending upload. */
+ * before the object is complete aborts the multipart upload: no object, no
+ * record, no pending upload, the previous image as it was.
+ *
+ * Once the object is complete it has replaced the previous bytes.  If the
+ * record cannot be written then, the new (verified) bytes stay without a
+ * record, and the previous record is removed unless it describes them too:
+ * nothing unrecorded is served, and no record names bytes it does not
+ * describe.  The record names the ETag our own PUT / CompleteMultipartUpload
+ * answered; when another upload replaced the object meanwhile, this one
+ * writes no record (or takes its own back) and fails. */
 #ifndef IMGSTORE_SYNC_PIPELINE_H
 #define IMGSTORE_SYNC_PIPELINE_H
 

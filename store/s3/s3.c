@@ -27,6 +27,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,13 @@ void s3_global_cleanup(void)
 
 /* ---------------------------------------------------------------- config */
 
+/* The one heap copy of a secret key that configs share (s3.h). */
+struct s3_secret {
+	atomic_size_t refs;
+	size_t len;
+	char text[];
+};
+
 static void free_secret(char **s)
 {
 	if (*s) {
@@ -81,6 +89,32 @@ static void free_secret(char **s)
 		free(*s);
 		*s = NULL;
 	}
+}
+
+static void secret_unref(struct s3_secret *k)
+{
+	if (!k || atomic_fetch_sub(&k->refs, 1) != 1)
+		return;
+	OPENSSL_cleanse(k->text, k->len);
+	free(k);
+}
+
+int s3_config_share_secret(struct s3_config *cfg, struct err *e)
+{
+	struct s3_secret *k;
+	size_t len;
+	if (cfg->shared || !cfg->secret_key)
+		return 0;
+	len = strlen(cfg->secret_key);
+	if (!(k = malloc(sizeof(*k) + len + 1)))
+		return err_set(e, ERR_IO, "out of memory");
+	atomic_init(&k->refs, 1);
+	k->len = len;
+	memcpy(k->text, cfg->secret_key, len + 1);
+	free_secret(&cfg->secret_key);
+	cfg->shared = k;
+	cfg->secret_key = k->text;
+	return 0;
 }
 
 void s3_config_defaults(struct s3_config *cfg)
@@ -118,14 +152,21 @@ int s3_config_copy(struct s3_config *dst, const struct s3_config *src, struct er
 	dst->max_attempts = src->max_attempts;
 	dst->connect_timeout_s = src->connect_timeout_s;
 	dst->low_speed_timeout_s = src->low_speed_timeout_s;
-	if (dup_field(&dst->endpoint, src->endpoint) || dup_field(&dst->bucket, src->bucket) ||
-	    dup_field(&dst->access_key, src->access_key) ||
-	    dup_field(&dst->secret_key, src->secret_key) || dup_field(&dst->region, src->region) ||
-	    dup_field(&dst->ca_bundle, src->ca_bundle)) {
-		s3_config_free(dst);
-		return err_set(e, ERR_IO, "out of memory");
+	if (src->shared) {
+		atomic_fetch_add(&src->shared->refs, 1);
+		dst->shared = src->shared;
+		dst->secret_key = src->secret_key;
+	} else if (dup_field(&dst->secret_key, src->secret_key)) {
+		goto oom;
 	}
+	if (dup_field(&dst->endpoint, src->endpoint) || dup_field(&dst->bucket, src->bucket) ||
+	    dup_field(&dst->access_key, src->access_key) || dup_field(&dst->region, src->region) ||
+	    dup_field(&dst->ca_bundle, src->ca_bundle))
+		goto oom;
 	return 0;
+oom:
+	s3_config_free(dst);
+	return err_set(e, ERR_IO, "out of memory");
 }
 
 void s3_config_free(struct s3_config *cfg)
@@ -135,7 +176,13 @@ void s3_config_free(struct s3_config *cfg)
 	free_secret(&cfg->endpoint);
 	free_secret(&cfg->bucket);
 	free_secret(&cfg->access_key);
-	free_secret(&cfg->secret_key);
+	if (cfg->shared) {
+		secret_unref(cfg->shared);
+		cfg->shared = NULL;
+		cfg->secret_key = NULL;
+	} else {
+		free_secret(&cfg->secret_key);
+	}
 	free_secret(&cfg->region);
 	free_secret(&cfg->ca_bundle);
 }
@@ -1347,6 +1394,40 @@ out:
 
 /* ---------------------------------------------------------------- list */
 
+/* Drop the entries of a page that do not start with the prefix asked for.  A
+ * compliant server never sends them, but a listing is input: callers strip
+ * the prefix off every key, and a foreign key must not become a name (or a
+ * deletion) under it. */
+static void keep_prefixed(struct s3_xml_list *acc, size_t objs_from, size_t prefixes_from,
+                          const char *prefix)
+{
+	size_t pl = prefix ? strlen(prefix) : 0, w;
+	if (!pl)
+		return;
+	for (w = objs_from; objs_from < acc->nobjs; objs_from++) {
+		struct s3_object *o = &acc->objs[objs_from];
+		if (!strncmp(o->key, prefix, pl)) {
+			acc->objs[w++] = *o;
+			continue;
+		}
+		log_debug("listing of '%s': dropping key '%s' (outside the prefix)", prefix,
+		          o->key);
+		free(o->key);
+	}
+	acc->nobjs = w;
+	for (w = prefixes_from; prefixes_from < acc->nprefixes; prefixes_from++) {
+		char *p = acc->prefixes[prefixes_from];
+		if (!strncmp(p, prefix, pl)) {
+			acc->prefixes[w++] = p;
+			continue;
+		}
+		log_debug("listing of '%s': dropping common prefix '%s' (outside the prefix)",
+		          prefix, p);
+		free(p);
+	}
+	acc->nprefixes = w;
+}
+
 int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_object **objs,
             size_t *nobjs, char ***prefixes, size_t *nprefixes, struct err *e)
 {
@@ -1367,6 +1448,7 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 	for (;;) {
 		struct sigv4_param params[4];
 		struct req r = {.method = "GET", .params = params, .out = &resp, .what = w};
+		size_t objs_from = acc.nobjs, prefixes_from = acc.nprefixes; /* this page's */
 		params[r.nparams++] = (struct sigv4_param){"list-type", "2"};
 		if (prefix && *prefix)
 			params[r.nparams++] = (struct sigv4_param){"prefix", prefix};
@@ -1381,6 +1463,7 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 			err_prefix(e, "%s", w);
 			goto out;
 		}
+		keep_prefixed(&acc, objs_from, prefixes_from, prefix);
 		if (!acc.truncated)
 			break;
 		if (!acc.next_token || !*acc.next_token ||

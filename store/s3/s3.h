@@ -16,20 +16,27 @@ struct s3_config {
 	char *endpoint; /* "https://s3.example.com" or "http://127.0.0.1:8080" */
 	char *bucket;
 	char *access_key;           /* secret-ish: never logged */
-	char *secret_key;           /* secret: never logged */
+	char *secret_key;           /* secret: never logged; inside `shared` when that is set */
 	char *region;               /* default "us-east-1" */
 	char *ca_bundle;            /* extra CA file, or NULL */
 	double retry_budget_s;      /* total time one call may spend retrying; default 30 */
 	int max_attempts;           /* per call; default 5 */
 	double connect_timeout_s;   /* default 10 */
 	double low_speed_timeout_s; /* abort a transfer stalled this long; default 30 */
+	struct s3_secret *shared;   /* the one copy of the secret key, or NULL (see below) */
 };
 
 /* Fill defaults for fields left zero/NULL (region, timeouts). */
 void s3_config_defaults(struct s3_config *cfg);
-/* Deep copy / free (free wipes the secret). */
+/* Deep copy / free (free wipes the secret).  The secret key of a config
+ * that s3_config_share_secret() prepared is not copied: every copy (one per
+ * connection, per reader, per pipeline) points to the same bytes, which the
+ * last s3_config_free wipes.  A config built by hand gets its own copy. */
 int s3_config_copy(struct s3_config *dst, const struct s3_config *src, struct err *e);
 void s3_config_free(struct s3_config *cfg);
+/* Move cfg->secret_key into one reference-counted heap copy (the string it
+ * had is wiped and freed); a no-op when it is shared already or unset. */
+int s3_config_share_secret(struct s3_config *cfg, struct err *e);
 
 struct s3;
 

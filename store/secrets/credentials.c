@@ -5,10 +5,14 @@
 #include "common/log.h"
 #include "store/secrets/sops.h"
 
+#include <arpa/inet.h>
 #include <openssl/crypto.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 
 static void free_str(char **s)
@@ -22,14 +26,70 @@ static void free_str(char **s)
 
 void credentials_config_clear(struct s3_config *cfg)
 {
-	if (!cfg)
+	s3_config_free(cfg);
+}
+
+/* From the moment a secret is in memory the process is not dumpable: no
+ * core file holds it, and /proc/PID/{mem,environ,...} belong to root, so
+ * other processes of the same user cannot read it (nor ptrace us).  This
+ * is the one place both programs get their secrets from. */
+static void secrets_held(void)
+{
+	static atomic_flag done = ATOMIC_FLAG_INIT;
+	if (atomic_flag_test_and_set(&done))
 		return;
-	free_str(&cfg->endpoint);
-	free_str(&cfg->bucket);
-	free_str(&cfg->access_key);
-	free_str(&cfg->secret_key);
-	free_str(&cfg->region);
-	free_str(&cfg->ca_bundle);
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0))
+		log_debug("prctl(PR_SET_DUMPABLE, 0) failed; core dumps may hold the secret key");
+}
+
+int credentials_endpoint_in_clear(const char *endpoint)
+{
+	char host[256];
+	const char *a, *end;
+	size_t n;
+	unsigned char addr[16];
+	if (!endpoint || strncasecmp(endpoint, "http://", 7))
+		return 0;
+	a = endpoint + 7;
+	if (*a == '[') {
+		a++;
+		end = strchr(a, ']');
+		if (!end)
+			return 1;
+	} else {
+		end = a + strcspn(a, ":/?#");
+	}
+	n = (size_t)(end - a);
+	if (!n || n >= sizeof(host))
+		return 1;
+	memcpy(host, a, n);
+	host[n] = '\0';
+	if (!strcasecmp(host, "localhost"))
+		return 0;
+	if (inet_pton(AF_INET, host, addr) == 1)
+		return addr[0] != 127;
+	if (inet_pton(AF_INET6, host, addr) == 1) {
+		static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0,    0,
+		                                           0, 0, 0, 0, 0xff, 0xff};
+		if (!memcmp(addr, v4mapped, 12))
+			return addr[12] != 127;
+		return !IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)addr);
+	}
+	return 1;
+}
+
+/* Plain HTTP is fine to a server on this machine (tests, a local gateway);
+ * to anything else the requests and the bytes can be read and altered on
+ * the way (imgfs still checks every block against its record, but labctl's
+ * uploads and the listing are exposed).  Said once per process. */
+static void warn_in_clear(const char *endpoint)
+{
+	static atomic_flag done = ATOMIC_FLAG_INIT;
+	if (!credentials_endpoint_in_clear(endpoint) || atomic_flag_test_and_set(&done))
+		return;
+	log_warn("endpoint %s is plain http:// to another host: requests and data travel "
+	         "unencrypted and can be read or altered on the way; use https://",
+	         endpoint);
 }
 
 void credentials_file_free(struct cred_file *f)
@@ -119,6 +179,7 @@ int credentials_load_file(const char *path, const char *age_key_file, struct cre
 		err_prefix(e, "credentials file %s", path);
 		goto out;
 	}
+	secrets_held();
 	rc = 0;
 out:
 	OPENSSL_cleanse(key, sizeof(key));
@@ -199,6 +260,11 @@ int credentials_merge(const struct cred_opts *o, const struct cred_file *cf, str
 	out->max_attempts = 5;
 	out->connect_timeout_s = 10;
 	out->low_speed_timeout_s = 30;
+	/* one copy of the secret for every connection made from this config */
+	if (s3_config_share_secret(out, e))
+		goto out;
+	secrets_held();
+	warn_in_clear(out->endpoint);
 	rc = 0;
 out:
 	buf_free(&missing);

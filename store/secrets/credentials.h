@@ -17,7 +17,12 @@
  * as text) is used as well.  PGP entries go through gpg (gpg-agent).
  *
  * Secrets are kept only in memory and wiped when freed; errors name the file
- * and the failing step, never a key or a value. */
+ * and the failing step, never a key or a value.  The secret key of a
+ * resolved config is one shared heap copy (s3_config_share_secret: the
+ * connections copied from it point to it).  Once a secret is loaded the
+ * process is made undumpable (prctl PR_SET_DUMPABLE 0: no core file, and
+ * /proc/PID/mem, environ... readable by root only).  An endpoint that is
+ * plain http:// to a host other than this one is warned about once. */
 #ifndef IMGSTORE_STORE_CREDENTIALS_H
 #define IMGSTORE_STORE_CREDENTIALS_H
 
@@ -83,8 +88,14 @@ int cred_opt_set(struct cred_opts *o, int id, const char *value);
  * when the file does not exist. */
 int credentials_resolve(const struct cred_opts *o, struct s3_config *out, struct err *e);
 
-/* Wipe and free the strings of a config filled by credentials_resolve. */
+/* Wipe and free the strings of a config filled by credentials_resolve
+ * (s3_config_free). */
 void credentials_config_clear(struct s3_config *cfg);
+
+/* 1 when requests to endpoint go unencrypted to another machine: http://
+ * to a host that is not localhost, 127.0.0.0/8 or ::1 (names are not
+ * resolved: a name other than localhost counts as another machine). */
+int credentials_endpoint_in_clear(const char *endpoint);
 
 /* What a SOPS credentials file holds (for `labctl credentials check`). */
 struct cred_file {
