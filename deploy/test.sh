@@ -33,7 +33,7 @@ fi
 # 4. the repository stands alone: nothing tracked points outside it
 refs=$(git grep -l '\.\./shared' -- . || true)
 if [ -n "$refs" ]; then
-	echo "test.sh: these files refer to ../shared, which a clone of this repository does not have:" >&2
+	echo "test.sh: these files refer to .."'/shared, which a clone of this repository does not have:' >&2
 	echo "$refs" >&2
 	exit 1
 fi

@@ -23,7 +23,8 @@
 # Environment: IMGSTORE_BUILD (default ./build), BENCH_PORT (default 25000;
 # ports PORT..PORT+4, and PORT+10.. for the netem runs), BENCH_DIR (work dir,
 # default a fresh /tmp dir, removed afterwards), IMGSTORE_VMKIT_CACHE (kernel
-# cache, see tests/integration/vmkit).
+# cache and KVM verdict), IMGSTORE_VMKIT_ACCEL (kvm or tcg: skip the KVM
+# probe; see tests/integration/vmkit).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
 	--read-mib) READ_MIB=$2; shift 2 ;;
 	--netem) NETEM=$2; shift 2 ;;
 	--inner) INNER=$2; shift 2 ;; # internal: run the suite at this delay (ms) here
-	-h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "boot.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
@@ -171,6 +172,9 @@ trap cleanup EXIT
 # ------------------------------------------------------------------ the guest
 echo "boot.sh: preparing the guest (kernel, initramfs, a base with ${READ_MIB} MiB to read)" >&2
 $PY -m vmkit kernel >/dev/null
+# every boot below is a `vmkit boot` process of its own: settle KVM or TCG
+# once, here (a KVM probe on the first run after a host boot; cached after)
+echo "boot.sh: guests run under $($PY -m vmkit accel)" >&2
 export INITRD=$BENCH_DIR/initrd.img
 $PY -m vmkit initramfs "$INITRD"
 export LOCAL_BASE=$BENCH_DIR/base.qcow2

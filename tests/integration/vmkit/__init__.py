@@ -7,16 +7,25 @@
                 file) loads the virtio modules, hashes a region of /dev/vda,
                 writes a marker, syncs and powers off;
 - base_image(): a qcow2 with known, deterministic contents;
-- boot():       runs qemu-system-x86_64 (KVM when /dev/kvm is usable, else
-                TCG) with a hard timeout and parses the serial log.
+- accel():      'kvm' or 'tcg': KVM only once a tiny guest really ran under
+                it (probe_kvm), the verdict cached for this boot of the host;
+- boot():       runs qemu-system-x86_64 with that accelerator and a hard
+                timeout and parses the serial log.  QEMU dies with the
+                process that started it (popen_qemu).
 
 Cache: $IMGSTORE_VMKIT_CACHE, else $XDG_CACHE_HOME/imgstore-vmkit, else
 ~/.cache/imgstore-vmkit.  $IMGSTORE_VMKIT_KERNEL_PKG pins the package (e.g.
 linux-image-6.1.0-47-amd64); otherwise a kernel already in the cache is used,
 and only an empty cache asks apt for the current one (linux-image-amd64's
 dependency).
+
+Environment: $IMGSTORE_VMKIT_ACCEL forces the accelerator (kvm, tcg);
+$IMGSTORE_VMKIT_QEMU names the QEMU binary (default qemu-system-x86_64);
+$IMGSTORE_VMKIT_KVM_DEVICE the KVM device (default /dev/kvm).  The last two
+exist so that the tests can stand in a QEMU whose KVM guests hang.
 """
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -27,6 +36,7 @@ import signal
 import stat
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -253,6 +263,12 @@ class _Cpio:
 
 def initramfs(out, kern):
     """Write the test initramfs for `kern` to `out` (uncompressed newc)."""
+    return _write_initramfs(out, INIT_SCRIPT.read_bytes(), kern.modules)
+
+
+def _write_initramfs(out, init, modules):
+    """A busybox initramfs with `init` (bytes) as /init and `modules` (.ko
+    paths, in load order) under /lib/modules."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -263,9 +279,9 @@ def initramfs(out, kern):
         c.chardev("dev/null", 1, 3, 0o666)
         c.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
         c.symlink("bin/sh", "busybox")
-        c.file("init", INIT_SCRIPT.read_bytes(), 0o755)
+        c.file("init", init, 0o755)
         names = []
-        for m in kern.modules:
+        for m in modules:
             c.file(f"lib/modules/{m.name}", m.read_bytes())
             names.append(m.name[:-3])
         c.file("lib/modules/order", ("\n".join(names) + "\n").encode())
@@ -349,19 +365,162 @@ def read_guest(image, off, length, fmt="qcow2", opts=None):
             return f.read(length)
 
 
-# ---------------------------------------------------------------- boot
+# ---------------------------------------------------------------- qemu processes
 
 
-def accel():
-    """'kvm' when /dev/kvm can be opened, else 'tcg'."""
-    if os.environ.get("IMGSTORE_VMKIT_ACCEL"):
-        return os.environ["IMGSTORE_VMKIT_ACCEL"]
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def qemu_binary():
+    return os.environ.get("IMGSTORE_VMKIT_QEMU") or "qemu-system-x86_64"
+
+
+def _die_with(parent_pid):
+    """A preexec_fn: the kernel sends the child SIGKILL when the thread that
+    forked it dies.  Without it a QEMU outlives a killed test run or demo (it
+    is in a session of its own) and keeps holding its image locks."""
+    def preexec():
+        if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent_pid:   # the parent died before the prctl
+            os.kill(os.getpid(), signal.SIGKILL)
+    return preexec
+
+
+def popen_qemu(args, **kw):
+    """subprocess.Popen for QEMU, the only way vmkit starts one: in a session
+    of its own (so that killpg reaches anything it started) and killed when
+    its parent goes.  PR_SET_PDEATHSIG fires when the parent *thread* exits:
+    call this from a thread that outlives QEMU (the main thread does)."""
+    return subprocess.Popen([str(a) for a in args], start_new_session=True,
+                            preexec_fn=_die_with(os.getpid()), **kw)
+
+
+def _run_qemu(args, timeout):
+    """Run QEMU with stdout+stderr captured, SIGKILLed after `timeout` s.
+    Returns (returncode, text, timed_out)."""
+    p = popen_qemu(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT)
+    timed_out = False
     try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
-        os.close(fd)
-        return "kvm"
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+    return p.returncode, out.decode("utf-8", "replace").replace("\r", ""), timed_out
+
+
+# ---------------------------------------------------------------- accelerator
+
+# On some hosts /dev/kvm opens but no KVM guest gets anywhere (nested
+# virtualization): SeaBIOS prints "Booting from ROM..." and then nothing, until
+# the boot timeout.  So KVM is chosen only after a guest ran under it: the test
+# kernel, with an initramfs whose /init prints PROBE_MARKER and powers off.
+# Firmware output does not count; the marker comes from guest userspace.
+PROBE_SECONDS = 10      # a working KVM needs ~1 s, TCG ~6 s on a busy 2-core host
+PROBE_MARKER = "VMKIT-PROBE-OK"
+PROBE_INIT = (b"#!/bin/busybox sh\n"
+              b"/bin/busybox echo " + PROBE_MARKER.encode() + b"\n"
+              b"/bin/busybox poweroff -f\n")
+
+_ACCEL = {}             # (qemu, kvm device) -> verdict, for this process
+
+
+def _warn(msg):
+    # stderr: `python3 -m vmkit boot --json` keeps stdout for its JSON
+    print(msg, file=sys.stderr, flush=True)
+
+
+def kvm_device():
+    return os.environ.get("IMGSTORE_VMKIT_KVM_DEVICE") or "/dev/kvm"
+
+
+def _can_open(path):
+    try:
+        os.close(os.open(path, os.O_RDWR))
+        return True
     except OSError:
+        return False
+
+
+def accel(kern=None, qemu=None, kvm_dev=None, deadline=PROBE_SECONDS, log=_warn):
+    """'kvm' or 'tcg' for guests started with `qemu` (default qemu_binary()).
+
+    $IMGSTORE_VMKIT_ACCEL wins; a KVM device that does not open means TCG
+    without a probe.  Otherwise probe_kvm decides, once per boot of the host:
+    the verdict is kept in this process and in a file in the cache dir
+    (accel_cache_file), so the tests, the demo and tests/bench/boot.sh agree
+    and only the first of them waits for the probe."""
+    forced = os.environ.get("IMGSTORE_VMKIT_ACCEL")
+    if forced:
+        return forced
+    qemu = qemu or qemu_binary()
+    kvm_dev = kvm_dev or kvm_device()
+    if not _can_open(kvm_dev):
         return "tcg"
+    key = (shutil.which(qemu) or qemu, str(kvm_dev))
+    if key not in _ACCEL:
+        _ACCEL[key] = _cached_verdict(key, kern, deadline, log)
+    return _ACCEL[key]
+
+
+def _boot_id():
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def accel_cache_file(qemu, kvm_dev):
+    """Where the verdict for (qemu path, KVM device) is kept."""
+    h = hashlib.sha256(f"{qemu}\0{kvm_dev}".encode()).hexdigest()[:16]
+    return cache_dir() / f"accel-{h}.json"
+
+
+def _cached_verdict(key, kern, deadline, log):
+    """The verdict stored for this boot of the host, else a fresh probe,
+    stored.  Under the lock, so concurrent pytest workers probe only once."""
+    path = accel_cache_file(*key)
+    boot_id = _boot_id()
+    with _locked(path.with_suffix(".lock")):
+        try:
+            v = json.loads(path.read_text())
+            if boot_id and v["boot_id"] == boot_id and v["accel"] in ("kvm", "tcg"):
+                return v["accel"]
+        except (OSError, ValueError, KeyError):
+            pass
+        verdict, why = probe_kvm(kern or kernel(log=log), key[0], deadline)
+        if why:
+            log(f"vmkit: {key[1]} opens but {why}; using TCG")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"boot_id": boot_id, "qemu": key[0], "kvm_device": key[1],
+                                   "accel": verdict, "reason": why}) + "\n")
+        os.replace(tmp, path)
+    return verdict
+
+
+def probe_kvm(kern, qemu=None, deadline=PROBE_SECONDS):
+    """Boot the probe guest under `-accel kvm`, killed after `deadline` s.
+    Returns ('kvm', None) when its /init printed PROBE_MARKER, else
+    ('tcg', why)."""
+    with tempfile.TemporaryDirectory(prefix="vmkit-probe-") as tmp:
+        initrd = _write_initramfs(Path(tmp) / "probe.img", PROBE_INIT, [])
+        args = qemu_command(kern, initrd, accelerator="kvm", qemu=qemu, memory=128)
+        t0 = time.monotonic()
+        rc, text, timed_out = _run_qemu(args, deadline)
+        secs = time.monotonic() - t0
+    if PROBE_MARKER in text:
+        return "kvm", None
+    if timed_out:
+        return "tcg", f"a KVM guest printed nothing from its /init in {deadline:g}s"
+    last = text.strip().splitlines()[-1:] or ["no output"]
+    return "tcg", (f"a KVM guest ended (exit {rc} after {secs:.1f}s) before its /init ran:"
+                   f" {last[0][:200]}")
+
+
+# ---------------------------------------------------------------- boot
 
 
 @dataclass
@@ -403,10 +562,11 @@ def parse_log(text, res):
     return res
 
 
-def qemu_command(kern, initrd, drive, region=None, marker=None, marker_off=None,
-                 direct_read=False, memory=256, extra_append=""):
-    """The qemu-system-x86_64 argument vector.  `drive` is the -drive value
-    (e.g. 'file=overlay.qcow2,if=virtio' or a dict of options)."""
+def qemu_command(kern, initrd, drive=None, region=None, marker=None, marker_off=None,
+                 direct_read=False, memory=256, extra_append="", accelerator=None, qemu=None):
+    """The QEMU argument vector.  `drive` is the -drive value (e.g.
+    'file=overlay.qcow2,if=virtio' or a dict of options), None for no disk;
+    `accelerator` defaults to accel() for `qemu` (default qemu_binary())."""
     if isinstance(drive, dict):
         drive = ",".join(f"{k}={v}" for k, v in drive.items())
     append = ["console=ttyS0", "panic=-1", "quiet", "loglevel=3", "rdinit=/init",
@@ -419,31 +579,25 @@ def qemu_command(kern, initrd, drive, region=None, marker=None, marker_off=None,
         append.append("vmkit.direct=1")
     if extra_append:
         append.append(extra_append)
-    a = accel()
-    return ["qemu-system-x86_64", "-machine", "pc", "-accel", a,
+    qemu = qemu or qemu_binary()
+    a = accelerator or accel(kern, qemu=qemu)
+    args = [qemu, "-machine", "pc", "-accel", a,
             "-cpu", "host" if a == "kvm" else "max",
             "-m", str(memory), "-smp", "1", "-nographic", "-no-reboot",
             "-nodefaults", "-serial", "stdio", "-display", "none",
             "-kernel", str(kern.vmlinuz), "-initrd", str(initrd),
-            "-append", " ".join(append), "-drive", drive]
+            "-append", " ".join(append)]
+    return args + ["-drive", drive] if drive else args
 
 
 def boot(kern, initrd, drive, timeout=120, log_path=None, **kw):
     """Boot the test guest; returns a BootResult (never raises on a failed
-    guest: the caller asserts, with the log at hand)."""
+    guest: the caller asserts, with the log at hand).  The accelerator is
+    chosen (and, the first time, probed) before the clock starts."""
     args = qemu_command(kern, initrd, drive, **kw)
     t0 = time.monotonic()
-    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, start_new_session=True)
-    timed_out = False
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(p.pid, signal.SIGKILL)
-        out, _ = p.communicate()
+    rc, text, timed_out = _run_qemu(args, timeout)
     secs = time.monotonic() - t0
-    text = out.decode("utf-8", "replace").replace("\r", "")
     if log_path:
         Path(log_path).write_text(" ".join(args) + "\n\n" + text)
-    return parse_log(text, BootResult(p.returncode, secs, text, timed_out))
+    return parse_log(text, BootResult(rc, secs, text, timed_out))

@@ -1,24 +1,28 @@
 """Command line for vmkit (used by tests/bench/boot.sh and by hand):
 
   PYTHONPATH=tests/integration python3 -m vmkit kernel
+  PYTHONPATH=tests/integration python3 -m vmkit accel
   PYTHONPATH=tests/integration python3 -m vmkit initramfs OUT
   PYTHONPATH=tests/integration python3 -m vmkit base OUT.qcow2 [--size MiB --len MiB]
   PYTHONPATH=tests/integration python3 -m vmkit boot --drive OPTS --initrd F [--expect HEX]
         [--marker S --marker-off N] [--off N --len N] [--timeout S] [--log F] [--json]
 
-`boot` exits 0 when the guest finished (and printed --expect when given).
+`accel` prints the accelerator boot will use (kvm or tcg), probing KVM if no
+verdict is cached for this boot of the host yet.  `boot` exits 0 when the
+guest finished (and printed --expect when given).
 """
 import argparse
 import json
 import sys
 
-from . import MiB, VmkitError, base_image, boot, initramfs, kernel
+from . import MiB, VmkitError, accel, base_image, boot, initramfs, kernel
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="vmkit")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("kernel", help="fetch (or find in the cache) the kernel; print its paths")
+    sub.add_parser("accel", help="print the accelerator guests get (kvm or tcg)")
     p = sub.add_parser("initramfs", help="build the test initramfs")
     p.add_argument("out")
     p = sub.add_parser("base", help="build a base qcow2 with known contents")
@@ -45,6 +49,8 @@ def main(argv=None):
             print(json.dumps({"package": k.package, "version": k.version,
                               "vmlinuz": str(k.vmlinuz),
                               "modules": [str(m) for m in k.modules]}, indent=2))
+        elif a.cmd == "accel":
+            print(accel())
         elif a.cmd == "initramfs":
             initramfs(a.out, kernel(log=lambda m: print(m, file=sys.stderr)))
         elif a.cmd == "base":
