@@ -8,13 +8,13 @@
 #include "fs/imgfs.h"
 
 #include "common/log.h"
+#include "common/opt.h"
 #include "common/size.h"
 #include "common/timefmt.h"
 #include "store/secrets/credentials.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <limits.h>
 #include <malloc.h>
 #include <poll.h>
@@ -148,9 +148,11 @@ static void detach_stdio(void)
 /* ---- options ---- */
 
 struct cli {
-	const char *endpoint, *bucket, *credentials, *age_key_file, *ca_bundle;
+	struct cred_opts cred; /* --endpoint, --bucket, --credentials, ... */
 	const char *cache_dir;
+	const char *mountpoint;
 	char *fuse_opts; /* comma-joined -o values */
+	struct imgfs_opts *o;
 };
 
 static char *absolute(const char *path)
@@ -194,90 +196,101 @@ static int append_opt(char **dst, const char *opt)
 }
 
 enum {
-	OPT_ENDPOINT = 256,
-	OPT_BUCKET,
-	OPT_CREDENTIALS,
-	OPT_AGE_KEY,
-	OPT_CA_BUNDLE,
-	OPT_CACHE_DIR,
+	OPT_CACHE_DIR = 256,
 	OPT_CACHE_SIZE,
 	OPT_REFRESH,
 	OPT_TIMEOUT,
 	OPT_ALLOW_UNVERIFIED,
-	OPT_HELP,
 	OPT_VERSION,
 };
+
+/* Every long option, by name (usage_text describes them): the command line
+ * is read through this table, and so can any other syntax that names an
+ * option (opt_find).  Short options: -f (--foreground), -h, -o. */
+static const struct optdef imgfs_optdefs[] = {
+        CRED_OPTDEF_ENDPOINT,
+        CRED_OPTDEF_BUCKET,
+        CRED_OPTDEF_CREDENTIALS,
+        CRED_OPTDEF_AGE_KEY_FILE,
+        CRED_OPTDEF_CA_BUNDLE,
+        {"cache-dir", OPT_CACHE_DIR, 1, "DIR", NULL},
+        {"cache-size", OPT_CACHE_SIZE, 1, "SIZE", NULL},
+        {"refresh", OPT_REFRESH, 1, "SECONDS", NULL},
+        {"timeout", OPT_TIMEOUT, 1, "SECONDS", NULL},
+        {"allow-unverified", OPT_ALLOW_UNVERIFIED, 0, NULL, NULL},
+        {"foreground", 'f', 0, NULL, NULL},
+        OPT_DEF_HELP,
+        {"version", OPT_VERSION, 0, NULL, NULL},
+        OPT_DEF_END,
+};
+
+/* One option, whichever way it was given: 0, 1 to stop (--help,
+ * --version), -1 with e set. */
+static int imgfs_opt(void *ud, int id, const char *v, struct err *e)
+{
+	struct cli *c = ud;
+	struct imgfs_opts *o = c->o;
+	if (cred_opt_set(&c->cred, id, v))
+		return 0;
+	switch (id) {
+	case OPT_CACHE_DIR: c->cache_dir = v; return 0;
+	case OPT_CACHE_SIZE:
+		if (size_parse(v, &o->cache_size) || o->cache_size < (1u << 20))
+			return err_set(e, ERR_USAGE,
+			               "--cache-size: '%s' is not a size of at least 1M (a number "
+			               "with an optional K, M, G or T suffix)",
+			               v);
+		return 0;
+	case OPT_REFRESH:
+		if (seconds_parse(v, 0, MAX_SECONDS, &o->refresh_s))
+			return err_set(e, ERR_USAGE,
+			               "--refresh: '%s' is not a whole number of seconds", v);
+		return 0;
+	case OPT_TIMEOUT:
+		if (seconds_parse(v, 1, MAX_SECONDS, &o->timeout_s))
+			return err_set(e, ERR_USAGE,
+			               "--timeout: '%s' is not a whole number of seconds (at least "
+			               "1)",
+			               v);
+		return 0;
+	case OPT_ALLOW_UNVERIFIED: o->allow_unverified = 1; return 0;
+	case 'f': o->foreground = 1; return 0;
+	case 'o':
+		if (append_opt(&c->fuse_opts, v))
+			return err_set(e, ERR_USAGE, "out of memory");
+		return 0;
+	case 'h': fputs(usage_text, stdout); return 1;
+	case OPT_VERSION: printf("imgfs %s\n", IMGSTORE_VERSION); return 1;
+	}
+	return err_set(e, ERR_USAGE, "unknown option");
+}
+
+static int imgfs_arg(void *ud, const char *arg, struct err *e)
+{
+	struct cli *c = ud;
+	if (c->mountpoint)
+		return err_set(e, ERR_USAGE, "unexpected argument '%s'", arg);
+	c->mountpoint = arg;
+	return 0;
+}
 
 /* 0 go on, else the exit code (-1: exit 0 after --help/--version). */
 static int parse_args(int argc, char **argv, struct cli *c, struct imgfs_opts *o)
 {
-	static const struct option longopts[] = {
-	        {"endpoint", required_argument, NULL, OPT_ENDPOINT},
-	        {"bucket", required_argument, NULL, OPT_BUCKET},
-	        {"credentials", required_argument, NULL, OPT_CREDENTIALS},
-	        {"sops-age-key-file", required_argument, NULL, OPT_AGE_KEY},
-	        {"ca-bundle", required_argument, NULL, OPT_CA_BUNDLE},
-	        {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
-	        {"cache-size", required_argument, NULL, OPT_CACHE_SIZE},
-	        {"refresh", required_argument, NULL, OPT_REFRESH},
-	        {"timeout", required_argument, NULL, OPT_TIMEOUT},
-	        {"allow-unverified", no_argument, NULL, OPT_ALLOW_UNVERIFIED},
-	        {"foreground", no_argument, NULL, 'f'},
-	        {"help", no_argument, NULL, OPT_HELP},
-	        {"version", no_argument, NULL, OPT_VERSION},
-	        {NULL, 0, NULL, 0},
-	};
-	int ch;
+	const struct optdef *const tables[] = {imgfs_optdefs, NULL};
+	const struct opt_parser p = {tables, "fo:h", imgfs_opt, imgfs_arg, c};
+	struct err e = {0};
+	int rc;
 
 	o->cache_size = DEFAULT_CACHE_SIZE;
 	o->refresh_s = DEFAULT_REFRESH_S;
 	o->timeout_s = DEFAULT_TIMEOUT_S;
-	opterr = 0;
-	while ((ch = getopt_long(argc, argv, ":fo:h", longopts, NULL)) != -1) {
-		switch (ch) {
-		case OPT_ENDPOINT: c->endpoint = optarg; break;
-		case OPT_BUCKET: c->bucket = optarg; break;
-		case OPT_CREDENTIALS: c->credentials = optarg; break;
-		case OPT_AGE_KEY: c->age_key_file = optarg; break;
-		case OPT_CA_BUNDLE: c->ca_bundle = optarg; break;
-		case OPT_CACHE_DIR: c->cache_dir = optarg; break;
-		case OPT_CACHE_SIZE:
-			if (size_parse(optarg, &o->cache_size) || o->cache_size < (1u << 20))
-				return usage_error(
-				        "--cache-size: '%s' is not a size of at least 1M "
-				        "(a number with an optional K, M, G or T suffix)",
-				        optarg);
-			break;
-		case OPT_REFRESH:
-			if (seconds_parse(optarg, 0, MAX_SECONDS, &o->refresh_s))
-				return usage_error(
-				        "--refresh: '%s' is not a whole number of seconds", optarg);
-			break;
-		case OPT_TIMEOUT:
-			if (seconds_parse(optarg, 1, MAX_SECONDS, &o->timeout_s))
-				return usage_error(
-				        "--timeout: '%s' is not a whole number of seconds "
-				        "(at least 1)",
-				        optarg);
-			break;
-		case OPT_ALLOW_UNVERIFIED: o->allow_unverified = 1; break;
-		case 'f': o->foreground = 1; break;
-		case 'o':
-			if (append_opt(&c->fuse_opts, optarg))
-				return usage_error("%s", "out of memory");
-			break;
-		case 'h':
-		case OPT_HELP: fputs(usage_text, stdout); return -1;
-		case OPT_VERSION: printf("imgfs %s\n", IMGSTORE_VERSION); return -1;
-		case ':': return usage_error("option '%s' needs an argument", argv[optind - 1]);
-		default: return usage_error("unknown option '%s'", argv[optind - 1]);
-		}
-	}
-	if (optind >= argc)
+	c->o = o;
+	rc = opt_parse(&p, argc, argv, &e);
+	if (rc)
+		return rc > 0 ? -1 : usage_error("%s", e.msg);
+	if (!c->mountpoint)
 		return usage_error("%s", "missing MOUNTPOINT");
-	if (optind + 1 < argc)
-		return usage_error("unexpected argument '%s'", argv[optind + 1]);
-	o->mountpoint = argv[optind];
 	return 0;
 }
 
@@ -425,13 +438,6 @@ static uint64_t env_mib(const char *name)
 
 static int start(struct imgfs *fs, struct cli *c, struct err *e)
 {
-	struct cred_opts co = {
-	        .credentials_path = c->credentials,
-	        .age_key_file = c->age_key_file,
-	        .endpoint = c->endpoint,
-	        .bucket = c->bucket,
-	        .ca_bundle = c->ca_bundle,
-	};
 	struct cache_opts cop = {0};
 	struct reader_opts ro = {0};
 	struct state *prev = NULL;
@@ -441,7 +447,7 @@ static int start(struct imgfs *fs, struct cli *c, struct err *e)
 
 	if (s3_global_init(e))
 		return -1;
-	if (credentials_resolve(&co, &fs->cfg, e))
+	if (credentials_resolve(&c->cred, &fs->cfg, e))
 		return -1;
 	fs->cfg.retry_budget_s = (double)fs->o.timeout_s;
 	if (fs->cfg.connect_timeout_s <= 0 || fs->cfg.connect_timeout_s > fs->o.timeout_s)
@@ -540,8 +546,8 @@ int main(int argc, char **argv)
 	mallopt(M_ARENA_MAX, 4);
 	mallopt(M_TRIM_THRESHOLD, 16 << 20);
 
-	if (!(mp = realpath(fs->o.mountpoint, NULL))) {
-		fprintf(stderr, "imgfs: mount point %s: %s\n", fs->o.mountpoint, strerror(errno));
+	if (!(mp = realpath(c.mountpoint, NULL))) {
+		fprintf(stderr, "imgfs: mount point %s: %s\n", c.mountpoint, strerror(errno));
 		return 1;
 	}
 	fs->o.mountpoint = mp;

@@ -2,23 +2,12 @@
 
 #include "common/log.h"
 #include "manifest/manifest.h"
-#include "store/secrets/credentials.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const struct optdef help_opt = {"help", OPT_HELP, 0, NULL, "show this help and exit"};
-
-static const struct optdef *find_opt(const struct cmd_spec *spec, const char *name, size_t len)
-{
-	if (len == 4 && !strncmp(name, "help", 4))
-		return &help_opt;
-	for (const struct optdef *o = spec->opts; o && o->name; o++)
-		if (strlen(o->name) == len && !strncmp(o->name, name, len))
-			return o;
-	return NULL;
-}
+static const struct optdef help_opts[] = {OPT_DEF_HELP, OPT_DEF_END};
 
 void cli_help(const struct cmd_spec *spec, FILE *out)
 {
@@ -32,73 +21,53 @@ void cli_help(const struct cmd_spec *spec, FILE *out)
 			snprintf(left, sizeof(left), "--%s", o->name);
 		fprintf(out, "  %-28s %s\n", left, o->help);
 	}
-	fprintf(out, "  %-28s %s\n", "-h, --help", help_opt.help);
+	fprintf(out, "  %-28s %s\n", "-h, --help", help_opts[0].help);
 	fprintf(out, "\nExit status: 0 success, 1 the work failed, 2 usage error or invalid "
 	             "manifest.\n");
 }
 
-static int usage_err(const struct cmd_spec *spec, struct err *e, const char *what)
+struct parse_ctx {
+	const struct cmd_spec *spec;
+	struct common_opts *common;
+	opt_fn fn;
+	void *ud;
+	int failed; /* the command's handler set the error */
+};
+
+static int on_opt(void *ud, int id, const char *value, struct err *e)
 {
-	return err_set(e, ERR_USAGE, "%s: %s (see 'labctl %s --help')", spec->name, what,
-	               spec->name);
+	struct parse_ctx *c = ud;
+	if (id == 'h') {
+		cli_help(c->spec, stdout);
+		return 1;
+	}
+	if (id == OPT_MANIFEST) {
+		c->common->manifest = value;
+		return 0;
+	}
+	if (cred_opt_set(&c->common->cred, id, value))
+		return 0;
+	if (!c->fn || c->fn(c->ud, id, value, e)) {
+		c->failed = 1;
+		return err_prefix(e, "%s", c->spec->name);
+	}
+	return 0;
 }
 
 int cli_parse(const struct cmd_spec *spec, int argc, char **argv, struct common_opts *common,
-              cli_opt_fn fn, void *ud, struct err *e)
+              opt_fn fn, void *ud, struct err *e)
 {
-	char what[512];
-	for (int i = 1; i < argc; i++) {
-		const char *arg = argv[i];
-		const char *value = NULL;
-		const struct optdef *o;
-		size_t len;
-		if (!strcmp(arg, "-h")) {
-			cli_help(spec, stdout);
-			return 1;
-		}
-		if (strncmp(arg, "--", 2) || !arg[2]) {
-			snprintf(what, sizeof(what), "unexpected argument '%s'", arg);
-			return usage_err(spec, e, what);
-		}
-		arg += 2;
-		len = strcspn(arg, "=");
-		o = find_opt(spec, arg, len);
-		if (!o) {
-			snprintf(what, sizeof(what), "unknown option '--%.*s'", (int)len, arg);
-			return usage_err(spec, e, what);
-		}
-		if (arg[len] == '=') {
-			if (!o->has_arg) {
-				snprintf(what, sizeof(what), "option '--%s' takes no value",
-				         o->name);
-				return usage_err(spec, e, what);
-			}
-			value = arg + len + 1;
-		} else if (o->has_arg) {
-			if (i + 1 >= argc) {
-				snprintf(what, sizeof(what), "option '--%s' needs a value (%s)",
-				         o->name, o->metavar);
-				return usage_err(spec, e, what);
-			}
-			value = argv[++i];
-		}
-		if (o->has_arg && !*value) {
-			snprintf(what, sizeof(what), "option '--%s' needs a non-empty value",
-			         o->name);
-			return usage_err(spec, e, what);
-		}
-		switch (o->id) {
-		case OPT_HELP: cli_help(spec, stdout); return 1;
-		case OPT_CREDENTIALS: common->credentials = value; break;
-		case OPT_SOPS_AGE_KEY_FILE: common->sops_age_key_file = value; break;
-		case OPT_CA_BUNDLE: common->ca_bundle = value; break;
-		case OPT_MANIFEST: common->manifest = value; break;
-		default:
-			if (!fn || fn(ud, o->id, value, e))
-				return err_prefix(e, "%s", spec->name);
-		}
-	}
-	return 0;
+	const struct optdef *const tables[] = {spec->opts, help_opts, NULL};
+	struct parse_ctx c = {spec, common, fn, ud, 0};
+	const struct opt_parser p = {tables, "h", on_opt, NULL, &c};
+	struct err pe = {0};
+	int rc = opt_parse(&p, argc, argv, &pe);
+	if (rc < 0 && !c.failed)
+		err_set(e, ERR_USAGE, "%s: %s (see 'labctl %s --help')", spec->name, pe.msg,
+		        spec->name);
+	else if (rc < 0)
+		err_set(e, pe.code, "%s", pe.msg);
+	return rc;
 }
 
 int cli_fail(const struct err *e)
@@ -122,16 +91,12 @@ int cli_parse_int(const char *flag, const char *value, long min, long max, long 
 
 const char *cli_ca_bundle(const struct common_opts *c)
 {
-	return c->ca_bundle;
+	return c->cred.ca_bundle;
 }
 
 int cli_s3_config(const struct common_opts *c, struct s3_config *cfg, struct err *e)
 {
-	struct cred_opts co = {0};
-	co.credentials_path = c->credentials;
-	co.age_key_file = c->sops_age_key_file;
-	co.ca_bundle = c->ca_bundle;
-	if (credentials_resolve(&co, cfg, e))
+	if (credentials_resolve(&c->cred, cfg, e))
 		return -1;
 	if (strncmp(cfg->endpoint, "http://", 7) && strncmp(cfg->endpoint, "https://", 8)) {
 		s3_config_free(cfg);

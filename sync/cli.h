@@ -1,56 +1,29 @@
-/* labctl command-line plumbing shared by every command: a small long-option
- * parser with per-command tables, the common flags of CLI.md, --help text,
- * and turning the common flags into an S3 configuration. */
+/* labctl command-line plumbing shared by every command: per-command option
+ * tables for common/opt.h, the common flags of CLI.md, --help text, and
+ * turning the common flags into an S3 configuration. */
 #ifndef IMGSTORE_SYNC_CLI_H
 #define IMGSTORE_SYNC_CLI_H
 
 #include "common/err.h"
+#include "common/opt.h"
 #include "store/s3/s3.h"
+#include "store/secrets/credentials.h"
 
 #include <stdio.h>
 
-/* Ids of the flags every command may share; command-specific ids start at 1. */
-enum {
-	OPT_HELP = 1000,
-	OPT_CREDENTIALS,
-	OPT_SOPS_AGE_KEY_FILE,
-	OPT_CA_BUNDLE,
-	OPT_MANIFEST,
-};
+/* labctl's names for the options several commands share: the credential
+ * options of store/secrets/credentials.h, --manifest and -h/--help. */
+enum { OPT_MANIFEST = 0x2000 };
 
-struct optdef {
-	const char *name; /* without the leading "--" */
-	int id;
-	int has_arg;
-	const char *metavar; /* shown in --help when has_arg */
-	const char *help;
-};
-
-#define CLI_OPT_CREDENTIALS                                                                        \
-	{                                                                                          \
-		"credentials", OPT_CREDENTIALS, 1, "PATH",                                         \
-		        "SOPS-encrypted YAML with the bucket credentials (used when the E2_* "     \
-		        "variables are not set)"                                                   \
-	}
-#define CLI_OPT_SOPS_AGE_KEY_FILE                                                                  \
-	{                                                                                          \
-		"sops-age-key-file", OPT_SOPS_AGE_KEY_FILE, 1, "PATH",                             \
-		        "age identity file for --credentials (default: $SOPS_AGE_KEY_FILE)"        \
-	}
-#define CLI_OPT_CA_BUNDLE                                                                          \
-	{                                                                                          \
-		"ca-bundle", OPT_CA_BUNDLE, 1, "FILE",                                             \
-		        "an extra CA certificate file to trust (S3 endpoint and HTTPS sources)"    \
-	}
+#define CLI_OPT_CREDENTIALS       CRED_OPTDEF_CREDENTIALS
+#define CLI_OPT_SOPS_AGE_KEY_FILE CRED_OPTDEF_AGE_KEY_FILE
+#define CLI_OPT_CA_BUNDLE         CRED_OPTDEF_CA_BUNDLE
 #define CLI_OPT_MANIFEST                                                                           \
 	{                                                                                          \
 		"manifest", OPT_MANIFEST, 1, "PATH",                                               \
 		        "the image manifest (default: ./images/images.yaml)"                       \
 	}
-#define CLI_OPT_END                                                                                \
-	{                                                                                          \
-		NULL, 0, 0, NULL, NULL                                                             \
-	}
+#define CLI_OPT_END OPT_DEF_END
 
 struct cmd_spec {
 	const char *name;    /* "images upload" */
@@ -60,19 +33,16 @@ struct cmd_spec {
 };
 
 struct common_opts {
-	const char *credentials;
-	const char *sops_age_key_file;
-	const char *ca_bundle;
+	struct cred_opts cred; /* --credentials, --sops-age-key-file, --ca-bundle */
 	const char *manifest;
 };
 
-/* Handler for a command's own flags (value NULL for flags without argument). */
-typedef int (*cli_opt_fn)(void *ud, int id, const char *value, struct err *e);
-
-/* Parse argv[1..argc) (argv[0] is the command name).  Returns 0 when parsed,
- * 1 when --help was printed (the command exits 0), -1 with ERR_USAGE set. */
+/* Parse argv[1..argc) (argv[0] is the command name): the options of
+ * spec->opts and -h/--help, no other arguments; fn(ud, ...) gets the
+ * command's own options.  Returns 0 when parsed, 1 when --help was printed
+ * (the command exits 0), -1 with ERR_USAGE set. */
 int cli_parse(const struct cmd_spec *spec, int argc, char **argv, struct common_opts *common,
-              cli_opt_fn fn, void *ud, struct err *e);
+              opt_fn fn, void *ud, struct err *e);
 void cli_help(const struct cmd_spec *spec, FILE *out);
 
 /* Print "labctl: <msg>" for a failed command and return its exit code. */

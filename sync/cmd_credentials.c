@@ -4,12 +4,12 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/file.h"
+#include "common/opt.h"
 #include "store/secrets/credentials.h"
 #include "store/secrets/sops.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,71 +117,90 @@ static int write_output(const char *path, const struct buf *b, struct err *e)
 	return file_write_atomic(path, b->data, b->len, 0666 & ~um, e);
 }
 
+/* The options; their help is help_encrypt's text. */
+enum { OPT_AGE = 1, OPT_PGP, OPT_IN, OPT_OUT };
+
+static const struct optdef encrypt_opts[] = {
+        {"age", OPT_AGE, 1, "RECIPIENT", NULL},
+        {"pgp", OPT_PGP, 1, "FPR", NULL},
+        {"in", OPT_IN, 1, "PATH", NULL},
+        {"out", OPT_OUT, 1, "PATH", NULL},
+        OPT_DEF_HELP,
+        OPT_DEF_END,
+};
+
+struct encrypt_args {
+	char *ages[MAX_RCPT], *pgps[MAX_RCPT];
+	size_t nage, npgp;
+	const char *in, *out;
+};
+
+static int encrypt_opt(void *ud, int id, const char *v, struct err *e)
+{
+	struct encrypt_args *a = ud;
+	switch (id) {
+	/* v points into argv, which add_list may cut into pieces */
+	case OPT_AGE:
+		if (add_list(a->ages, &a->nage, (char *)v))
+			return err_set(e, ERR_USAGE, "too many --age recipients");
+		return 0;
+	case OPT_PGP:
+		if (add_list(a->pgps, &a->npgp, (char *)v))
+			return err_set(e, ERR_USAGE, "too many --pgp keys");
+		return 0;
+	case OPT_IN: a->in = v; return 0;
+	case OPT_OUT: a->out = v; return 0;
+	case 'h': help_encrypt(stdout); return 1;
+	}
+	return err_set(e, ERR_USAGE, "unknown option");
+}
+
 static int cmd_encrypt(int argc, char **argv)
 {
-	static const struct option opts[] = {
-	        {"age", required_argument, NULL, 'a'}, {"pgp", required_argument, NULL, 'p'},
-	        {"in", required_argument, NULL, 'i'},  {"out", required_argument, NULL, 'o'},
-	        {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0}};
-	char *ages[MAX_RCPT], *pgps[MAX_RCPT], *envdup[2] = {NULL, NULL};
-	size_t nage = 0, npgp = 0;
-	const char *in = "-", *out = NULL;
+	const struct optdef *const tables[] = {encrypt_opts, NULL};
+	struct encrypt_args a = {.in = "-"};
+	const struct opt_parser p = {tables, "h", encrypt_opt, NULL, &a};
+	char *envdup[2] = {NULL, NULL};
 	struct sops_encrypt_opts o;
 	struct buf plain = BUF_INIT, enc = BUF_INIT;
 	struct err e = {0};
-	int c, rc = 2;
-	opterr = 0;
-	optind = 0;
-	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
-		switch (c) {
-		case 'a':
-			if (add_list(ages, &nage, optarg))
-				return usage("encrypt", "too many --age recipients");
-			break;
-		case 'p':
-			if (add_list(pgps, &npgp, optarg))
-				return usage("encrypt", "too many --pgp keys");
-			break;
-		case 'i': in = optarg; break;
-		case 'o': out = optarg; break;
-		case 'h': help_encrypt(stdout); return 0;
-		case ':': return usage("encrypt", "an option is missing its value");
-		default: return usage("encrypt", "unknown option");
-		}
+	int rc = 2;
+	switch (opt_parse(&p, argc, argv, &e)) {
+	case 0: break;
+	case 1: return 0;
+	default: return usage("encrypt", e.msg);
 	}
-	if (optind < argc)
-		return usage("encrypt", "unexpected argument");
-	if (!out)
+	if (!a.out)
 		return usage("encrypt", "--out FILE is required");
-	if (!nage && !npgp) {
+	if (!a.nage && !a.npgp) {
 		const char *ea = getenv("SOPS_AGE_RECIPIENTS"), *ep = getenv("SOPS_PGP_FP");
 		if (ea && *ea && (envdup[0] = strdup(ea)))
-			add_list(ages, &nage, envdup[0]);
+			add_list(a.ages, &a.nage, envdup[0]);
 		if (ep && *ep && (envdup[1] = strdup(ep)))
-			add_list(pgps, &npgp, envdup[1]);
+			add_list(a.pgps, &a.npgp, envdup[1]);
 	}
-	if (!nage && !npgp) {
+	if (!a.nage && !a.npgp) {
 		rc = usage("encrypt", "no recipient: give --age RECIPIENT (age-keygen prints one) "
 		                      "and/or --pgp FINGERPRINT");
 		goto done;
 	}
-	if (file_read_all(in, PLAIN_MAX, &plain, &e))
+	if (file_read_all(a.in, PLAIN_MAX, &plain, &e))
 		goto fail;
 	memset(&o, 0, sizeof(o));
-	o.age = (const char *const *)ages;
-	o.nage = nage;
-	o.pgp = (const char *const *)pgps;
-	o.npgp = npgp;
-	if (sops_encrypt(plain.data ? plain.data : "", plain.len, strcmp(in, "-") ? in : "stdin",
-	                 &o, &enc, &e))
+	o.age = (const char *const *)a.ages;
+	o.nage = a.nage;
+	o.pgp = (const char *const *)a.pgps;
+	o.npgp = a.npgp;
+	if (sops_encrypt(plain.data ? plain.data : "", plain.len,
+	                 strcmp(a.in, "-") ? a.in : "stdin", &o, &enc, &e))
 		goto fail;
-	if (write_output(out, &enc, &e))
+	if (write_output(a.out, &enc, &e))
 		goto fail;
-	if (strcmp(out, "-"))
+	if (strcmp(a.out, "-"))
 		fprintf(stderr,
 		        "labctl credentials encrypt: wrote %s (for %zu age recipient%s, %zu PGP "
 		        "key%s)\n",
-		        out, nage, nage == 1 ? "" : "s", npgp, npgp == 1 ? "" : "s");
+		        a.out, a.nage, a.nage == 1 ? "" : "s", a.npgp, a.npgp == 1 ? "" : "s");
 	rc = 0;
 	goto done;
 fail:
@@ -204,34 +223,44 @@ static void show(const char *name, const char *v, int secret)
 		printf("  %-11s %s\n", name, v);
 }
 
+static const struct optdef check_opts[] = {
+        CRED_OPTDEF_CREDENTIALS,
+        CRED_OPTDEF_AGE_KEY_FILE,
+        OPT_DEF_HELP,
+        OPT_DEF_END,
+};
+
+static int check_opt(void *ud, int id, const char *v, struct err *e)
+{
+	if (cred_opt_set(ud, id, v))
+		return 0;
+	if (id == 'h') {
+		help_check(stdout);
+		return 1;
+	}
+	return err_set(e, ERR_USAGE, "unknown option");
+}
+
 static int cmd_check(int argc, char **argv)
 {
-	static const struct option opts[] = {{"credentials", required_argument, NULL, 'c'},
-	                                     {"sops-age-key-file", required_argument, NULL, 'k'},
-	                                     {"help", no_argument, NULL, 'h'},
-	                                     {NULL, 0, NULL, 0}};
 	static const char *const envs[] = {"E2_ENDPOINT", "E2_BUCKET", "E2_ACCESS_KEY",
 	                                   "E2_SECRET_KEY", "E2_REGION"};
-	const char *path = NULL, *keyfile = NULL;
-	struct cred_opts co;
+	const struct optdef *const tables[] = {check_opts, NULL};
+	struct cred_opts co = {0};
+	const struct opt_parser p = {tables, "h", check_opt, NULL, &co};
+	const char *path, *keyfile;
 	struct cred_file cf;
 	struct s3_config cfg;
 	struct err e = {0};
 	size_t i;
-	int c, rc;
-	opterr = 0;
-	optind = 0;
-	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
-		switch (c) {
-		case 'c': path = optarg; break;
-		case 'k': keyfile = optarg; break;
-		case 'h': help_check(stdout); return 0;
-		case ':': return usage("check", "an option is missing its value");
-		default: return usage("check", "unknown option");
-		}
+	int rc;
+	switch (opt_parse(&p, argc, argv, &e)) {
+	case 0: break;
+	case 1: return 0;
+	default: return usage("check", e.msg);
 	}
-	if (optind < argc)
-		return usage("check", "unexpected argument");
+	path = co.credentials_path;
+	keyfile = co.age_key_file;
 	if (path) {
 		if (credentials_load_file(path, keyfile, &cf, &e))
 			return fail("check", &e);
@@ -258,9 +287,6 @@ static int cmd_check(int argc, char **argv)
 			printf("note: %s is set in the environment and takes precedence%s\n",
 			       envs[i], path ? " over the file" : "");
 	}
-	memset(&co, 0, sizeof(co));
-	co.credentials_path = path;
-	co.age_key_file = keyfile;
 	rc = credentials_merge(&co, path ? &cf : NULL, &cfg, &e);
 	if (path)
 		credentials_file_free(&cf);

@@ -5,6 +5,7 @@
  * never through a shell. */
 #include "sync/cmd_overlay.h"
 
+#include "common/child.h"
 #include "common/err.h"
 #include "common/file.h"
 #include "common/hex.h"
@@ -18,13 +19,10 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
@@ -91,117 +89,7 @@ static int overlay_opt(void *ud, int id, const char *v, struct err *e)
 
 #define CAPTURE_MAX (4u << 20)
 
-/* Run argv (PATH lookup, no shell), capture stdout and stderr.  *status is
- * the exit code, or 128+signal.  -1 only when it could not be run. */
-static int run_capture(char *const argv[], char **out, char **errtxt, int *status, struct err *e)
-{
-	int po[2] = {-1, -1}, pe[2] = {-1, -1};
-	char *bufs[2] = {NULL, NULL};
-	size_t lens[2] = {0, 0}, caps[2] = {0, 0};
-	pid_t pid = -1;
-	int rc = -1, ws;
-
-	if (pipe2(po, O_CLOEXEC) || pipe2(pe, O_CLOEXEC)) {
-		err_errno(e, "pipe");
-		goto out;
-	}
-	pid = fork();
-	if (pid < 0) {
-		err_errno(e, "fork");
-		goto out;
-	}
-	if (pid == 0) {
-		int devnull = open("/dev/null", O_RDONLY);
-		if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0)
-			_exit(127);
-		signal(SIGPIPE, SIG_DFL);
-		execvp(argv[0], argv);
-		dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
-		_exit(127);
-	}
-	close(po[1]);
-	close(pe[1]);
-	po[1] = pe[1] = -1;
-	{
-		struct pollfd fds[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
-		int open_fds = 2;
-		while (open_fds > 0) {
-			if (poll(fds, 2, -1) < 0) {
-				if (errno == EINTR)
-					continue;
-				err_errno(e, "poll");
-				goto out;
-			}
-			for (int i = 0; i < 2; i++) {
-				char tmp[16384];
-				ssize_t n;
-				if (fds[i].fd < 0 || !fds[i].revents)
-					continue;
-				n = read(fds[i].fd, tmp, sizeof(tmp));
-				if (n < 0 && errno == EINTR)
-					continue;
-				if (n <= 0) {
-					fds[i].fd = -1;
-					open_fds--;
-					continue;
-				}
-				if (lens[i] + (size_t)n + 1 > caps[i] && lens[i] < CAPTURE_MAX) {
-					size_t nc = (lens[i] + (size_t)n + 1) * 2;
-					char *nb = realloc(bufs[i], nc);
-					if (!nb) {
-						err_set(e, ERR_IO, "out of memory");
-						goto out;
-					}
-					bufs[i] = nb;
-					caps[i] = nc;
-				}
-				if (lens[i] + (size_t)n + 1 <= caps[i]) {
-					memcpy(bufs[i] + lens[i], tmp, (size_t)n);
-					lens[i] += (size_t)n;
-					bufs[i][lens[i]] = '\0';
-				}
-			}
-		}
-	}
-	while (waitpid(pid, &ws, 0) < 0) {
-		if (errno != EINTR) {
-			err_errno(e, "waitpid %s", argv[0]);
-			pid = -1;
-			goto out;
-		}
-	}
-	pid = -1;
-	*status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
-	for (int i = 0; i < 2; i++)
-		if (!bufs[i] && !(bufs[i] = calloc(1, 1))) {
-			err_set(e, ERR_IO, "out of memory");
-			goto out;
-		}
-	if (out) {
-		*out = bufs[0];
-		bufs[0] = NULL;
-	}
-	if (errtxt) {
-		*errtxt = bufs[1];
-		bufs[1] = NULL;
-	}
-	rc = 0;
-out:
-	if (pid > 0) {
-		kill(pid, SIGKILL);
-		while (waitpid(pid, &ws, 0) < 0 && errno == EINTR)
-			;
-	}
-	for (int i = 0; i < 2; i++) {
-		if (po[i] >= 0)
-			close(po[i]);
-		if (pe[i] >= 0)
-			close(pe[i]);
-	}
-	free(bufs[0]);
-	free(bufs[1]);
-	return rc;
-}
+static const struct child_opts capture = {NULL, 0, CAPTURE_MAX, CAPTURE_MAX, 0};
 
 /* The last non-empty line of a tool's stderr, trimmed, for error messages. */
 static const char *last_line(char *s)
@@ -221,27 +109,24 @@ static const char *last_line(char *s)
 /* Run a qemu-img command that must succeed; stdout in *out when out != NULL. */
 static int qemu_img(char *const argv[], char **out, struct err *e)
 {
-	char *o = NULL, *er = NULL;
-	int status, rc = -1;
-	if (run_capture(argv, &o, &er, &status, e))
-		return -1;
-	if (status == 127) {
-		err_set(e, ERR_IO, "cannot run qemu-img (install qemu-utils): %s", last_line(er));
+	struct child_result r = CHILD_RESULT_INIT;
+	struct err ce = {0};
+	int rc = -1;
+	if (child_run(argv, &capture, &r, &ce)) {
+		err_set(e, ce.code, "%s%s", ce.msg,
+		        ce.code == ERR_NOTFOUND ? " (install qemu-utils)" : "");
 		goto out;
 	}
-	if (status != 0) {
-		err_set(e, ERR_IO, "qemu-img %s failed (exit %d): %s", argv[1], status,
-		        last_line(er));
+	if (r.status != 0) {
+		err_set(e, ERR_IO, "qemu-img %s failed (exit %d): %s", argv[1],
+		        r.signal ? 128 + r.signal : r.status, last_line(r.err.data));
 		goto out;
 	}
-	if (out) {
-		*out = o;
-		o = NULL;
-	}
+	if (out)
+		*out = buf_steal(&r.out);
 	rc = 0;
 out:
-	free(o);
-	free(er);
+	child_result_free(&r);
 	return rc;
 }
 
@@ -335,20 +220,18 @@ static const char *by_sha256_hex(const char *path)
 static int git_head(const char *dir, char sha[65])
 {
 	char *argv[] = {"git", "-C", (char *)dir, "rev-parse", "--verify", "-q", "HEAD", NULL};
-	char *o = NULL, *er = NULL;
-	int status = -1, rc = -1;
-	struct err e = {0};
-	if (run_capture(argv, &o, &er, &status, &e) == 0 && status == 0) {
-		size_t n = strcspn(o, "\r\n");
-		o[n] = '\0';
-		if ((n == 40 || n == 64) && hex_is_lower(o, n)) {
-			memcpy(sha, o, n);
+	struct child_result r = CHILD_RESULT_INIT;
+	int rc = -1;
+	if (child_run(argv, &capture, &r, NULL) == 0 && r.status == 0) {
+		size_t n = strcspn(r.out.data, "\r\n");
+		r.out.data[n] = '\0';
+		if ((n == 40 || n == 64) && hex_is_lower(r.out.data, n)) {
+			memcpy(sha, r.out.data, n);
 			sha[n] = '\0';
 			rc = 0;
 		}
 	}
-	free(o);
-	free(er);
+	child_result_free(&r);
 	return rc;
 }
 
@@ -848,7 +731,7 @@ static int open_bucket(const struct common_opts *common, struct s3 **s3, struct 
 	struct s3_config cfg = {0};
 	const char *ep = getenv("E2_ENDPOINT");
 	*s3 = NULL;
-	if (!common->credentials && !(ep && *ep))
+	if (!common->cred.credentials_path && !(ep && *ep))
 		return 0;
 	if (cli_s3_config(common, &cfg, e))
 		return -1;

@@ -382,7 +382,7 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 	r.todo = todo;
 	r.n = ntodo;
 	r.cfg = &cfg;
-	r.ca_bundle = common->ca_bundle;
+	r.ca_bundle = cli_ca_bundle(common);
 	r.xz_threads = a->xz_threads > 0 ? (int)a->xz_threads : 1;
 	/* several images at once: smaller parts keep memory near one image's */
 	r.part_size = a->parallel > 1 ? PIPELINE_PART_SIZE : JOB_PART_SIZE;

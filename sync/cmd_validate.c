@@ -140,7 +140,7 @@ int cmd_validate(int argc, char **argv)
 	       m->nimages, m->nimages == 1 ? "" : "s", m->noverlays, m->noverlays == 1 ? "" : "s");
 	rc = 0;
 	if (!offline && m->nimages)
-		rc = check_urls(m, common.ca_bundle);
+		rc = check_urls(m, cli_ca_bundle(&common));
 	manifest_free(m);
 	return rc;
 }

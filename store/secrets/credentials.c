@@ -43,6 +43,18 @@ void credentials_file_free(struct cred_file *f)
 	free_str(&f->region);
 }
 
+int cred_opt_set(struct cred_opts *o, int id, const char *value)
+{
+	switch (id) {
+	case CRED_OPT_CREDENTIALS: o->credentials_path = value; return 1;
+	case CRED_OPT_AGE_KEY_FILE: o->age_key_file = value; return 1;
+	case CRED_OPT_ENDPOINT: o->endpoint = value; return 1;
+	case CRED_OPT_BUCKET: o->bucket = value; return 1;
+	case CRED_OPT_CA_BUNDLE: o->ca_bundle = value; return 1;
+	}
+	return 0;
+}
+
 const char *credentials_age_key_file(const char *explicit_path, char *buf, size_t cap)
 {
 	const char *env = getenv("SOPS_AGE_KEY_FILE"), *xdg = getenv("XDG_CONFIG_HOME"),

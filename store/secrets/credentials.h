@@ -32,6 +32,48 @@ struct cred_opts {
 	const char *ca_bundle; /* --ca-bundle, may be NULL */
 };
 
+/* The command-line options that fill a struct cred_opts, shared by labctl and
+ * imgfs: entries for a table of common/opt.h (each program picks the ones it
+ * takes) and the one place their values are stored.  Ids are far from any
+ * program's own. */
+enum {
+	CRED_OPT_CREDENTIALS = 0x1000,
+	CRED_OPT_AGE_KEY_FILE,
+	CRED_OPT_ENDPOINT,
+	CRED_OPT_BUCKET,
+	CRED_OPT_CA_BUNDLE,
+};
+
+#define CRED_OPTDEF_CREDENTIALS                                                                    \
+	{                                                                                          \
+		"credentials", CRED_OPT_CREDENTIALS, 1, "PATH",                                    \
+		        "SOPS-encrypted YAML with the bucket credentials (used when the E2_* "     \
+		        "variables are not set)"                                                   \
+	}
+#define CRED_OPTDEF_AGE_KEY_FILE                                                                   \
+	{                                                                                          \
+		"sops-age-key-file", CRED_OPT_AGE_KEY_FILE, 1, "PATH",                             \
+		        "age identity file for --credentials (default: $SOPS_AGE_KEY_FILE)"        \
+	}
+#define CRED_OPTDEF_ENDPOINT                                                                       \
+	{                                                                                          \
+		"endpoint", CRED_OPT_ENDPOINT, 1, "URL",                                           \
+		        "S3 endpoint (else E2_ENDPOINT, else the credentials file)"                \
+	}
+#define CRED_OPTDEF_BUCKET                                                                         \
+	{                                                                                          \
+		"bucket", CRED_OPT_BUCKET, 1, "NAME",                                              \
+		        "bucket (else E2_BUCKET, else the credentials file)"                       \
+	}
+#define CRED_OPTDEF_CA_BUNDLE                                                                      \
+	{                                                                                          \
+		"ca-bundle", CRED_OPT_CA_BUNDLE, 1, "FILE",                                        \
+		        "an extra CA certificate file to trust (S3 endpoint and HTTPS sources)"    \
+	}
+
+/* Store the value of option `id` in o: 1 when id is a CRED_OPT_*, else 0. */
+int cred_opt_set(struct cred_opts *o, int id, const char *value);
+
 /* Resolve the bucket config into *out (zeroed first; every string malloc'd:
  * release with s3_config_free, or credentials_config_clear when s3.c is not
  * linked).  Timeouts are set to the defaults documented in s3.h.

@@ -2,6 +2,7 @@
  * tests/data/sops/README.md for the algorithm. */
 #include "store/secrets/sops.h"
 
+#include "common/child.h"
 #include "common/file.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -12,26 +13,17 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <pcre2.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <yaml.h>
-
-extern char **environ;
 
 #define SOPS_FILE_MAX  (16u << 20)
 #define SOPS_MAX_DEPTH 64
@@ -807,29 +799,6 @@ const char *sops_file_lastmodified(const struct sops_file *f)
 
 /* ---------------------------------------------------------------- gpg */
 
-/* The environment for gpg: ours minus anything that holds bucket secrets or
- * key material. */
-static char **child_env(void)
-{
-	static const char *const drop[] = {"E2_", "AWS_", "SOPS_AGE_KEY="};
-	size_t n = 0, i, k, o = 0;
-	char **env;
-	for (i = 0; environ[i]; i++)
-		n++;
-	env = calloc(n + 1, sizeof(*env));
-	if (!env)
-		return NULL;
-	for (i = 0; i < n; i++) {
-		int skip = 0;
-		for (k = 0; k < sizeof(drop) / sizeof(*drop); k++)
-			if (!strncmp(environ[i], drop[k], strlen(drop[k])))
-				skip = 1;
-		if (!skip)
-			env[o++] = environ[i];
-	}
-	return env;
-}
-
 static const char *gpg_program(const char *gpg)
 {
 	const char *env = getenv("SOPS_GPG_EXEC");
@@ -838,159 +807,20 @@ static const char *gpg_program(const char *gpg)
 	return env && *env ? env : "gpg";
 }
 
-/* Run argv (argv[0] looked up in PATH) with `in` on stdin; stdout into out
- * (capped), stderr into errb (capped).  *status = exit status, or -1 when
- * killed by a signal. */
-static int run_child(char *const *argv, const void *in, size_t inlen, struct buf *out,
-                     struct buf *errb, int *status, struct err *e)
+/* Run gpg with `in` on stdin.  A missing program is ERR_NOTFOUND, phrased
+ * here because only we know which package to name. */
+static int run_gpg(char *const *argv, const void *in, size_t inlen, int secret_out,
+                   struct child_result *r, struct err *e)
 {
-	int sv[2] = {-1, -1}, po[2] = {-1, -1}, pe[2] = {-1, -1};
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t attr;
-	int fa_ok = 0, attr_ok = 0, rc = -1, ws, serr;
-	char **env = NULL;
-	pid_t pid = -1;
-	size_t written = 0;
-	sigset_t mask, defs;
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) || pipe2(po, O_CLOEXEC) ||
-	    pipe2(pe, O_CLOEXEC)) {
-		err_errno(e, "creating pipes for %s", argv[0]);
-		goto out;
-	}
-	if (!(env = child_env())) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	if (posix_spawn_file_actions_init(&fa)) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	fa_ok = 1;
-	if (posix_spawnattr_init(&attr)) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	attr_ok = 1;
-	sigemptyset(&mask);
-	sigemptyset(&defs);
-	sigaddset(&defs, SIGPIPE);
-	sigaddset(&defs, SIGINT);
-	sigaddset(&defs, SIGTERM);
-	sigaddset(&defs, SIGHUP);
-	if (posix_spawn_file_actions_adddup2(&fa, sv[1], 0) ||
-	    posix_spawn_file_actions_adddup2(&fa, po[1], 1) ||
-	    posix_spawn_file_actions_adddup2(&fa, pe[1], 2) ||
-	    posix_spawnattr_setsigmask(&attr, &mask) ||
-	    posix_spawnattr_setsigdefault(&attr, &defs) ||
-	    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)) {
-		err_set(e, ERR_IO, "setting up %s failed", argv[0]);
-		goto out;
-	}
-	serr = posix_spawnp(&pid, argv[0], &fa, &attr, argv, env);
-	if (serr) {
-		pid = -1;
-		if (serr == ENOENT)
-			err_set(e, ERR_NOTFOUND,
-			        "%s: program not found (install gnupg, or set SOPS_GPG_EXEC)",
-			        argv[0]);
-		else
-			err_set(e, ERR_IO, "starting %s: %s", argv[0], strerror(serr));
-		goto out;
-	}
-	close(sv[1]);
-	close(po[1]);
-	close(pe[1]);
-	sv[1] = po[1] = pe[1] = -1;
-	if (inlen == 0) {
-		close(sv[0]);
-		sv[0] = -1;
-	}
-	while (po[0] >= 0 || pe[0] >= 0) {
-		struct pollfd pf[3];
-		int np = 0, i;
-		if (sv[0] >= 0)
-			pf[np++] = (struct pollfd){.fd = sv[0], .events = POLLOUT};
-		if (po[0] >= 0)
-			pf[np++] = (struct pollfd){.fd = po[0], .events = POLLIN};
-		if (pe[0] >= 0)
-			pf[np++] = (struct pollfd){.fd = pe[0], .events = POLLIN};
-		if (poll(pf, (nfds_t)np, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			err_errno(e, "waiting for %s", argv[0]);
-			goto out;
-		}
-		for (i = 0; i < np; i++) {
-			if (!pf[i].revents)
-				continue;
-			if (pf[i].fd == sv[0]) {
-				ssize_t w = send(sv[0], (const char *)in + written, inlen - written,
-				                 MSG_NOSIGNAL | MSG_DONTWAIT);
-				if (w < 0 && (errno == EAGAIN || errno == EINTR))
-					continue;
-				if (w > 0)
-					written += (size_t)w;
-				if (w < 0 || written == inlen) {
-					close(sv[0]);
-					sv[0] = -1;
-				}
-			} else {
-				char chunk[4096];
-				int *fd = pf[i].fd == po[0] ? &po[0] : &pe[0];
-				struct buf *dst = fd == &po[0] ? out : errb;
-				size_t cap = fd == &po[0] ? GPG_OUT_MAX : GPG_ERR_MAX;
-				ssize_t r = read(*fd, chunk, sizeof(chunk));
-				if (r < 0 && errno == EINTR)
-					continue;
-				if (r <= 0) {
-					close(*fd);
-					*fd = -1;
-					continue;
-				}
-				if (dst->len + (size_t)r <= cap &&
-				    buf_append(dst, chunk, (size_t)r)) {
-					OPENSSL_cleanse(chunk, sizeof(chunk));
-					err_set(e, ERR_IO, "out of memory");
-					goto out;
-				}
-				OPENSSL_cleanse(chunk, sizeof(chunk));
-			}
-		}
-	}
-	if (sv[0] >= 0) {
-		close(sv[0]);
-		sv[0] = -1;
-	}
-	while (waitpid(pid, &ws, 0) < 0) {
-		if (errno != EINTR) {
-			err_errno(e, "waiting for %s", argv[0]);
-			pid = -1;
-			goto out;
-		}
-	}
-	pid = -1;
-	*status = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
-	rc = 0;
-out:
-	if (pid > 0) {
-		kill(pid, SIGTERM);
-		while (waitpid(pid, &ws, 0) < 0 && errno == EINTR)
-			;
-	}
-	for (int i = 0; i < 2; i++) {
-		if (sv[i] >= 0)
-			close(sv[i]);
-		if (po[i] >= 0)
-			close(po[i]);
-		if (pe[i] >= 0)
-			close(pe[i]);
-	}
-	if (fa_ok)
-		posix_spawn_file_actions_destroy(&fa);
-	if (attr_ok)
-		posix_spawnattr_destroy(&attr);
-	free(env);
-	return rc;
+	const struct child_opts o = {in, inlen, GPG_OUT_MAX, GPG_ERR_MAX, secret_out};
+	struct err ce = {0};
+	if (!child_run(argv, &o, r, &ce))
+		return 0;
+	if (ce.code == ERR_NOTFOUND)
+		return err_set(e, ERR_NOTFOUND,
+		               "%s: program not found (install gnupg, or set SOPS_GPG_EXEC)",
+		               argv[0]);
+	return err_set(e, ce.code, "%s", ce.msg);
 }
 
 /* The last few meaningful lines of gpg's stderr, on one line, printable. */
@@ -1041,31 +871,30 @@ static int gpg_decrypt(const char *gpg, const char *armored, unsigned char key[3
 {
 	char *argv[] = {
 	        (char *)gpg_program(gpg), "--batch", "--no-tty", "--quiet", "--decrypt", NULL};
-	struct buf out = BUF_INIT, errb = BUF_INIT;
-	int status = 0, rc = -1;
+	struct child_result r = CHILD_RESULT_INIT;
+	int rc = -1;
 	why[0] = '\0';
-	if (run_child(argv, armored, strlen(armored), &out, &errb, &status, e)) {
+	if (run_gpg(argv, armored, strlen(armored), 1, &r, e)) {
 		snprintf(why, whycap, "%.600s", e ? e->msg : "gpg failed");
 		goto out;
 	}
-	if (status != 0) {
+	if (r.status != 0) {
 		char sum[512];
-		summarize_stderr(&errb, sum, sizeof(sum));
-		snprintf(why, whycap, "gpg exited with status %d: %s", status, sum);
+		summarize_stderr(&r.err, sum, sizeof(sum));
+		snprintf(why, whycap, "gpg exited with status %d: %s", r.status, sum);
 		err_set(e, ERR_AUTH, "%s", why);
 		goto out;
 	}
-	if (out.len != SOPS_DATA_KEY_LEN) {
+	if (r.out.len != SOPS_DATA_KEY_LEN) {
 		snprintf(why, whycap, "gpg returned %zu bytes instead of a 32-byte data key",
-		         out.len);
+		         r.out.len);
 		err_set(e, ERR_INVALID, "%s", why);
 		goto out;
 	}
-	memcpy(key, out.data, SOPS_DATA_KEY_LEN);
+	memcpy(key, r.out.data, SOPS_DATA_KEY_LEN);
 	rc = 0;
 out:
-	buf_free_secure(&out);
-	buf_free(&errb);
+	child_result_free(&r);
 	return rc;
 }
 
@@ -1083,20 +912,24 @@ static int gpg_encrypt(const char *gpg, const char *fpr, const unsigned char key
 	                "--recipient",
 	                (char *)fpr,
 	                NULL};
-	struct buf errb = BUF_INIT;
-	int status = 0, rc = -1;
-	if (run_child(argv, key, SOPS_DATA_KEY_LEN, armored, &errb, &status, e))
+	struct child_result r = CHILD_RESULT_INIT;
+	int rc = -1;
+	if (run_gpg(argv, key, SOPS_DATA_KEY_LEN, 0, &r, e))
 		goto out;
-	if (status != 0 || !armored->len || !strstr(armored->data, "-----BEGIN PGP MESSAGE-----")) {
+	if (r.status != 0 || !r.out.len || !strstr(r.out.data, "-----BEGIN PGP MESSAGE-----")) {
 		char sum[512];
-		summarize_stderr(&errb, sum, sizeof(sum));
-		err_set(e, ERR_AUTH, "gpg --encrypt for %s failed (status %d): %s", fpr, status,
+		summarize_stderr(&r.err, sum, sizeof(sum));
+		err_set(e, ERR_AUTH, "gpg --encrypt for %s failed (status %d): %s", fpr, r.status,
 		        sum);
+		goto out;
+	}
+	if (buf_append(armored, r.out.data, r.out.len)) {
+		err_set(e, ERR_IO, "out of memory");
 		goto out;
 	}
 	rc = 0;
 out:
-	buf_free(&errb);
+	child_result_free(&r);
 	return rc;
 }
 
