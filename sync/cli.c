@@ -1,4 +1,5 @@
 #include "sync/cli.h"
+#include "sync/github.h"
 
 #include "common/log.h"
 #include "manifest/manifest.h"
@@ -111,23 +112,34 @@ const char *cli_manifest_path(const struct common_opts *c)
 	return c->manifest ? c->manifest : MF_DEFAULT_PATH;
 }
 
+void cli_report_problems(const struct mf_problems *probs)
+{
+	mf_problems_print(stderr, probs);
+	github_annotate_problems(probs);
+}
+
+struct err *cli_manifest_error(struct err *e, const char *path, size_t nproblems)
+{
+	if (e->code == ERR_INVALID)
+		err_set(e, ERR_INVALID, "manifest %s is invalid: %zu problem%s (listed above)",
+		        path, nproblems, nproblems == 1 ? "" : "s");
+	else if (e->code == ERR_NOTFOUND)
+		err_set(e, ERR_USAGE,
+		        "no manifest at %s (run from the repo root or pass --manifest "
+		        "PATH)",
+		        path);
+	return e;
+}
+
 int cli_load_manifest(const struct common_opts *c, struct manifest **m, struct err *e)
 {
 	struct mf_problems probs = MF_PROBLEMS_INIT;
 	const char *path = cli_manifest_path(c);
 	*m = NULL;
 	if (manifest_load(path, m, &probs, e)) {
-		if (e && e->code == ERR_INVALID) {
-			mf_problems_print(stderr, &probs);
-			err_set(e, ERR_INVALID,
-			        "manifest %s is invalid: %zu problem%s (listed above)", path,
-			        probs.n, probs.n == 1 ? "" : "s");
-		} else if (e && e->code == ERR_NOTFOUND) {
-			err_set(e, ERR_USAGE,
-			        "no manifest at %s (run from the repo root or pass --manifest "
-			        "PATH)",
-			        path);
-		}
+		if (e->code == ERR_INVALID)
+			cli_report_problems(&probs);
+		cli_manifest_error(e, path, probs.n);
 		mf_problems_free(&probs);
 		return -1;
 	}

@@ -60,6 +60,12 @@ struct manifest;
  * manifest prints every problem to stderr and fails with ERR_INVALID; a
  * missing one fails with ERR_USAGE. */
 int cli_load_manifest(const struct common_opts *c, struct manifest **m, struct err *e);
+struct mf_problems;
+/* Every problem on stderr, and as ::error annotations with GITHUB_ACTIONS=true. */
+void cli_report_problems(const struct mf_problems *probs);
+/* e after a failed manifest_load of path, in labctl's words (ERR_INVALID
+ * names the count, a missing file becomes a usage error); returns e. */
+struct err *cli_manifest_error(struct err *e, const char *path, size_t nproblems);
 const char *cli_manifest_path(const struct common_opts *c);
 
 /* Parse a positive integer flag value in [min, max]. */

@@ -7,6 +7,7 @@
 #include "common/opt.h"
 #include "store/secrets/credentials.h"
 #include "store/secrets/sops.h"
+#include "store/secrets/sops_config.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -50,7 +51,10 @@ static void help_encrypt(FILE *out)
 	        "Options:\n"
 	        "  --age RECIPIENT   an age X25519 recipient (age1..., from age-keygen); repeat "
 	        "or\n"
-	        "                    separate with commas (default: $SOPS_AGE_RECIPIENTS)\n"
+	        "                    separate with commas (default: $SOPS_AGE_RECIPIENTS, then\n"
+	        "                    the first creation rule of the nearest .sops.yaml above\n"
+	        "                    --out whose path_regex matches it: its age, pgp and\n"
+	        "                    encrypted_regex)\n"
 	        "  --pgp FPR         a PGP key fingerprint (40 hex digits) in your gpg keyring;\n"
 	        "                    repeatable (default: $SOPS_PGP_FP)\n"
 	        "  --in PATH         the plaintext YAML; '-' (the default) reads standard input\n"
@@ -162,6 +166,7 @@ static int cmd_encrypt(int argc, char **argv)
 	const struct opt_parser p = {tables, "h", encrypt_opt, NULL, &a};
 	char *envdup[2] = {NULL, NULL};
 	struct sops_encrypt_opts o;
+	struct sops_creation_rule rule = {0};
 	struct buf plain = BUF_INIT, enc = BUF_INIT;
 	struct err e = {0};
 	int rc = 2;
@@ -180,9 +185,26 @@ static int cmd_encrypt(int argc, char **argv)
 			add_list(a.pgps, &a.npgp, envdup[1]);
 	}
 	if (!a.nage && !a.npgp) {
-		rc = usage("encrypt", "no recipient: give --age RECIPIENT (age-keygen prints one) "
-		                      "and/or --pgp FINGERPRINT");
-		goto done;
+		/* like sops: the creation rules of the nearest .sops.yaml */
+		char *d = strdup(strcmp(a.out, "-") ? a.out : "./-");
+		int found = d && !sops_creation_rule_find(dirname(d), a.out, &rule, &e);
+		free(d);
+		if (!found && e.code != ERR_NOTFOUND)
+			goto fail;
+		if (!found) {
+			rc = usage("encrypt",
+			           "no recipient: give --age RECIPIENT (age-keygen prints "
+			           "one) and/or --pgp FINGERPRINT, or a creation rule in "
+			           ".sops.yaml");
+			goto done;
+		}
+		for (size_t i = 0; i < rule.nage; i++)
+			a.ages[a.nage++] = rule.age[i];
+		for (size_t i = 0; i < rule.npgp; i++)
+			a.pgps[a.npgp++] = rule.pgp[i];
+		fprintf(stderr,
+		        "labctl credentials encrypt: recipients%s from the creation rule of %s\n",
+		        rule.encrypted_regex ? " and encrypted_regex" : "", rule.config);
 	}
 	if (file_read_all(a.in, PLAIN_MAX, &plain, &e))
 		goto fail;
@@ -191,6 +213,7 @@ static int cmd_encrypt(int argc, char **argv)
 	o.nage = a.nage;
 	o.pgp = (const char *const *)a.pgps;
 	o.npgp = a.npgp;
+	o.encrypted_regex = rule.encrypted_regex;
 	if (sops_encrypt(plain.data ? plain.data : "", plain.len,
 	                 strcmp(a.in, "-") ? a.in : "stdin", &o, &enc, &e))
 		goto fail;
@@ -208,6 +231,7 @@ fail:
 done:
 	buf_free_secure(&plain);
 	buf_free(&enc);
+	sops_creation_rule_free(&rule);
 	free(envdup[0]);
 	free(envdup[1]);
 	return rc;

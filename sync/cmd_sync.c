@@ -1,5 +1,6 @@
 /* labctl images sync [--manifest PATH] [--credentials PATH] [--sops-age-key-file PATH]
- *                    [--dry-run] [--force] [--parallel N] [--only NAME]... */
+ *                    [--dry-run] [--offline] [--force] [--parallel N] [--only NAME]...
+ *                    [--skip NAME]... [--json] */
 #include "common/buf.h"
 #include "common/file.h"
 #include "common/log.h"
@@ -9,19 +10,29 @@
 #include "sync/cli.h"
 #include "sync/commands.h"
 #include "sync/files.h"
+#include "sync/github.h"
 #include "sync/job.h"
 #include "sync/pipeline.h"
 #include "sync/progress.h"
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_PARALLEL    16
-#define UPDATE_FILE_MAX (64u << 20)
+#define MAX_PARALLEL 16
 
-enum { OPT_DRY_RUN = 1, OPT_FORCE, OPT_PARALLEL, OPT_ONLY, OPT_XZ_THREADS };
+enum {
+	OPT_DRY_RUN = 1,
+	OPT_FORCE,
+	OPT_PARALLEL,
+	OPT_ONLY,
+	OPT_SKIP,
+	OPT_XZ_THREADS,
+	OPT_OFFLINE,
+	OPT_JSON
+};
 
 static const struct optdef sync_opts[] = {
         CLI_OPT_MANIFEST,
@@ -32,7 +43,12 @@ static const struct optdef sync_opts[] = {
          "rewrite) and change nothing"},
         {"force", OPT_FORCE, 0, NULL, "re-upload images even when their record matches"},
         {"parallel", OPT_PARALLEL, 1, "N", "images synced at once (default 1)"},
+        {"offline", OPT_OFFLINE, 0, NULL,
+         "with --dry-run: no bucket and no credentials; apply the updateFile rewrites the "
+         "manifest implies and report them (a pin preview for pull requests)"},
         {"only", OPT_ONLY, 1, "NAME", "only this image (repeatable)"},
+        {"skip", OPT_SKIP, 1, "NAME", "every image but this one (repeatable)"},
+        {"json", OPT_JSON, 0, NULL, "print one JSON document on stdout instead of the table"},
         {"xz-threads", OPT_XZ_THREADS, 1, "N",
          "xz decoder threads per image (default 1; helps multi-block .xz files)"},
         CLI_OPT_CA_BUNDLE,
@@ -42,24 +58,36 @@ static const struct optdef sync_opts[] = {
 static const struct cmd_spec sync_spec = {
         "images sync",
         "[--manifest PATH] [--credentials PATH] [--sops-age-key-file PATH] [--dry-run] "
-        "[--force] [--parallel N] [--only NAME]...",
+        "[--offline] [--force] [--parallel N] [--only NAME]... [--skip NAME]... [--json]",
         "For every image of the manifest whose record in the bucket does not already hold\n"
         "its checksum (validation.expected, else source.checksum): download the source over\n"
         "HTTPS (resuming after a dropped connection), check its checksum, decompress it,\n"
         "upload it with its checksum record (written last), then apply its updateFile\n"
         "replacements (atomic rewrites).  A checksum mismatch stores nothing; the other\n"
         "images still sync and the exit status is 1.  With GITHUB_OUTPUT set,\n"
-        "files_changed=true|false is appended to it.  updateFile.path is relative to the\n"
-        "directory that contains the manifest's directory (the repo root).",
+        "files_changed=true|false is appended to it (also with --dry-run); with\n"
+        "GITHUB_ACTIONS=true a table of the images goes to GITHUB_STEP_SUMMARY.\n"
+        "updateFile.path is relative to the directory that contains the manifest's\n"
+        "directory (the repo root).",
         sync_opts,
 };
 
 struct sync_args {
-	int dry_run, force;
+	int dry_run, force, offline, json;
 	long parallel, xz_threads;
-	const char **only;
-	size_t nonly;
+	const char **only, **skip;
+	size_t nonly, nskip;
 };
+
+static int add_name(const char ***v, size_t *n, const char *name, struct err *e)
+{
+	const char **nv = realloc(*v, (*n + 1) * sizeof(*nv));
+	if (!nv)
+		return err_set(e, ERR_IO, "out of memory");
+	*v = nv;
+	nv[(*n)++] = name;
+	return 0;
+}
 
 static int sync_opt(void *ud, int id, const char *v, struct err *e)
 {
@@ -69,19 +97,15 @@ static int sync_opt(void *ud, int id, const char *v, struct err *e)
 	case OPT_FORCE: a->force = 1; break;
 	case OPT_PARALLEL: return cli_parse_int("parallel", v, 1, MAX_PARALLEL, &a->parallel, e);
 	case OPT_XZ_THREADS: return cli_parse_int("xz-threads", v, 1, 16, &a->xz_threads, e);
-	case OPT_ONLY: {
-		const char **n = realloc(a->only, (a->nonly + 1) * sizeof(*n));
-		if (!n)
-			return err_set(e, ERR_IO, "out of memory");
-		a->only = n;
-		a->only[a->nonly++] = v;
-		break;
-	}
+	case OPT_OFFLINE: a->offline = 1; break;
+	case OPT_JSON: a->json = 1; break;
+	case OPT_ONLY: return add_name(&a->only, &a->nonly, v, e);
+	case OPT_SKIP: return add_name(&a->skip, &a->nskip, v, e);
 	}
 	return 0;
 }
 
-enum action { ACT_SKIP, ACT_UPLOAD, ACT_FAILED };
+enum action { ACT_SKIP, ACT_UPLOAD, ACT_FAILED, ACT_PREVIEW };
 
 struct item {
 	const struct mf_image *img;
@@ -206,7 +230,7 @@ static int update_files(const struct mf_image *img, const char *root, int dry_ru
 		char *path = NULL;
 		int rc = -1;
 		path = files_inside(root, uf->path, e);
-		if (!path || file_read_all(path, UPDATE_FILE_MAX, &text, e))
+		if (!path || file_read_all(path, FILES_UPDATE_MAX, &text, e))
 			goto next;
 		if (mf_apply_replacements(img, uf, text.data ? text.data : "", text.len, &res, e))
 			goto next;
@@ -285,30 +309,148 @@ static void print_summary(struct item *items, size_t n, int changed)
 	       changed ? "yes" : "no");
 }
 
+/* Every name of --only / --skip must be an image of the manifest. */
+static int check_names(const struct manifest *m, const char *flag, const char **names, size_t n,
+                       struct err *e)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!manifest_find_image(m, names[i])) {
+			const char *s = manifest_suggest_image(m, names[i]);
+			return err_set(e, ERR_USAGE, "--%s %s: no image of that name in %s%s%s%s",
+			               flag, names[i], m->path, s ? " (did you mean " : "",
+			               s ? s : "", s ? "?)" : "");
+		}
+	return 0;
+}
+
+static int named(const char **names, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(names[i], name))
+			return 1;
+	return 0;
+}
+
 static int select_items(const struct manifest *m, const struct sync_args *a, struct item **out,
                         size_t *n, struct err *e)
 {
-	struct item *v = calloc(m->nimages + 1, sizeof(*v));
+	struct item *v;
 	size_t k = 0;
+	if (check_names(m, "only", a->only, a->nonly, e) ||
+	    check_names(m, "skip", a->skip, a->nskip, e))
+		return -1;
+	v = calloc(m->nimages + 1, sizeof(*v));
 	if (!v)
 		return err_set(e, ERR_IO, "out of memory");
-	for (size_t i = 0; i < a->nonly; i++)
-		if (!manifest_find_image(m, a->only[i])) {
-			const char *s = manifest_suggest_image(m, a->only[i]);
-			free(v);
-			return err_set(e, ERR_USAGE, "--only %s: no image of that name in %s%s%s%s",
-			               a->only[i], m->path, s ? " (did you mean " : "", s ? s : "",
-			               s ? "?)" : "");
-		}
 	for (size_t i = 0; i < m->nimages; i++) {
-		int want = !a->nonly;
-		for (size_t j = 0; j < a->nonly && !want; j++)
-			want = !strcmp(a->only[j], m->images[i].name);
-		if (want)
+		const char *name = m->images[i].name;
+		if ((!a->nonly || named(a->only, a->nonly, name)) &&
+		    !named(a->skip, a->nskip, name))
 			v[k++].img = &m->images[i];
 	}
 	*out = v;
 	*n = k;
+	return 0;
+}
+
+/* The action as --json and the job summary name it. */
+static const char *action_word(const struct item *it, int dry_run)
+{
+	if (it->action == ACT_FAILED || it->files_failed)
+		return "failed";
+	if (it->action == ACT_PREVIEW)
+		return "preview";
+	if (dry_run)
+		return it->action == ACT_SKIP ? "skip" : "upload";
+	return it->action == ACT_SKIP ? "skipped" : "uploaded";
+}
+
+static void print_json(const char *manifest, const struct item *items, size_t n, int dry_run,
+                       int changed)
+{
+	json_t *doc = json_pack("{s:s, s:b, s:b}", "manifest", manifest, "dryRun", dry_run,
+	                        "filesChanged", changed);
+	json_t *arr = json_array();
+	for (size_t i = 0; i < n; i++) {
+		const struct item *it = &items[i];
+		json_t *o = json_pack("{s:s, s:s, s:s}", "name", it->img->name, "destination",
+		                      it->img->destination, "action", action_word(it, dry_run));
+		if (it->action == ACT_FAILED || it->files_failed)
+			json_object_set_new(o, "error", json_string(it->e.msg));
+		else
+			json_object_set_new(o, "error", json_null());
+		if (it->reason[0])
+			json_object_set_new(o, "reason", json_string(it->reason));
+		if (!dry_run && it->action == ACT_UPLOAD && it->ok) {
+			json_object_set_new(o, "size",
+			                    json_integer((json_int_t)it->res.stored_bytes));
+			json_object_set_new(o, "seconds", json_real(it->res.seconds));
+			json_object_set_new(o, "checksum", json_string(it->res.checksum));
+		}
+		json_array_append_new(arr, o);
+	}
+	json_object_set_new(doc, "images", arr);
+	json_dumpf(doc, stdout, JSON_INDENT(2));
+	fputc('\n', stdout);
+	json_decref(doc);
+}
+
+/* The GitHub job summary: one row per image. */
+static void write_summary(const char *manifest, const struct item *items, size_t n, int dry_run,
+                          int changed)
+{
+	struct buf b = BUF_INIT;
+	struct err e = {0};
+	int rc = buf_appendf(&b, "### labctl images sync%s: `%s`\n\n", dry_run ? " (dry run)" : "",
+	                     manifest);
+	rc = rc || buf_appends(&b, "| Image | Destination | Action | Size | Time | Error |\n"
+	                           "|---|---|---|--:|--:|---|\n");
+	for (size_t i = 0; i < n && !rc; i++) {
+		const struct item *it = &items[i];
+		char size[32] = "", dur[32] = "";
+		if (!dry_run && it->action == ACT_UPLOAD && it->ok) {
+			size_format(it->res.stored_bytes, size, sizeof(size));
+			progress_duration(it->res.seconds, dur, sizeof(dur));
+		}
+		rc = buf_appends(&b, "| ") || github_md_cell(&b, it->img->name) ||
+		     buf_appends(&b, " | `") || github_md_cell(&b, it->img->destination) ||
+		     buf_appendf(&b, "` | %s | %s | %s | ", action_word(it, dry_run), size, dur) ||
+		     github_md_cell(&b, it->action == ACT_FAILED || it->files_failed ? it->e.msg
+		                                                                     : "") ||
+		     buf_appends(&b, " |\n");
+	}
+	rc = rc || buf_appendf(&b, "\nFiles changed: %s\n\n", changed ? "yes" : "no");
+	if (rc)
+		log_warn("the job summary could not be written: out of memory");
+	else if (github_summary(b.data, b.len, &e))
+		log_warn("the job summary could not be written: %s", e.msg);
+	buf_free(&b);
+}
+
+/* --dry-run --offline: no bucket; every selected image's updateFile
+ * rewrites, applied, as a preview of the pins a sync would write. */
+static int preview_offline(const struct sync_args *a, const struct manifest *m, struct item *items,
+                           size_t n, const char *root, int *changed, struct err *e)
+{
+	int failed = 0;
+	if (!a->json)
+		printf("Pin preview for %s (offline: the bucket is not contacted)\n", m->path);
+	for (size_t i = 0; i < n; i++) {
+		struct item *it = &items[i];
+		it->action = ACT_PREVIEW;
+		snprintf(it->reason, sizeof(it->reason), "offline: the bucket was not checked");
+		if (!a->json)
+			printf("  %s\n", it->img->name);
+		if (update_files(it->img, root, 0, changed, &it->e)) {
+			if (!a->json)
+				printf("    updateFile problem: %s\n", it->e.msg);
+			it->files_failed = 1;
+			failed++;
+		}
+	}
+	if (failed)
+		return err_set(e, ERR_INVALID, "%d image%s could not be previewed (see above)",
+		               failed, failed == 1 ? "" : "s");
 	return 0;
 }
 
@@ -327,6 +469,10 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 		return -1;
 	if (manifest_repo_root(m->path, &root, e))
 		goto out;
+	if (a->offline) {
+		rc = preview_offline(a, m, items, n, root, &changed, e);
+		goto report;
+	}
 	if (cli_s3_config(common, &cfg, e))
 		goto out;
 	s3 = s3_open(&cfg, e);
@@ -343,24 +489,28 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 			todo[ntodo++] = &items[i];
 	}
 	if (a->dry_run) {
-		printf("Plan for %s (dry run: nothing is changed)\n", m->path);
+		if (!a->json)
+			printf("Plan for %s (dry run: nothing is changed)\n", m->path);
 		for (size_t i = 0; i < n; i++) {
 			struct item *it = &items[i];
 			const char *act = it->action == ACT_SKIP     ? "skip"
 			                  : it->action == ACT_UPLOAD ? "upload"
 			                                             : "ERROR";
-			printf("  %-24s %-6s %s -> images/%s: %s\n", it->img->name, act,
-			       it->img->source.url, it->img->destination, it->reason);
+			if (!a->json)
+				printf("  %-24s %-6s %s -> images/%s: %s\n", it->img->name, act,
+				       it->img->source.url, it->img->destination, it->reason);
 			if (it->action == ACT_FAILED) {
 				failed++;
 				continue;
 			}
 			if (update_files(it->img, root, 1, &changed, &it->e)) {
-				printf("    updateFile problem: %s\n", it->e.msg);
+				if (!a->json)
+					printf("    updateFile problem: %s\n", it->e.msg);
+				it->files_failed = 1;
 				failed++;
 			}
 		}
-		{
+		if (!a->json) {
 			size_t skip = 0;
 			for (size_t i = 0; i < n; i++)
 				skip += items[i].action == ACT_SKIP;
@@ -370,7 +520,7 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 		rc = failed ? -1 : 0;
 		if (failed)
 			err_set(e, ERR_NET, "the plan could not be made for every image");
-		goto out;
+		goto report;
 	}
 	for (size_t i = 0; i < n; i++)
 		if (items[i].action == ACT_FAILED)
@@ -395,10 +545,9 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 		if (update_files(items[i].img, root, 0, &changed, &fe)) {
 			progress_log("error: %s", fe.msg);
 			items[i].files_failed = 1;
-			if (items[i].action == ACT_SKIP) {
+			items[i].e = fe;
+			if (items[i].action == ACT_SKIP)
 				items[i].action = ACT_FAILED;
-				items[i].e = fe;
-			}
 		}
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -411,17 +560,28 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 	 * warning. */
 	if (reached)
 		bucket_index_refresh(&cfg, s3);
-	if (files_github_output("files_changed", changed ? "true" : "false", e)) {
+	if (!a->json)
 		print_summary(items, n, changed);
-		goto out;
-	}
-	print_summary(items, n, changed);
-	if (failed) {
+	if (failed)
 		err_set(e, ERR_NET, "%d of %zu image%s failed (see above)", failed, n,
 		        n == 1 ? "" : "s");
-		goto out;
+	else
+		rc = 0;
+report:
+	/* what the workflow needs, whatever happened to single images */
+	if (a->json)
+		print_json(m->path, items, n, a->dry_run, changed);
+	write_summary(m->path, items, n, a->dry_run, changed);
+	{
+		struct err ge = {0};
+		if (github_output("files_changed", changed ? "true" : "false", &ge)) {
+			if (!rc)
+				*e = ge;
+			else
+				log_error("%s", ge.msg);
+			rc = -1;
+		}
 	}
-	rc = 0;
 out:
 	s3_close(s3);
 	s3_config_free(&cfg);
@@ -438,16 +598,23 @@ int cmd_sync(int argc, char **argv)
 	struct manifest *m = NULL;
 	struct err e = {0};
 	int rc = cli_parse(&sync_spec, argc, argv, &common, sync_opt, &a, &e);
+	if (!rc && a.offline && !a.dry_run)
+		rc = err_set(&e, ERR_USAGE,
+		             "--offline needs --dry-run (a sync without the bucket uploads "
+		             "nothing): labctl images sync --dry-run --offline");
 	if (rc) {
 		free(a.only);
+		free(a.skip);
 		return rc > 0 ? 0 : cli_fail(&e);
 	}
 	if (cli_load_manifest(&common, &m, &e)) {
 		free(a.only);
+		free(a.skip);
 		return cli_fail(&e);
 	}
 	rc = do_sync(&common, &a, m, &e) ? cli_fail(&e) : 0;
 	manifest_free(m);
 	free(a.only);
+	free(a.skip);
 	return rc;
 }

@@ -1498,6 +1498,7 @@ struct encw {
 	char *path[SOPS_MAX_DEPTH];
 	size_t plen[SOPS_MAX_DEPTH];
 	int depth;
+	pcre2_code *enc_re; /* encrypted_regex, or NULL: the default suffix rule */
 	struct err *e;
 };
 
@@ -1554,11 +1555,25 @@ static int enc_leaf(struct encw *w, yaml_node_t *node)
 	int rc = -1, enc = 1;
 	if (plain)
 		kd = resolve_plain(s, canon, sizeof(canon));
-	for (i = 0; i < (size_t)w->depth; i++)
-		if (w->plen[i] >= strlen(DEFAULT_SUFFIX) &&
-		    !memcmp(w->path[i] + w->plen[i] - strlen(DEFAULT_SUFFIX), DEFAULT_SUFFIX,
-		            strlen(DEFAULT_SUFFIX)))
-			enc = 0;
+	if (w->enc_re) {
+		/* encrypted_regex: only leaves under a key that matches are encrypted */
+		pcre2_match_data *md = pcre2_match_data_create_from_pattern(w->enc_re, NULL);
+		if (!md) {
+			err_set(w->e, ERR_IO, "out of memory");
+			goto out;
+		}
+		enc = 0;
+		for (i = 0; i < (size_t)w->depth && !enc; i++)
+			enc = pcre2_match(w->enc_re, (PCRE2_SPTR)w->path[i], w->plen[i], 0, 0, md,
+			                  NULL) >= 0;
+		pcre2_match_data_free(md);
+	} else {
+		for (i = 0; i < (size_t)w->depth; i++)
+			if (w->plen[i] >= strlen(DEFAULT_SUFFIX) &&
+			    !memcmp(w->path[i] + w->plen[i] - strlen(DEFAULT_SUFFIX),
+			            DEFAULT_SUFFIX, strlen(DEFAULT_SUFFIX)))
+				enc = 0;
+	}
 	if (kd == K_NULL || (kd == K_STR && slen == 0) || !enc) {
 		/* Stored as it is; hashed unless null. */
 		if (kd != K_NULL)
@@ -1698,9 +1713,23 @@ int sops_encrypt(const char *plain, size_t len, const char *name, const struct s
 			               "\"%.80s\" is not a PGP fingerprint (40 hex digits, as "
 			               "`gpg --list-keys --with-colons` prints in its fpr lines)",
 			               o->pgp[i]);
+	if (o->encrypted_regex) {
+		int ec;
+		PCRE2_SIZE off;
+		w.enc_re = pcre2_compile((PCRE2_SPTR)o->encrypted_regex, PCRE2_ZERO_TERMINATED,
+		                         PCRE2_UTF, &ec, &off, NULL);
+		if (!w.enc_re)
+			return err_set(
+			        e, ERR_INVALID,
+			        "encrypted_regex \"%.80s\" is not a valid regular expression "
+			        "(at offset %zu)",
+			        o->encrypted_regex, (size_t)off);
+	}
 	time_format_rfc3339(t, now);
-	if (!yaml_parser_initialize(&parser))
+	if (!yaml_parser_initialize(&parser)) {
+		pcre2_code_free(w.enc_re);
 		return err_set(e, ERR_IO, "out of memory");
+	}
 	parser_ok = 1;
 	yaml_parser_set_input_string(&parser, (const unsigned char *)plain, len);
 	if (!yaml_parser_load(&parser, &doc)) {
@@ -1821,6 +1850,9 @@ int sops_encrypt(const char *plain, size_t len, const char *name, const struct s
 		if (emit_end(&w, 0))
 			goto out;
 	}
+	if (w.enc_re &&
+	    emit_kv(&w, "encrypted_regex", o->encrypted_regex, YAML_SINGLE_QUOTED_SCALAR_STYLE))
+		goto out;
 	if (emit_kv(&w, "lastmodified", now, YAML_DOUBLE_QUOTED_SCALAR_STYLE) ||
 	    emit_kv(&w, "mac", mac.data, YAML_PLAIN_SCALAR_STYLE))
 		goto out;
@@ -1842,7 +1874,8 @@ int sops_encrypt(const char *plain, size_t len, const char *name, const struct s
 			goto out;
 	}
 	if (emit_end(&w, 0) ||
-	    emit_kv(&w, "unencrypted_suffix", DEFAULT_SUFFIX, YAML_PLAIN_SCALAR_STYLE) ||
+	    (!w.enc_re &&
+	     emit_kv(&w, "unencrypted_suffix", DEFAULT_SUFFIX, YAML_PLAIN_SCALAR_STYLE)) ||
 	    emit_kv(&w, "version", SOPS_VERSION, YAML_PLAIN_SCALAR_STYLE) || emit_end(&w, 1) ||
 	    emit_end(&w, 1))
 		goto out;
@@ -1875,6 +1908,7 @@ out:
 		wipe_parser(&parser);
 		yaml_parser_delete(&parser);
 	}
+	pcre2_code_free(w.enc_re);
 	buf_free(&tmp);
 	buf_free(&mac);
 	buf_free(&res);

@@ -115,6 +115,9 @@ struct sops_encrypt_opts {
 	size_t npgp;
 	const char *gpg; /* as in sops_keys */
 	time_t now;      /* lastmodified / created_at; 0 = time(NULL) */
+	/* Only leaves under a key matching this (PCRE2) are encrypted, as sops'
+	 * encrypted_regex; NULL: every leaf but those under *_unencrypted keys. */
+	const char *encrypted_regex;
 };
 int sops_encrypt(const char *plain, size_t len, const char *name, const struct sops_encrypt_opts *o,
                  struct buf *out, struct err *e);

@@ -86,7 +86,7 @@ def clean_env():
     """The process environment without anything that could point our programs
     (or boto3) somewhere else."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("E2_", "AWS_", "SOPS_")) and k != "GITHUB_OUTPUT"}
+           if not k.startswith(("E2_", "AWS_", "SOPS_", "GITHUB_"))}
     env.setdefault("IMGSTORE_LOG", "info")
     return env
 

@@ -172,7 +172,8 @@ static void test_repo_example(void)
 	struct manifest *m = NULL;
 	struct mf_problems p = MF_PROBLEMS_INIT;
 	struct err e = {0};
-	snprintf(path, sizeof(path), "%s/images/images.yaml", root ? root : "../../..");
+	snprintf(path, sizeof(path), "%s/examples/lab/images/images.yaml",
+	         root ? root : "../../..");
 	CHECK(manifest_load(path, &m, &p, &e) == 0);
 	mf_problems_print(stderr, &p);
 	CHECK(m && m->nimages >= 3 && m->noverlays >= 1);
