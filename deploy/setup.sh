@@ -23,12 +23,15 @@ PACKAGES=(
 	build-essential meson ninja-build pkg-config clang clang-format libclang-rt-14-dev
 	libfuse3-dev libcurl4-openssl-dev libssl-dev libyaml-dev libsqlite3-dev liblzma-dev
 	libzstd-dev zlib1g-dev libxml2-dev libjansson-dev libpcre2-dev
+	libsystemd-dev
 	# run
 	fuse3 ca-certificates qemu-utils
 	# tests and demo: a real S3 server (Swift + s3api), real HTTPS, real QEMU
 	swift-proxy swift-account swift-container swift-object memcached
 	python3 python3-pytest python3-boto3 curl openssl xz-utils gzip zstd attr
 	age gnupg qemu-system-x86 busybox-static cpio iproute2 procps time
+	# install checks: systemd-analyze, man pages, bash completion, the Debian package
+	systemd man-db groff-base bash-completion dpkg-dev debhelper fakeroot lintian
 )
 [ $bench = 1 ] && PACKAGES+=(s3fs rclone hyperfine)
 
