@@ -1,8 +1,12 @@
 /* The verified reader (see reader.h).
  *
  * Blocks in memory live in one table keyed by their cache key (the block's
- * SHA-256 for verified images, cache_key_unverified() otherwise), so readers
- * of identical blocks in different images or versions share them too.  An
+ * SHA-256 for verified images, cache_key_unverified() otherwise) and their
+ * length, so readers of identical blocks in different images or versions
+ * share them too.  The length is part of an entry's identity because the key
+ * is only a claim until the bytes are checked: a record may give a 1 MiB
+ * block the hash of a 1000-byte tail, and two objects of different sizes may
+ * share an ETag; neither may make a read copy past an entry's buffer.  An
  * entry is LOADING (a GET will fill it; readers wait on its condition
  * variable), READY (verified bytes; kept in a FIFO for the next reads until
  * the memory budget needs the room) or FAILED (out of the table; waiters
@@ -242,10 +246,11 @@ static void conn_put(struct reader *r, struct s3 *s)
 
 /* ---- the block table (all under r->mu) ---- */
 
-static struct bent *table_find(struct reader *r, const unsigned char key[CACHE_KEY_LEN])
+static struct bent *table_find(struct reader *r, const unsigned char key[CACHE_KEY_LEN],
+                               uint32_t len)
 {
 	for (struct bent *b = r->buckets[bucket_of(key)]; b; b = b->hnext)
-		if (!memcmp(b->key, key, CACHE_KEY_LEN))
+		if (b->len == len && !memcmp(b->key, key, CACHE_KEY_LEN))
 			return b;
 	return NULL;
 }
@@ -725,7 +730,7 @@ static size_t schedule(struct reader_image *img, size_t start, size_t end)
 		}
 		block_key(img, i, key);
 		pthread_mutex_lock(&r->mu);
-		present = table_find(r, key) != NULL;
+		present = table_find(r, key, len) != NULL;
 		pthread_mutex_unlock(&r->mu);
 		if (!present && r->cache && cache_has(r->cache, key))
 			present = 1;
@@ -736,7 +741,7 @@ static size_t schedule(struct reader_image *img, size_t start, size_t end)
 		if (!j && !(j = job_new(img, i, chunk)))
 			return i;
 		pthread_mutex_lock(&r->mu);
-		if (table_find(r, key)) {
+		if (table_find(r, key, len)) {
 			pthread_mutex_unlock(&r->mu);
 			job_flush(r, &j);
 			continue;
@@ -1033,7 +1038,7 @@ uint64_t reader_image_cached_bytes(struct reader_image *img)
 		}
 		block_key(img, i, key);
 		pthread_mutex_lock(&r->mu);
-		b = table_find(r, key);
+		b = table_find(r, key, block_len(img, i));
 		have = b && b->state == B_READY;
 		pthread_mutex_unlock(&r->mu);
 		if (have || (r->cache && cache_has(r->cache, key)))
@@ -1111,7 +1116,7 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 	}
 	block_key(img, i, key);
 	pthread_mutex_lock(&r->mu);
-	b = table_find(r, key);
+	b = table_find(r, key, len);
 	if (b) {
 		b->refs++;
 		if (b->state == B_LOADING)
@@ -1144,7 +1149,7 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 	/* a miss: fetch it (a piece's block goes to memory, where the next
 	 * small read finds it) */
 	pthread_mutex_lock(&r->mu);
-	if ((b = table_find(r, key))) { /* someone else got there meanwhile */
+	if ((b = table_find(r, key, len))) { /* someone else got there meanwhile */
 		b->refs++;
 		pthread_mutex_unlock(&r->mu);
 		sl->kind = S_WAIT;
@@ -1185,6 +1190,11 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 	pthread_mutex_unlock(&r->mu);
 	if (b->state == B_FAILED) {
 		rc = err_set(e, b->err_code, "%s", b->err_msg ? b->err_msg : "fetch failed");
+	} else if (sl->poff > b->len || sl->plen > b->len - sl->poff) {
+		/* the table's identity rules out a shorter entry; never trust that */
+		log_error("reading %s: a %u-byte piece at %u of a %u-byte block; not served",
+		          img->key, sl->plen, sl->poff, b->len);
+		rc = err_set(e, ERR_IO, "reading %s: internal error (block length)", img->key);
 	} else {
 		memcpy(sl->dst, b->data + sl->poff, sl->plen);
 		pthread_mutex_lock(&r->mu);
