@@ -62,3 +62,61 @@ def test_two_blocks_claiming_one_hash_never_share_a_buffer(bucket, imgfs, bs):
     s = m.stats()
     assert s["verify_failures"] >= 1
     assert "f.raw block 0" in m.logtext()
+
+
+# ---------------------------------------------------------------- finding 5
+
+@pytest.mark.parametrize("bs,shown", [
+    (64 * MiB, False), (8 * MiB, False), (32 * KiB, False), (4 * KiB, False),
+    (64 * KiB, True), (MiB, True), (4 * MiB, True),
+])
+def test_only_block_sizes_labctl_can_write(bucket, imgfs, bs, shown):
+    data = pattern(300 * 1000, 41)
+    put_raw(bucket, "b.raw", data, bs=bs)
+    m = imgfs()
+    if shown:
+        assert sorted(os.listdir(m.path)) == [".imgstore", "b.raw"]
+        assert (m.path / "b.raw").read_bytes() == data
+    else:
+        assert sorted(os.listdir(m.path)) == [".imgstore"]
+        assert "b.raw: invalid checksum record" in m.logtext()
+        assert "blocks.size" in m.logtext()
+
+
+def vm_kib(pid, field):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def test_parallel_readers_stay_within_the_memory_budget(bucket, imgfs):
+    bs, nblocks, budget = 4 * MiB, 32, 8 * MiB
+    data = pattern(nblocks * bs, 44)
+    put_raw(bucket, "m.raw", data, bs=bs)
+    env = dict(bucket.env, IMGFS_MEM_MIB=str(budget // MiB))
+    m = imgfs(env=env)
+    assert m.stats()["memory_limit_bytes"] == budget
+    base = vm_kib(m.proc.pid, "VmRSS")
+    go = threading.Barrier(nblocks)
+    bad = []
+
+    def one(i):
+        go.wait()
+        off = i * bs + 8192
+        if direct_read(m.path / "m.raw", off, 4096) != data[off:off + 4096]:
+            bad.append(i)
+
+    th = [threading.Thread(target=one, args=(i,)) for i in range(nblocks)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    assert bad == []
+    s = m.stats()
+    assert s["cache_misses"] == nblocks
+    if not asan_build():  # ASan keeps freed memory in quarantine
+        grew = (vm_kib(m.proc.pid, "VmHWM") - base) * KiB
+        # 32 blocks of 4 MiB at once would be 128 MiB; the budget is 8
+        assert grew < budget + 24 * MiB, grew / MiB
+    assert s["memory_peak_bytes"] <= budget

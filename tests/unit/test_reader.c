@@ -192,7 +192,7 @@ static void fake_stop(struct fake_srv *f)
 	close(f->lfd);
 }
 
-static int open_fake_reader(struct fake_srv *f, const char *dir, struct cache **cache,
+static int open_fake_reader(struct fake_srv *f, const char *dir, uint64_t mem, struct cache **cache,
                             struct reader **r)
 {
 	struct s3_config cfg = {0};
@@ -212,6 +212,7 @@ static int open_fake_reader(struct fake_srv *f, const char *dir, struct cache **
 	ro.s3 = &cfg;
 	ro.cache = *cache;
 	ro.fetch_threads = 2;
+	ro.mem_bytes = mem;
 	if (!rc)
 		rc = reader_new(&ro, r, &e);
 	if (rc)
@@ -254,7 +255,7 @@ static void test_one_key_two_lengths(void)
 	f.nobj = 3;
 	CHECK(fake_start(&f) == 0);
 	snprintf(dir, sizeof(dir), "%s/forged", tmproot);
-	CHECK(open_fake_reader(&f, dir, &cache, &r) == 0);
+	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
 
 	memset(&rec, 0, sizeof(rec));
 	CHECK(blockmap_update(bm, forged, fsize, &e) == 0 && blockmap_finish(bm, &rec, &e) == 0);
@@ -295,6 +296,79 @@ static void test_one_key_two_lengths(void)
 	record_free(&rec);
 	free(forged);
 	free(buf);
+}
+
+/* The memory budget is hard: 24 readers of distinct 1 MiB blocks with an
+ * 8 MiB budget never hold more than 8 MiB of block buffers, and all get
+ * their bytes (they wait for room instead). */
+#define MB_BLOCKS 24
+struct mb_arg {
+	struct reader_image *img;
+	const unsigned char *data;
+	size_t i;
+	int bad;
+};
+
+static void *mb_reader(void *p)
+{
+	struct mb_arg *a = p;
+	unsigned char buf[4096];
+	size_t got = 0;
+	uint64_t off = (uint64_t)a->i * (1u << 20) + 8192;
+	a->bad = read_all(a->img, NULL, off, sizeof(buf), buf, &got, NULL) || got != sizeof(buf) ||
+	         memcmp(buf, a->data + off, sizeof(buf));
+	return NULL;
+}
+
+static void test_memory_budget(void)
+{
+	const size_t bs = 1u << 20, size = MB_BLOCKS * bs;
+	unsigned char *d = malloc(size);
+	struct fake_srv f = {0};
+	struct cache *cache = NULL;
+	struct reader *r = NULL;
+	struct reader_image *img = NULL;
+	struct reader_stats rs;
+	struct record rec = {0};
+	struct blockmap *bm = blockmap_new(HASH_SHA256, (uint32_t)bs);
+	struct err e = {0};
+	pthread_t th[MB_BLOCKS];
+	struct mb_arg a[MB_BLOCKS];
+	char dir[600];
+	int bad = 0;
+
+	for (size_t i = 0; i < size; i++)
+		d[i] = (unsigned char)(i * 31 + (i >> 20));
+	f.obj[0] = (struct fake_obj){"/bucket/images/m.raw", d, size};
+	f.nobj = 1;
+	CHECK(fake_start(&f) == 0);
+	snprintf(dir, sizeof(dir), "%s/membudget", tmproot);
+	CHECK(open_fake_reader(&f, dir, 8u << 20, &cache, &r) == 0);
+	CHECK(blockmap_update(bm, d, size, &e) == 0 && blockmap_finish(bm, &rec, &e) == 0);
+	blockmap_free(bm);
+	rec.name = strdup("m");
+	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
+	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
+	CHECK(reader_image_open(r, "images/m.raw", size, ETAG, &rec, &img, &e) == 0);
+	for (size_t i = 0; i < MB_BLOCKS; i++) {
+		a[i] = (struct mb_arg){img, d, i, 0};
+		pthread_create(&th[i], NULL, mb_reader, &a[i]);
+	}
+	for (size_t i = 0; i < MB_BLOCKS; i++) {
+		pthread_join(th[i], NULL);
+		bad += a[i].bad;
+	}
+	CHECK(bad == 0);
+	reader_get_stats(r, &rs);
+	CHECK(rs.mem_limit_bytes == 8u << 20);
+	CHECK(rs.mem_peak_bytes <= rs.mem_limit_bytes);
+	CHECK(rs.cache_misses == MB_BLOCKS);
+	reader_image_unref(img);
+	reader_free(r);
+	cache_close(cache);
+	fake_stop(&f);
+	record_free(&rec);
+	free(d);
 }
 
 int main(void)
@@ -445,6 +519,7 @@ int main(void)
 	}
 
 	test_one_key_two_lengths();
+	test_memory_budget();
 
 	reader_image_unref(reader_image_ref(img));
 	reader_image_unref(img);
