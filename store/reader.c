@@ -1167,7 +1167,8 @@ void reader_stream_free(struct reader_stream *s)
 
 /* ---- public: read ---- */
 
-enum slot_kind { S_DONE, S_WAIT, S_OWN };
+/* S_FILLED: an entry this read filled from the cache itself (ready, counted) */
+enum slot_kind { S_DONE, S_WAIT, S_OWN, S_FILLED };
 
 struct slot {
 	enum slot_kind kind;
@@ -1212,11 +1213,14 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 
 	/* From SQLite straight into the reply, whole block or piece: a piece
 	 * costs only the pages it spans (a 4 KiB random read would otherwise
-	 * copy the whole 1 MiB block out of the database). */
+	 * copy the whole 1 MiB block out of the database).  The cache checks a
+	 * verified block against its hash the first time it reads the row;
+	 * pieces of a row it has not checked yet come back CACHE_UNCHECKED. */
 	if (r->cache) {
 		struct err ce = {0};
 		cache_slot_get(r);
-		rc = cache_get_range(r->cache, key, len, sl->poff, sl->dst, sl->plen, &ce);
+		rc = cache_get_range(r->cache, key, len, sl->poff, sl->dst, sl->plen,
+		                     img->verified ? CACHE_CHECK : 0, &ce);
 		cache_slot_put(r);
 		if (rc < 0)
 			log_debug("block cache: %s", ce.msg);
@@ -1226,8 +1230,9 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 		sl->kind = S_DONE;
 		return 0;
 	}
-	/* a miss: fetch it (a piece's block goes to memory, where the next
-	 * small read finds it) */
+	/* a miss, or a piece of an unchecked row: the whole block goes to
+	 * memory, where the next small read finds it, read from the cache
+	 * (and checked) or fetched */
 	pthread_mutex_lock(&r->mu);
 	if ((b = table_find(r, key, len))) { /* someone else got there meanwhile */
 		b->refs++;
@@ -1248,6 +1253,19 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 	pthread_mutex_unlock(&r->mu);
 	sl->b = mine;
 	sl->kind = S_OWN;
+	if (rc == CACHE_UNCHECKED) {
+		struct err ce = {0};
+		cache_slot_get(r);
+		rc = cache_get_range(r->cache, key, len, 0, mine->data, len, CACHE_CHECK, &ce);
+		cache_slot_put(r);
+		if (rc < 0)
+			log_debug("block cache: %s", ce.msg);
+		if (rc == 1) {
+			atomic_fetch_add(&r->hits, 1);
+			ent_publish(r, mine);
+			sl->kind = S_FILLED;
+		} /* else altered (and dropped) or gone: fetch it */
+	}
 	return 0;
 }
 
@@ -1287,7 +1305,7 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 		if (sl->plen == b->len && b->in_table && b->on_fifo)
 			fifo_prepend(r, b);
 		pthread_mutex_unlock(&r->mu);
-		if (sl->kind == S_WAIT && !waited) {
+		if (sl->kind == S_WAIT && !waited) { /* S_FILLED was counted */
 			atomic_fetch_add(&r->hits, 1);
 			atomic_fetch_add(&r->mem_hits, 1);
 		}

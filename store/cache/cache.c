@@ -26,9 +26,22 @@
  * later insert can never be read under the old key).  The blob is read with
  * sqlite3_blob_read() straight into the caller's buffer; pages that are in
  * the main file (not the WAL) are then read by SQLite directly into it,
- * bypassing its page cache, which is why the writer checkpoints often. */
+ * bypassing its page cache, which is why the writer checkpoints often.
+ *
+ * Checks (CACHE_CHECK): the rows this process has seen hash to their key sit
+ * in an in-memory set, key -> row id.  A row gets there when it is first read
+ * whole and hashes right, or when the writer commits it from bytes its caller
+ * had checked; rows the writer deletes leave it, and a row under the same key
+ * with another id (replaced, by us or another process) is not in it.  So each
+ * row is hashed about once per process, not on every hit: a warm re-read and
+ * 4 KiB random reads cost what they did, and a block altered on disk while no
+ * imgfs had it checked (between mounts, or before the first read) is never
+ * served.  What the set cannot see is a row rewritten in place under the
+ * same id after it was checked. */
 #include "store/cache/cache.h"
 
+#include "common/hash.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "common/timefmt.h"
 #include "store/cache/cache_internal.h"
@@ -75,6 +88,11 @@
  * (times POOL_MAX in memory; tests/bench/mount.sh, fio line). */
 #define WRITER_CACHE_KIB 512
 #define READER_CACHE_KIB 1024
+/* The set of checked rows: 40 bytes a slot, at most half full.  The largest
+ * (10 MiB) holds 128k rows, 128 GiB of 1 MiB blocks; when it is full it
+ * starts over, which only means hashing rows again. */
+#define CHECKED_MIN_SLOTS 1024u
+#define CHECKED_MAX_SLOTS (1u << 18)
 
 /* ---- types ---- */
 
@@ -82,6 +100,7 @@ struct qent {
 	struct qent *next;
 	unsigned char key[CACHE_KEY_LEN];
 	size_t len;
+	sqlite3_int64 id;          /* the row it went into; 0 until then */
 	const unsigned char *data; /* own[] or the caller's buffer */
 	void (*release)(void *);   /* the caller's buffer: called once written */
 	void *arg;
@@ -104,6 +123,11 @@ struct meta_req {
 	size_t len;
 	int rc, done;
 	char msg[256];
+};
+
+struct checked {
+	unsigned char key[CACHE_KEY_LEN];
+	sqlite3_int64 id; /* 0: a free slot */
 };
 
 struct rconn {
@@ -159,7 +183,12 @@ struct cache {
 	/* meta writes, done by the writer thread (under mu) */
 	struct meta_req *meta_head;
 
-	atomic_uint_fast64_t hits, misses, inserts, evictions, dropped;
+	/* rows checked against their key: open addressing, linear probing */
+	pthread_mutex_t chk_mu;
+	struct checked *chk;
+	size_t chk_cap, chk_n;
+
+	atomic_uint_fast64_t hits, misses, inserts, evictions, dropped, verify_failures;
 	atomic_int corrupt;
 	atomic_int full_logged;
 };
@@ -226,6 +255,98 @@ static int db_err(struct err *e, sqlite3 *db, int rc, const char *what)
 {
 	return err_set(e, ERR_IO, "block cache: %s: %s (SQLite %d)", what,
 	               db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), rc);
+}
+
+/* ---- the set of checked rows ---- */
+
+static size_t chk_home(const struct cache *c, const unsigned char *key)
+{
+	uint64_t h;
+	memcpy(&h, key, sizeof(h)); /* keys are hashes: any 8 bytes are uniform */
+	return (size_t)(h & (c->chk_cap - 1));
+}
+
+/* The slot holding key, or the free slot where it would go (chk_mu held). */
+static size_t chk_slot(const struct cache *c, const unsigned char *key)
+{
+	size_t i = chk_home(c, key);
+	while (c->chk[i].id && memcmp(c->chk[i].key, key, CACHE_KEY_LEN))
+		i = (i + 1) & (c->chk_cap - 1);
+	return i;
+}
+
+static int checked_has(struct cache *c, const unsigned char *key, sqlite3_int64 id)
+{
+	int yes = 0;
+	pthread_mutex_lock(&c->chk_mu);
+	if (c->chk && id > 0)
+		yes = c->chk[chk_slot(c, key)].id == id;
+	pthread_mutex_unlock(&c->chk_mu);
+	return yes;
+}
+
+/* Room for one more (chk_mu held): grow, or start over at the largest size
+ * (or when memory is short). */
+static void chk_reserve(struct cache *c)
+{
+	struct checked *old = c->chk, *nv;
+	size_t ocap = c->chk_cap, ncap;
+	if (old && c->chk_n + 1 <= c->chk_cap / 2)
+		return;
+	ncap = old ? 2 * ocap : CHECKED_MIN_SLOTS;
+	if (ncap > CHECKED_MAX_SLOTS || !(nv = calloc(ncap, sizeof(*nv)))) {
+		if (old)
+			memset(old, 0, ocap * sizeof(*old));
+		c->chk_n = 0;
+		return;
+	}
+	c->chk = nv;
+	c->chk_cap = ncap;
+	for (size_t i = 0; i < ocap; i++)
+		if (old[i].id)
+			c->chk[chk_slot(c, old[i].key)] = old[i];
+	free(old);
+}
+
+static void checked_add(struct cache *c, const unsigned char *key, sqlite3_int64 id)
+{
+	size_t i;
+	if (id <= 0)
+		return;
+	pthread_mutex_lock(&c->chk_mu);
+	chk_reserve(c);
+	if (c->chk) {
+		i = chk_slot(c, key);
+		if (!c->chk[i].id)
+			c->chk_n++;
+		memcpy(c->chk[i].key, key, CACHE_KEY_LEN);
+		c->chk[i].id = id;
+	}
+	pthread_mutex_unlock(&c->chk_mu);
+}
+
+static void checked_del(struct cache *c, const unsigned char *key)
+{
+	size_t i, j, h, mask;
+	pthread_mutex_lock(&c->chk_mu);
+	if (!c->chk || !c->chk[i = chk_slot(c, key)].id) {
+		pthread_mutex_unlock(&c->chk_mu);
+		return;
+	}
+	/* backward shift: move later entries of the probe chain into the hole
+	 * when their home slot allows, so that no chain is cut */
+	mask = c->chk_cap - 1;
+	c->chk[i].id = 0;
+	c->chk_n--;
+	for (j = (i + 1) & mask; c->chk[j].id; j = (j + 1) & mask) {
+		h = chk_home(c, c->chk[j].key);
+		if (i <= j ? h <= i || h > j : h <= i && h > j) {
+			c->chk[i] = c->chk[j];
+			c->chk[j].id = 0;
+			i = j;
+		}
+	}
+	pthread_mutex_unlock(&c->chk_mu);
 }
 
 /* Remember that the file is damaged: the next cache_open() moves it aside
@@ -602,6 +723,7 @@ struct batch {
 static int delete_row(struct cache *c, const void *key, sqlite3_int64 id)
 {
 	int rc;
+	checked_del(c, key);
 	sqlite3_bind_int64(c->w.del_block, 1, id);
 	rc = step_done(c->w.del_block);
 	if (rc != SQLITE_OK)
@@ -727,10 +849,18 @@ static int run_batch(struct cache *c, struct batch *b)
 			rc = -f;
 			goto fail;
 		}
-		if (f == 1) { /* already cached (another reader got it too) */
+		if (f == 1 &&
+		    len == (sqlite3_int64)q->len) { /* cached (another reader got it too) */
 			if ((rc = touch_key(c, q->key, ++clock)) != SQLITE_OK)
 				goto fail;
 			continue;
+		}
+		if (f == 1) {
+			/* another length under this key: the caller checked its bytes
+			 * against the key, so the row cannot be right */
+			if ((rc = delete_row(c, q->key, id)) != SQLITE_OK)
+				goto fail;
+			b->bytes = b->bytes > (uint64_t)len ? b->bytes - (uint64_t)len : 0;
 		}
 		if (q->len > c->limit) {
 			b->dropped++;
@@ -748,6 +878,7 @@ static int run_batch(struct cache *c, struct batch *b)
 		sqlite3_bind_int64(c->w.ins_idx, 4, (sqlite3_int64)++clock);
 		if ((rc = step_done(c->w.ins_idx)) != SQLITE_OK)
 			goto fail;
+		q->id = id;
 		b->bytes += q->len;
 		b->inserts++;
 	}
@@ -898,6 +1029,9 @@ static void *writer_main(void *arg)
 			rc = run_batch(c, &b);
 			if (rc == SQLITE_OK) {
 				dirty = 1;
+				/* written from bytes the caller had checked */
+				for (struct qent *q = b.head; q; q = q->next)
+					checked_add(c, q->key, q->id);
 				if (b.head && atomic_exchange(&c->full_logged, 0))
 					log_info("block cache %s: caching again", c->path);
 			}
@@ -993,6 +1127,8 @@ static void cache_free(struct cache *c)
 	pthread_cond_destroy(&c->done);
 	pthread_mutex_destroy(&c->pool_mu);
 	pthread_cond_destroy(&c->pool_cv);
+	pthread_mutex_destroy(&c->chk_mu);
+	free(c->chk);
 	free(c);
 }
 
@@ -1018,6 +1154,7 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	pthread_cond_init(&c->done, NULL);
 	pthread_mutex_init(&c->pool_mu, NULL);
 	pthread_cond_init(&c->pool_cv, NULL);
+	pthread_mutex_init(&c->chk_mu, NULL);
 	c->limit = o->limit_bytes;
 	c->full_backoff = FULL_BACKOFF_S;
 	/* Small limits get small transactions and WAL so that db + WAL stays
@@ -1130,16 +1267,16 @@ static void queue_delete(struct cache *c, const unsigned char *key)
 int cache_get(struct cache *c, const unsigned char key[CACHE_KEY_LEN], void *buf, size_t len,
               struct err *e)
 {
-	return cache_get_range(c, key, len, 0, buf, len, e);
+	return cache_get_range(c, key, len, 0, buf, len, 0, e);
 }
 
 int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], size_t len, size_t off,
-                    void *buf, size_t n, struct err *e)
+                    void *buf, size_t n, unsigned flags, struct err *e)
 {
 	struct rconn *r;
 	sqlite3_blob *blob = NULL;
-	sqlite3_int64 id, stored;
-	int rc, ret = -1, drop = 0;
+	sqlite3_int64 id = 0, stored;
+	int rc, ret = -1, drop = 0, check = 0;
 
 	if (atomic_load(&c->corrupt) || !len || len > INT_MAX || !n || off > len || n > len - off) {
 		atomic_fetch_add(&c->misses, 1);
@@ -1162,9 +1299,17 @@ int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], siz
 	id = sqlite3_column_int64(r->lookup, 0);
 	stored = sqlite3_column_int64(r->lookup, 1);
 	if (stored != (sqlite3_int64)len) {
+		/* the caller expects another length under this key: a miss, and
+		 * the row stays (whoever is wrong, a check finds it) */
 		ret = 0;
-		drop = 1;
 		goto out;
+	}
+	if ((flags & CACHE_CHECK) && !checked_has(c, key, id)) {
+		if (off || n != len) {
+			ret = CACHE_UNCHECKED;
+			goto out;
+		}
+		check = 1;
 	}
 	/* The lookup statement is still active: same snapshot. */
 	rc = sqlite3_blob_open(r->db, "main", "blocks", "data", id, 0, &blob);
@@ -1197,14 +1342,30 @@ out:
 	sqlite3_blob_close(blob);
 	sqlite3_reset(r->lookup);
 	conn_put(c, r);
-	if (drop) {
-		log_debug("block cache: stored block has the wrong length; dropping it");
-		queue_delete(c, key);
+	if (ret == 1 && check) { /* hashed outside the read transaction */
+		unsigned char got[32];
+		hash_sha256(buf, n, got);
+		if (!memcmp(got, key, CACHE_KEY_LEN)) {
+			checked_add(c, key, id);
+		} else {
+			char khex[65];
+			hex_encode(key, CACHE_KEY_LEN, khex);
+			log_warn(
+			        "block cache %s: the cached copy of block sha256 %s does not match "
+			        "it (altered on disk); dropped, not served",
+			        c->path, khex);
+			memset(buf, 0, n);
+			atomic_fetch_add(&c->verify_failures, 1);
+			ret = 0;
+			drop = 1;
+		}
 	}
+	if (drop)
+		queue_delete(c, key);
 	if (ret == 1) {
 		atomic_fetch_add(&c->hits, 1);
 		record_touch(c, key);
-	} else {
+	} else if (ret != CACHE_UNCHECKED) {
 		atomic_fetch_add(&c->misses, 1);
 	}
 	return ret;
@@ -1268,6 +1429,7 @@ static struct qent *qent_new(struct cache *c, const unsigned char *key, size_t l
 	q->next = NULL;
 	q->release = NULL;
 	q->arg = NULL;
+	q->id = 0;
 	return q;
 }
 
@@ -1406,6 +1568,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *out)
 	out->inserts = atomic_load(&c->inserts);
 	out->evictions = atomic_load(&c->evictions);
 	out->dropped = atomic_load(&c->dropped);
+	out->verify_failures = atomic_load(&c->verify_failures);
 	out->limit_bytes = c->limit;
 	pthread_mutex_lock(&c->mu);
 	out->bytes = c->bytes;

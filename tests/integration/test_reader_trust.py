@@ -120,3 +120,95 @@ def test_parallel_readers_stay_within_the_memory_budget(bucket, imgfs):
         # 32 blocks of 4 MiB at once would be 128 MiB; the budget is 8
         assert grew < budget + 24 * MiB, grew / MiB
     assert s["memory_peak_bytes"] <= budget
+
+
+# ---------------------------------------------------------------- finding 8
+
+def corrupt_cached(cache_dir, block, where=12345):
+    """Flip a byte of the cached copy of `block` inside cache.db (through
+    SQLite, as a damaged disk or a local user would leave it: same length)."""
+    key = hashlib.sha256(block).digest()
+    db = sqlite3.connect(Path(cache_dir) / "cache.db", timeout=30)
+    try:
+        row = db.execute("SELECT id, len FROM idx WHERE key = ?", (key,)).fetchone()
+        assert row is not None and row[1] == len(block)
+        bad = bytearray(block)
+        bad[where] ^= 0x55
+        db.execute("UPDATE blocks SET data = ? WHERE id = ?", (bytes(bad), row[0]))
+        db.commit()
+    finally:
+        db.close()
+    return bytes(bad)
+
+
+def read_all_direct(path, size, chunk):
+    out = bytearray()
+    for off in range(0, size, chunk):
+        out += direct_read(path, off, chunk)
+    return bytes(out)
+
+
+def test_altered_cache_block_is_fetched_again(bucket, tmp_path, imgfs):
+    data = pattern(4 * MiB + 5000, 42)
+    put_raw(bucket, "c.raw", data)
+    m = imgfs()
+    assert (m.path / "c.raw").read_bytes() == data
+    m.stop()  # every block is in cache.db now
+    corrupt_cached(tmp_path / "cache", data[MiB:2 * MiB])
+    corrupt_cached(tmp_path / "cache", data[2 * MiB:3 * MiB])
+
+    m2 = imgfs(name="mnt2")
+    p = m2.path / "c.raw"
+    # a piece of an altered block, then a whole altered block
+    assert direct_read(p, 2 * MiB + 8192, 8192) == data[2 * MiB + 8192:2 * MiB + 16384]
+    assert direct_read(p, MiB, MiB) == data[MiB:2 * MiB]
+    assert read_all_direct(p, len(data), 64 * KiB)[:len(data)] == data
+    s = m2.stats()
+    assert s["cache_verify_failures"] == 2, s
+    assert s["bytes_fetched"] == 2 * MiB, s
+    assert s["verify_failures"] == 0
+    m2.stop()
+
+    # fetched again and cached again: a third mount reads it all from the cache
+    m3 = imgfs(name="mnt3")
+    assert read_all_direct(m3.path / "c.raw", len(data), 128 * KiB)[:len(data)] == data
+    s = m3.stats()
+    assert s["cache_verify_failures"] == 0 and s["bytes_fetched"] == 0, s
+
+
+def test_cache_block_altered_while_mounted_before_first_read(bucket, tmp_path, imgfs):
+    data = pattern(3 * MiB, 45)
+    put_raw(bucket, "w.raw", data)
+    m = imgfs()
+    assert (m.path / "w.raw").read_bytes() == data
+    m.stop()
+    m2 = imgfs(name="mnt2")
+    corrupt_cached(tmp_path / "cache", data[:MiB], where=100)
+    for off in (0, 4096, 512 * KiB):
+        assert direct_read(m2.path / "w.raw", off, 4096) == data[off:off + 4096]
+    assert m2.stats()["cache_verify_failures"] == 1
+
+
+def test_altered_cache_block_with_the_bucket_down_is_eio(bucket, s3server, tmp_path, imgfs):
+    data = pattern(3 * MiB + 777, 46)
+    put_raw(bucket, "d.raw", data)
+    proxy = Proxy(s3server.port)
+    env = dict(bucket.env, E2_ENDPOINT=proxy.endpoint)
+    try:
+        m = imgfs(env=env, extra=["--timeout", "2"])
+        assert (m.path / "d.raw").read_bytes() == data
+        m.stop()
+        corrupt_cached(tmp_path / "cache", data[MiB:2 * MiB])
+        proxy.set_mode("reset")
+        m2 = imgfs(env=env, extra=["--timeout", "2"], name="mnt2")
+        p = m2.path / "d.raw"
+        for off, length in ((MiB + 8192, 4096), (MiB, MiB), (MiB + 12288, 64 * KiB)):
+            with pytest.raises(OSError) as ei:  # never the altered bytes
+                direct_read(p, off, length)
+            assert ei.value.errno == errno.EIO
+        # the other blocks are intact and served
+        assert direct_read(p, 0, MiB) == data[:MiB]
+        assert direct_read(p, 2 * MiB, 2 * MiB)[:MiB + 777] == data[2 * MiB:]
+        assert m2.stats()["cache_verify_failures"] >= 1
+    finally:
+        proxy.close()

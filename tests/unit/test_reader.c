@@ -18,6 +18,7 @@
 #include <ftw.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -243,7 +244,7 @@ static void test_one_key_two_lengths(void)
 	enum err_code code;
 
 	for (size_t i = 0; i < fsize; i++)
-		forged[i] = (unsigned char)(i * 7 + 3);
+		forged[i] = (unsigned char)(i * 7 + 3 + (i >> 16));
 	for (size_t i = 0; i < sizeof(a); i++)
 		a[i] = (unsigned char)(i * 13 + 1);
 	for (size_t i = 0; i < sizeof(b); i++)
@@ -369,6 +370,107 @@ static void test_memory_budget(void)
 	fake_stop(&f);
 	record_free(&rec);
 	free(d);
+}
+
+/* Flip one byte of the cached copy of `key` inside cache.db (as a damaged
+ * disk or a local user would). */
+static int alter_cached(const char *dir, const unsigned char *key, int at)
+{
+	char path[600];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	sqlite3_blob *blob = NULL;
+	unsigned char b;
+	int rc = -1;
+	snprintf(path, sizeof(path), "%s/cache.db", dir);
+	if (sqlite3_open(path, &db) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db, "SELECT id FROM idx WHERE key = ?1", -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_blob(st, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW &&
+	    sqlite3_blob_open(db, "main", "blocks", "data", sqlite3_column_int64(st, 0), 1,
+	                      &blob) == SQLITE_OK &&
+	    sqlite3_blob_read(blob, &b, 1, at) == SQLITE_OK) {
+		b ^= 0x55;
+		rc = sqlite3_blob_write(blob, &b, 1, at) == SQLITE_OK ? 0 : -1;
+	}
+out:
+	sqlite3_blob_close(blob);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return rc;
+}
+
+/* A block altered in cache.db is never served: it is fetched again (and
+ * counted), or the read fails when the bucket is unreachable. */
+static void test_altered_cache(void)
+{
+	const size_t size = 3 * BS;
+	unsigned char *d = malloc(size), *buf = malloc(size);
+	struct fake_srv f = {0};
+	struct cache *cache = NULL;
+	struct cache_opts co = {0};
+	struct cache_stats cs;
+	struct reader *r = NULL;
+	struct reader_image *img = NULL;
+	struct record rec = {0};
+	struct blockmap *bm = blockmap_new(HASH_SHA256, BS);
+	struct err e = {0};
+	char dir[600];
+	size_t got = 0;
+	enum err_code code;
+
+	for (size_t i = 0; i < size; i++)
+		d[i] = (unsigned char)(i * 11 + 7 + (i >> 16));
+	CHECK(blockmap_update(bm, d, size, &e) == 0 && blockmap_finish(bm, &rec, &e) == 0);
+	blockmap_free(bm);
+	rec.name = strdup("c");
+	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
+	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
+	snprintf(dir, sizeof(dir), "%s/altered", tmproot);
+	co.dir = dir;
+	co.limit_bytes = 64u << 20;
+	CHECK(cache_open(&co, &cache, &e) == 0);
+	for (size_t i = 0; i < 3; i++)
+		cache_put(cache, rec.hashes[i], d + i * BS, BS);
+	cache_close(cache);
+	CHECK(alter_cached(dir, rec.hashes[1], 100) == 0);
+	CHECK(alter_cached(dir, rec.hashes[2], 40000) == 0);
+
+	f.obj[0] = (struct fake_obj){"/bucket/images/c.raw", d, size};
+	f.nobj = 1;
+	CHECK(fake_start(&f) == 0);
+	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
+	CHECK(reader_image_open(r, "images/c.raw", size, ETAG, &rec, &img, &e) == 0);
+	/* a piece of altered block 1: fetched again; whole block 0: cached */
+	CHECK(read_all(img, NULL, BS + 64, 100, buf, &got, NULL) == 0 && got == 100);
+	CHECK(!memcmp(buf, d + BS + 64, 100));
+	CHECK(read_all(img, NULL, 0, BS, buf, &got, NULL) == 0 && got == BS);
+	CHECK(!memcmp(buf, d, BS));
+	CHECK(atomic_load(&f.gets) == 1);
+	cache_get_stats(cache, &cs);
+	CHECK(cs.verify_failures == 1);
+	reader_image_unref(img);
+	reader_free(r);
+	cache_close(cache);
+
+	/* the bucket is gone: altered block 2 fails, whole or piece */
+	fake_stop(&f);
+	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
+	CHECK(reader_image_open(r, "images/c.raw", size, ETAG, &rec, &img, &e) == 0);
+	memset(buf, 0, size);
+	CHECK(read_all(img, NULL, 2 * BS, BS, buf, &got, &code) == -1 && got == 0);
+	CHECK(code == ERR_NET);
+	CHECK(read_all(img, NULL, 2 * BS + 39000, 2000, buf, &got, &code) == -1 && got == 0);
+	CHECK(read_all(img, NULL, 0, BS, buf, &got, NULL) == 0 && !memcmp(buf, d, BS));
+	cache_get_stats(cache, &cs);
+	CHECK(cs.verify_failures == 1);
+	reader_image_unref(img);
+	reader_free(r);
+	cache_close(cache);
+	record_free(&rec);
+	free(d);
+	free(buf);
 }
 
 int main(void)
@@ -520,6 +622,7 @@ int main(void)
 
 	test_one_key_two_lengths();
 	test_memory_budget();
+	test_altered_cache();
 
 	reader_image_unref(reader_image_ref(img));
 	reader_image_unref(img);
