@@ -20,6 +20,23 @@
  * commit together or not at all, so a crash or power cut can lose recent
  * inserts but never expose a partial block.
  *
+ * Disk: everything in the directory stays within the limit + 8 MiB
+ * (DISK_SLACK).  The limit bounds the block bytes (cache_bytes); the disk is
+ * bounded by what the files are made of:
+ *   cache.db      pages in use (blocks with their page overhead, the index,
+ *                 the listing and records in meta: all counted) <= target,
+ *                 evicted by that measure too, plus at most KEEP_FREE_PAGES
+ *                 free pages (incremental vacuum gives back the rest)
+ *   cache.db-wal  at most wal_pages plus one transaction: after a commit that
+ *                 leaves more, a TRUNCATE checkpoint empties it
+ *   cache.db-shm  32 KiB per 4096 WAL pages
+ * target = limit + DISK_SLACK - (WAL + a transaction + free pages + 1 MiB):
+ * large caches give up a few MiB of blocks for it; small ones, where the
+ * pages of the index and the listing weigh most, may keep pages beyond the
+ * limit, never block bytes.  (A 64 KiB block takes 72 KiB of pages.  Before,
+ * a limit of 48 MiB let the directory reach 75 MiB: a WAL of limit/2 between
+ * PASSIVE checkpoints, and up to limit/16 + a batch of free pages.)
+ *
  * Reads: a small pool of read-only connections, one per concurrent reader.
  * The key lookup statement stays active while the blob is opened and read,
  * so both happen in the same WAL snapshot (an evicted row id reused by a
@@ -72,7 +89,11 @@
 #define QUEUE_MAX_BYTES   (48u << 20)
 #define BATCH_MAX_BLOCKS  256
 #define BATCH_MAX_BYTES   (4u << 20)
-#define TOUCH_MAX         8192 /* hits recorded between two writer batches */
+#define DISK_SLACK        (8ull << 20) /* the contract: --cache-size + 8 MiB */
+#define KEEP_FREE_PAGES   16           /* free pages kept for the next batch */
+#define TX_MAX_BLOCK      (4ull << 20) /* a batch is one block when larger (RECORD_MAX_BLOCK_SIZE) */
+#define TX_INDEX_BYTES    (1ull << 20) /* index pages a batch dirties besides the blocks */
+#define TOUCH_MAX         8192         /* hits recorded between two writer batches */
 #define DELETE_MAX        256
 #define POOL_MAX          12 /* read connections */
 #define BUSY_TIMEOUT_MS   5000
@@ -138,14 +159,16 @@ struct rconn {
 
 struct wstmts {
 	sqlite3_stmt *begin, *commit, *rollback, *state_get, *state_set, *find, *touch, *oldest,
-	        *del_block, *del_idx, *ins_block, *ins_idx, *freelist, *sum, *meta_put;
+	        *del_block, *del_idx, *ins_block, *ins_idx, *freelist, *page_count, *sum, *meta_put;
 };
 
 struct cache {
 	char *dir, *path, *marker;
 	uint64_t limit;
 	uint64_t batch_bytes; /* per transaction */
-	unsigned wal_pages;   /* autocheckpoint threshold */
+	uint64_t target;      /* bytes of database pages in use (see the top) */
+	unsigned wal_pages;   /* checkpoint threshold */
+	int wal_frames;       /* in the WAL after the last commit (writer thread) */
 
 	/* writer connection: used by cache_open, then only by the writer thread */
 	sqlite3 *wdb;
@@ -501,6 +524,7 @@ static int prepare_writer(struct cache *c)
 	P(ins_block, "INSERT INTO blocks(data) VALUES(?1)");
 	P(ins_idx, "INSERT INTO idx(key, id, len, atime) VALUES(?1, ?2, ?3, ?4)");
 	P(freelist, "PRAGMA freelist_count");
+	P(page_count, "PRAGMA page_count");
 	P(sum, "SELECT coalesce(sum(len), 0), coalesce(max(atime), 0) FROM idx");
 	P(meta_put, "INSERT OR REPLACE INTO meta(name, data) VALUES(?1, ?2)");
 #undef P
@@ -544,6 +568,15 @@ static int load_state(struct cache *c)
 		bytes = sum;
 	}
 	c->bytes = bytes;
+	return SQLITE_OK;
+}
+
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+	struct cache *c = arg;
+	(void)db;
+	(void)name;
+	c->wal_frames = frames;
 	return SQLITE_OK;
 }
 
@@ -594,7 +627,9 @@ static int try_open(struct cache *c, struct err *e)
 	rc = exec(c->wdb, sql);
 	if (rc != SQLITE_OK)
 		goto fail;
-	sqlite3_wal_autocheckpoint(c->wdb, (int)c->wal_pages);
+	/* our own checkpoints (writer_main), which TRUNCATE: SQLite's automatic
+	 * ones are PASSIVE and leave the file at its largest */
+	sqlite3_wal_hook(c->wdb, wal_hook, c);
 	rc = prepare_writer(c);
 	if (rc != SQLITE_OK)
 		goto fail;
@@ -732,20 +767,55 @@ static int delete_row(struct cache *c, const void *key, sqlite3_int64 id)
 	return step_done(c->w.del_idx);
 }
 
-/* Evict least recently used rows until bytes + need <= limit. */
+static long long pragma_step(sqlite3_stmt *st, int *rc)
+{
+	long long v = 0;
+	*rc = sqlite3_step(st);
+	if (*rc == SQLITE_ROW) {
+		v = sqlite3_column_int64(st, 0);
+		*rc = SQLITE_OK;
+	}
+	sqlite3_reset(st);
+	return v;
+}
+
+/* Bytes of database pages in use (not free), blocks and everything else. */
+static int used_bytes(struct cache *c, uint64_t *out)
+{
+	int rc;
+	long long total = pragma_step(c->w.page_count, &rc), nfree;
+	if (rc != SQLITE_OK)
+		return rc;
+	nfree = pragma_step(c->w.freelist, &rc);
+	*out = total > nfree ? (uint64_t)(total - nfree) * CACHE_PAGE_SIZE : 0;
+	return rc;
+}
+
+/* Evict least recently used rows until bytes + need <= limit and the pages
+ * in use leave room for need (a block of need bytes takes its overflow pages
+ * and a share of a leaf: counted as need + one page). */
 static int evict(struct cache *c, struct batch *b, uint64_t need)
 {
-	while (b->bytes + need > c->limit && b->bytes > 0) {
+	for (;;) {
 		unsigned char key[CACHE_KEY_LEN];
 		sqlite3_int64 id, len;
-		int rc = sqlite3_step(c->w.oldest);
+		uint64_t used = 0;
+		int rc = used_bytes(c, &used);
+		if (rc != SQLITE_OK)
+			return rc;
+		if (b->bytes + need <= c->limit &&
+		    used + (need ? need + CACHE_PAGE_SIZE : 0) <= c->target)
+			break;
+		rc = sqlite3_step(c->w.oldest);
 		if (rc != SQLITE_ROW) {
 			sqlite3_reset(c->w.oldest);
 			if (rc != SQLITE_DONE)
 				return rc;
-			/* Nothing left to evict: the count was off. */
-			log_warn("block cache: %llu bytes accounted but no rows left",
-			         (unsigned long long)b->bytes);
+			/* Nothing left to evict (the listing alone may fill a
+			 * small cache); a count that says otherwise was off. */
+			if (b->bytes)
+				log_warn("block cache: %llu bytes accounted but no rows left",
+				         (unsigned long long)b->bytes);
 			b->bytes = 0;
 			break;
 		}
@@ -790,22 +860,18 @@ static int touch_key(struct cache *c, const void *key, uint64_t clock)
 	return step_done(c->w.touch);
 }
 
-/* Free pages beyond what the next batch will reuse go back to the file
- * system (auto_vacuum=INCREMENTAL), so that a lowered limit or deleted rows
- * shrink the file. */
+/* Free pages beyond a few go back to the file system
+ * (auto_vacuum=INCREMENTAL): evictions and inserts share one transaction, so
+ * inserts reuse the pages that evictions free, and what is left over would
+ * only make the file larger than its pages in use. */
 static int maybe_vacuum(struct cache *c)
 {
-	long long keep = (long long)(c->batch_bytes / CACHE_PAGE_SIZE) + 16, nfree;
-	long long slack = (long long)(c->limit / 16 / CACHE_PAGE_SIZE);
 	char sql[64];
-	int rc = sqlite3_step(c->w.freelist);
-	nfree = rc == SQLITE_ROW ? sqlite3_column_int64(c->w.freelist, 0) : 0;
-	sqlite3_reset(c->w.freelist);
-	if (rc != SQLITE_ROW)
+	int rc;
+	long long nfree = pragma_step(c->w.freelist, &rc);
+	if (rc != SQLITE_OK || nfree <= KEEP_FREE_PAGES)
 		return rc;
-	if (nfree <= keep + (slack > 16 ? slack : 16))
-		return SQLITE_OK;
-	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%lld)", nfree - keep);
+	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%lld)", nfree - KEEP_FREE_PAGES);
 	return exec(c->wdb, sql);
 }
 
@@ -901,9 +967,11 @@ fail:
 
 static void checkpoint(struct cache *c, int mode)
 {
-	int rc = sqlite3_wal_checkpoint_v2(c->wdb, NULL, mode, NULL, NULL);
+	int nlog = -1, rc = sqlite3_wal_checkpoint_v2(c->wdb, NULL, mode, &nlog, NULL);
 	if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
 		log_debug("block cache: checkpoint: %s", sqlite3_errmsg(c->wdb));
+	if (nlog >= 0)
+		c->wal_frames = nlog;
 }
 
 /* Writer thread: run the queued meta writes, each its own transaction. */
@@ -939,7 +1007,8 @@ static void take_batch(struct cache *c, struct batch *b)
 {
 	size_t bytes = 0;
 	struct qent **tail = &b->head;
-	while (c->qhead && b->n < BATCH_MAX_BLOCKS && (bytes < c->batch_bytes || !b->n)) {
+	while (c->qhead && b->n < BATCH_MAX_BLOCKS &&
+	       (!b->n || bytes + c->qhead->len <= c->batch_bytes)) {
 		struct qent *q = c->qhead;
 		c->qhead = q->next;
 		q->next = NULL;
@@ -990,7 +1059,7 @@ static void *writer_main(void *arg)
 				/* Idle: move the WAL into the main file, where
 				 * blob reads bypass the page cache. */
 				pthread_mutex_unlock(&c->mu);
-				checkpoint(c, SQLITE_CHECKPOINT_PASSIVE);
+				checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
 				dirty = 0;
 				pthread_mutex_lock(&c->mu);
 			}
@@ -1021,6 +1090,7 @@ static void *writer_main(void *arg)
 		if (meta) {
 			run_meta(c, meta);
 			dirty = 1;
+			evict_only = 1; /* the listing counts against the disk bound too */
 		}
 
 		rc = SQLITE_OK;
@@ -1035,6 +1105,10 @@ static void *writer_main(void *arg)
 				if (b.head && atomic_exchange(&c->full_logged, 0))
 					log_info("block cache %s: caching again", c->path);
 			}
+		}
+		if (c->wal_frames >= (int)c->wal_pages) {
+			checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
+			dirty = c->wal_frames > 0;
 		}
 
 		pthread_mutex_lock(&c->mu);
@@ -1086,7 +1160,7 @@ static void *writer_main(void *arg)
 			uint64_t gen = c->flush_gen;
 			pthread_mutex_unlock(&c->mu);
 			if (dirty)
-				checkpoint(c, SQLITE_CHECKPOINT_PASSIVE);
+				checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
 			dirty = 0;
 			pthread_mutex_lock(&c->mu);
 			c->flush_done = gen;
@@ -1137,7 +1211,8 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	struct cache *c;
 	pthread_condattr_t ca;
 	struct rconn *r;
-	uint64_t wal;
+	uint64_t wal, tx, reserve, used = 0;
+	long long nfree = 0;
 	int rc;
 
 	*out = NULL;
@@ -1157,19 +1232,26 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	pthread_mutex_init(&c->chk_mu, NULL);
 	c->limit = o->limit_bytes;
 	c->full_backoff = FULL_BACKOFF_S;
-	/* Small limits get small transactions and WAL so that db + WAL stays
-	 * near the limit; large ones get 16 MiB batches and a 64 MiB WAL. */
+	/* Small limits get small transactions and WAL; the disk bound (see the
+	 * top) takes what the WAL and a transaction may need from the blocks of
+	 * a large cache, never more than the limit from a small one. */
 	c->batch_bytes = c->limit / 4;
 	if (c->batch_bytes < (1u << 20))
 		c->batch_bytes = 1u << 20;
 	if (c->batch_bytes > BATCH_MAX_BYTES)
 		c->batch_bytes = BATCH_MAX_BYTES;
-	wal = c->limit / 2;
-	if (wal < (4u << 20))
-		wal = 4u << 20;
-	if (wal > (64u << 20))
-		wal = 64u << 20;
+	wal = c->limit / 8;
+	if (wal < (1u << 20))
+		wal = 1u << 20;
+	if (wal > (16u << 20))
+		wal = 16u << 20;
 	c->wal_pages = (unsigned)(wal / CACHE_PAGE_SIZE);
+	/* a transaction: a batch, or one block (never more than the limit) */
+	tx = c->limit < TX_MAX_BLOCK ? c->limit : TX_MAX_BLOCK;
+	if (tx < c->batch_bytes)
+		tx = c->batch_bytes;
+	reserve = wal + tx + TX_INDEX_BYTES + KEEP_FREE_PAGES * CACHE_PAGE_SIZE + (1u << 20);
+	c->target = c->limit + DISK_SLACK > reserve ? c->limit + DISK_SLACK - reserve : 0;
 	c->dir = strdup(o->dir);
 	c->path = path_join(o->dir, CACHE_DB_NAME);
 	c->marker = path_join(o->dir, CACHE_CORRUPT_TAG);
@@ -1197,6 +1279,13 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	if (rc)
 		goto fail;
 
+	if ((rc = used_bytes(c, &used)) == SQLITE_OK)
+		nfree = pragma_step(c->w.freelist, &rc);
+	if (rc != SQLITE_OK) {
+		db_err(e, c->wdb, rc, "reading the database size");
+		goto fail;
+	}
+
 	/* One read connection up front: it proves the readers can open. */
 	if (!(r = rconn_open(c, e)))
 		goto fail;
@@ -1208,7 +1297,8 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 		goto fail;
 	}
 	c->writer_started = 1;
-	if (c->bytes > c->limit) {
+	if (c->bytes > c->limit || used > c->target || nfree > KEEP_FREE_PAGES) {
+		/* a lower limit than last time */
 		pthread_mutex_lock(&c->mu);
 		c->need_evict = 1;
 		pthread_cond_signal(&c->wake);

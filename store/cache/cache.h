@@ -27,8 +27,10 @@
 struct cache;
 
 struct cache_opts {
-	const char *dir;      /* created 0700 when missing */
-	uint64_t limit_bytes; /* bound on block bytes kept; LRU eviction above it */
+	const char *dir; /* created 0700 when missing */
+	/* bound on block bytes kept (LRU eviction above it); everything in dir
+	 * stays within limit_bytes + 8 MiB */
+	uint64_t limit_bytes;
 };
 
 int cache_open(const struct cache_opts *o, struct cache **out, struct err *e);

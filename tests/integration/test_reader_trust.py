@@ -212,3 +212,62 @@ def test_altered_cache_block_with_the_bucket_down_is_eio(bucket, s3server, tmp_p
         assert m2.stats()["cache_verify_failures"] >= 1
     finally:
         proxy.close()
+
+
+# ---------------------------------------------------------------- finding 9
+
+def du_sb(d):
+    out = subprocess.run(["du", "-sb", str(d)], capture_output=True, text=True).stdout
+    return int(out.split()[0]) if out else 0
+
+
+class Sampler:
+    """The largest `du -sb` of a directory, sampled while something runs."""
+
+    def __init__(self, d):
+        self.d, self.max, self.stop_ev = d, 0, threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop_ev.is_set():
+            self.max = max(self.max, du_sb(self.d))
+            time.sleep(0.02)
+
+    def stop(self):
+        self.stop_ev.set()
+        self.t.join()
+        self.max = max(self.max, du_sb(self.d))
+        return self.max
+
+
+@pytest.mark.parametrize("size_opt,limit,image", [
+    ("8M", 8 * MiB, 64 * MiB), ("48M", 48 * MiB, 160 * MiB)])
+def test_cache_dir_within_cache_size_plus_8mib(bucket, tmp_path, imgfs, size_opt, limit, image):
+    data = pattern(image, 47)
+    put_raw(bucket, "big.raw", data)
+    m = imgfs(extra=["--cache-size", size_opt])
+    cache = tmp_path / "cache"
+    sampler = Sampler(cache)
+    try:
+        assert (m.path / "big.raw").read_bytes() == data  # sequential
+        rnd = random.Random(48)
+        for _ in range(150):  # random, O_DIRECT: past the page cache
+            off = rnd.randrange(0, image // 4096) * 4096
+            n = rnd.choice([4096, 64 * KiB, MiB])
+            assert direct_read(m.path / "big.raw", off, n) == data[off:off + n]
+        last = -1
+        for _ in range(100):  # until the cache writer is done
+            cur = m.stats()["cache_inserts"]
+            if cur == last:
+                break
+            last = cur
+            time.sleep(0.3)
+        s = m.stats()
+        assert s["cache_bytes"] <= limit
+    finally:
+        during = sampler.stop()
+    m.stop()
+    after = du_sb(cache)
+    assert during <= limit + 8 * MiB, (during / MiB, sorted(os.listdir(cache)))
+    assert after <= limit + 8 * MiB, after / MiB
