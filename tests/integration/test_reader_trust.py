@@ -269,5 +269,7 @@ def test_cache_dir_within_cache_size_plus_8mib(bucket, tmp_path, imgfs, size_opt
         during = sampler.stop()
     m.stop()
     after = du_sb(cache)
+    print(f"--cache-size {size_opt}: cache_bytes {s['cache_bytes'] / MiB:.1f} MiB, du -sb "
+          f"at most {during / MiB:.1f} MiB while reading, {after / MiB:.1f} MiB after")
     assert during <= limit + 8 * MiB, (during / MiB, sorted(os.listdir(cache)))
     assert after <= limit + 8 * MiB, after / MiB
