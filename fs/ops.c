@@ -108,9 +108,11 @@ char *imgfs_stats_json(struct imgfs *fs, size_t *len)
 	NUM("cache_inserts", cs.inserts);
 	NUM("cache_evictions", cs.evictions);
 	NUM("cache_dropped", cs.dropped);
+	NUM("cache_verify_failures", cs.verify_failures);
 	NUM("memory_hits", rs.mem_hits);
 	NUM("memory_bytes", rs.mem_bytes);
 	NUM("memory_limit_bytes", rs.mem_limit_bytes);
+	NUM("memory_peak_bytes", rs.mem_peak_bytes);
 	NUM("zero_blocks", rs.zero_blocks);
 	NUM("coalesced_reads", rs.coalesced);
 	NUM("readahead_blocks", rs.readahead_blocks);

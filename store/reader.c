@@ -1,8 +1,12 @@
 /* The verified reader (see reader.h).
  *
  * Blocks in memory live in one table keyed by their cache key (the block's
- * SHA-256 for verified images, cache_key_unverified() otherwise), so readers
- * of identical blocks in different images or versions share them too.  An
+ * SHA-256 for verified images, cache_key_unverified() otherwise) and their
+ * length, so readers of identical blocks in different images or versions
+ * share them too.  The length is part of an entry's identity because the key
+ * is only a claim until the bytes are checked: a record may give a 1 MiB
+ * block the hash of a 1000-byte tail, and two objects of different sizes may
+ * share an ETag; neither may make a read copy past an entry's buffer.  An
  * entry is LOADING (a GET will fill it; readers wait on its condition
  * variable), READY (verified bytes; kept in a FIFO for the next reads until
  * the memory budget needs the room) or FAILED (out of the table; waiters
@@ -14,7 +18,14 @@
  * entry that nobody else will fetch: (1) classify every block of the range
  * (zero, memory, SQLite, or a new LOADING entry it owns), (2) queue
  * readahead, (3) fetch its own runs of consecutive blocks, one ranged GET
- * each, (4) wait for and copy the blocks that other readers are fetching. */
+ * each, (4) wait for and copy the blocks that other readers are fetching.
+ *
+ * The memory budget is hard: block buffers (entries and the free pool) never
+ * exceed it, whatever the number of readers and the block size.  A read that
+ * finds no room for its next block finishes the blocks it has classified,
+ * lets go of them, and only then waits for room, holding nothing: so readers
+ * waiting for memory never wait for each other, only for GETs in flight and
+ * for the cache writer, which both end. */
 #include "store/reader.h"
 
 #include "common/hash.h"
@@ -37,6 +48,7 @@
  * (IMGFS_MEM_MIB=N, the cold line of tests/bench/mount.sh): 24 MiB 145 MB/s
  * (peak RSS 94 MiB), 32 MiB 153 (91), 48 MiB 167 (103), 64 MiB 170 (120). */
 #define DEF_MEM_BYTES     (48ull << 20)
+#define MIN_MEM_BYTES     (2ull * RECORD_MAX_BLOCK_SIZE) /* two reads of the largest blocks */
 #define DEF_RA_MIN        (2ull << 20)
 #define DEF_RA_MAX        (32ull << 20)
 #define DEF_RA_CHUNK      (8ull << 20)
@@ -86,11 +98,14 @@ struct reader {
 
 	pthread_mutex_t mu; /* table, FIFO, entry state and refs, jobs, buffer pool */
 	struct bent *buckets[NBUCKETS];
-	struct bent fifo; /* sentinel: fifo.next is the oldest */
-	uint64_t mem_bytes;
-	void *pool; /* free buffers of pool_len bytes, linked through their first bytes */
+	struct bent fifo;   /* sentinel: fifo.next is the oldest */
+	uint64_t mem_bytes; /* buffers of entries */
+	uint64_t mem_peak;  /* of mem_bytes + the pool */
+	void *pool;         /* free buffers of pool_len bytes, linked through their first bytes */
 	size_t npool;
 	uint32_t pool_len;
+	pthread_cond_t mem_cv; /* memory may have become free */
+	unsigned mem_waiters;
 
 	pthread_cond_t job_cv;
 	struct job *jhead, *jtail;
@@ -242,10 +257,11 @@ static void conn_put(struct reader *r, struct s3 *s)
 
 /* ---- the block table (all under r->mu) ---- */
 
-static struct bent *table_find(struct reader *r, const unsigned char key[CACHE_KEY_LEN])
+static struct bent *table_find(struct reader *r, const unsigned char key[CACHE_KEY_LEN],
+                               uint32_t len)
 {
 	for (struct bent *b = r->buckets[bucket_of(key)]; b; b = b->hnext)
-		if (!memcmp(b->key, key, CACHE_KEY_LEN))
+		if (b->len == len && !memcmp(b->key, key, CACHE_KEY_LEN))
 			return b;
 	return NULL;
 }
@@ -305,6 +321,18 @@ static void table_remove(struct reader *r, struct bent *b)
 	fifo_remove(r, b);
 }
 
+/* Bytes of block buffers allocated: in entries and in the free pool. */
+static uint64_t mem_held(const struct reader *r)
+{
+	return r->mem_bytes + (uint64_t)r->npool * r->pool_len;
+}
+
+static void mem_freed_locked(struct reader *r)
+{
+	if (r->mem_waiters)
+		pthread_cond_broadcast(&r->mem_cv);
+}
+
 static void buf_release(struct reader *r, unsigned char *data, uint32_t len)
 {
 	/* the pool counts against the same budget as the blocks in use */
@@ -324,27 +352,49 @@ static void ent_free_locked(struct reader *r, struct bent *b)
 	free(b->err_msg);
 	pthread_cond_destroy(&b->cv);
 	free(b);
+	mem_freed_locked(r);
 }
 
 static void ent_put_locked(struct reader *r, struct bent *b)
 {
-	if (--b->refs == 0 && !b->in_table)
+	if (--b->refs)
+		return;
+	if (!b->in_table)
 		ent_free_locked(r, b);
+	else
+		mem_freed_locked(r); /* evictable now */
 }
 
-/* Make room for `len` more bytes by dropping the oldest READY entries that
- * nobody holds.  Blocks read ahead and not read yet are kept for readahead
- * (it would throw away what the reader needs next to fetch what it needs
- * after that), unless stale; a demand read takes them last.  1 when the
- * budget now has the room. */
-static int evict_for_locked(struct reader *r, uint64_t len, int demand)
+static int mem_fits(const struct reader *r, uint32_t len)
+{
+	return (len == r->pool_len && r->npool) || mem_held(r) + len <= r->mem_limit;
+}
+
+/* Make room for a buffer of `len` bytes within the budget: free pooled
+ * buffers, then drop the oldest READY entries that nobody holds.  Blocks read
+ * ahead and not read yet are kept for readahead (it would throw away what the
+ * reader needs next to fetch what it needs after that), unless stale; a
+ * demand read takes them last.  1 when the buffer fits now. */
+static int mem_room_locked(struct reader *r, uint32_t len, int demand)
 {
 	double now = 0;
 	for (int pass = 0; pass < (demand ? 2 : 1); pass++) {
 		struct bent *b = r->fifo.next;
-		while (r->mem_bytes + len > r->mem_limit && b != &r->fifo) {
-			struct bent *next = b->next;
-			int ok = b->refs == 0;
+		for (;;) {
+			struct bent *next;
+			int ok;
+			while (!mem_fits(r, len) && r->pool) {
+				void *p = r->pool;
+				r->pool = *(void **)p;
+				r->npool--;
+				free(p);
+			}
+			if (mem_fits(r, len))
+				return 1;
+			if (b == &r->fifo)
+				break;
+			next = b->next;
+			ok = b->refs == 0;
 			if (ok && b->pending && pass == 0) {
 				if (!now)
 					now = time_mono();
@@ -357,10 +407,34 @@ static int evict_for_locked(struct reader *r, uint64_t len, int demand)
 			b = next;
 		}
 	}
-	return r->mem_bytes + len <= r->mem_limit;
+	return 0;
 }
 
-/* A new entry (refs 1, not in the table), with its buffer.  NULL: no memory. */
+/* Wait, holding no entries, until a buffer of len bytes fits (or dl). */
+static int mem_wait(struct reader *r, const struct reader_image *img, uint32_t len,
+                    const struct timespec *dl, struct err *e)
+{
+	int rc = 0;
+	pthread_mutex_lock(&r->mu);
+	r->mem_waiters++;
+	while (!mem_room_locked(r, len, 1)) {
+		if (pthread_cond_timedwait(&r->mem_cv, &r->mu, dl) == ETIMEDOUT &&
+		    !mem_room_locked(r, len, 1)) {
+			rc = err_set(e, ERR_IO,
+			             "reading %s: timed out waiting for block memory (%llu of %llu "
+			             "bytes held by other reads)",
+			             img->key, (unsigned long long)mem_held(r),
+			             (unsigned long long)r->mem_limit);
+			break;
+		}
+	}
+	r->mem_waiters--;
+	pthread_mutex_unlock(&r->mu);
+	return rc;
+}
+
+/* A new entry (refs 1, not in the table), with its buffer, which the caller
+ * has made room for (mem_room_locked).  NULL: no memory. */
 static struct bent *ent_new_locked(struct reader *r, const unsigned char key[CACHE_KEY_LEN],
                                    uint32_t len)
 {
@@ -386,6 +460,8 @@ static struct bent *ent_new_locked(struct reader *r, const unsigned char key[CAC
 	b->refs = 1;
 	b->state = B_LOADING;
 	r->mem_bytes += len;
+	if (mem_held(r) > r->mem_peak)
+		r->mem_peak = mem_held(r);
 	return b;
 }
 
@@ -725,7 +801,7 @@ static size_t schedule(struct reader_image *img, size_t start, size_t end)
 		}
 		block_key(img, i, key);
 		pthread_mutex_lock(&r->mu);
-		present = table_find(r, key) != NULL;
+		present = table_find(r, key, len) != NULL;
 		pthread_mutex_unlock(&r->mu);
 		if (!present && r->cache && cache_has(r->cache, key))
 			present = 1;
@@ -736,12 +812,14 @@ static size_t schedule(struct reader_image *img, size_t start, size_t end)
 		if (!j && !(j = job_new(img, i, chunk)))
 			return i;
 		pthread_mutex_lock(&r->mu);
-		if (table_find(r, key)) {
+		if (table_find(r, key, len)) {
 			pthread_mutex_unlock(&r->mu);
 			job_flush(r, &j);
 			continue;
 		}
-		if (!evict_for_locked(r, len, 0) || !(b = ent_new_locked(r, key, len))) {
+		/* demand reads waiting for memory come first */
+		if (r->mem_waiters || !mem_room_locked(r, len, 0) ||
+		    !(b = ent_new_locked(r, key, len))) {
 			pthread_mutex_unlock(&r->mu);
 			job_flush(r, &j);
 			return i;
@@ -827,6 +905,8 @@ int reader_new(const struct reader_opts *o, struct reader **out, struct err *e)
 	if (r->nthreads > MAX_FETCH_THREADS)
 		r->nthreads = MAX_FETCH_THREADS;
 	r->mem_limit = o->mem_bytes ? o->mem_bytes : DEF_MEM_BYTES;
+	if (r->mem_limit < MIN_MEM_BYTES)
+		r->mem_limit = MIN_MEM_BYTES;
 	r->ra_min = o->readahead_min ? o->readahead_min : DEF_RA_MIN;
 	r->ra_max = o->readahead_max ? o->readahead_max : DEF_RA_MAX;
 	r->ra_chunk = o->readahead_chunk ? o->readahead_chunk : DEF_RA_CHUNK;
@@ -845,6 +925,7 @@ int reader_new(const struct reader_opts *o, struct reader **out, struct err *e)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&r->job_cv, &ca);
+	pthread_cond_init(&r->mem_cv, &ca);
 	pthread_condattr_destroy(&ca);
 
 	r->threads = calloc(r->nthreads, sizeof(*r->threads));
@@ -907,6 +988,7 @@ void reader_free(struct reader *r)
 		s3_close(r->idle[i]);
 	s3_config_free(&r->cfg);
 	pthread_cond_destroy(&r->job_cv);
+	pthread_cond_destroy(&r->mem_cv);
 	pthread_mutex_destroy(&r->conn_mu);
 	pthread_mutex_destroy(&r->slot_mu);
 	pthread_cond_destroy(&r->slot_cv);
@@ -930,7 +1012,8 @@ void reader_get_stats(struct reader *r, struct reader_stats *out)
 	out->requests = atomic_load(&r->requests);
 	out->retries = atomic_load(&r->retries);
 	pthread_mutex_lock(&r->mu);
-	out->mem_bytes = r->mem_bytes;
+	out->mem_bytes = mem_held(r);
+	out->mem_peak_bytes = r->mem_peak;
 	pthread_mutex_unlock(&r->mu);
 	out->mem_limit_bytes = r->mem_limit;
 	out->bucket_down = atomic_load(&r->net_down);
@@ -1033,7 +1116,7 @@ uint64_t reader_image_cached_bytes(struct reader_image *img)
 		}
 		block_key(img, i, key);
 		pthread_mutex_lock(&r->mu);
-		b = table_find(r, key);
+		b = table_find(r, key, block_len(img, i));
 		have = b && b->state == B_READY;
 		pthread_mutex_unlock(&r->mu);
 		if (have || (r->cache && cache_has(r->cache, key)))
@@ -1084,7 +1167,8 @@ void reader_stream_free(struct reader_stream *s)
 
 /* ---- public: read ---- */
 
-enum slot_kind { S_DONE, S_WAIT, S_OWN };
+/* S_FILLED: an entry this read filled from the cache itself (ready, counted) */
+enum slot_kind { S_DONE, S_WAIT, S_OWN, S_FILLED };
 
 struct slot {
 	enum slot_kind kind;
@@ -1094,7 +1178,9 @@ struct slot {
 };
 
 /* Step 1 for one block: serve it now (zero, SQLite straight into dst) or
- * leave an entry in the slot to wait for (S_WAIT) or to fetch (S_OWN). */
+ * leave an entry in the slot to wait for (S_WAIT) or to fetch (S_OWN).
+ * 1: the block needs a buffer and the memory budget has no room now (the
+ * slot is left alone). */
 static int classify(struct reader_image *img, size_t i, struct slot *sl, struct err *e)
 {
 	struct reader *r = img->r;
@@ -1111,7 +1197,7 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 	}
 	block_key(img, i, key);
 	pthread_mutex_lock(&r->mu);
-	b = table_find(r, key);
+	b = table_find(r, key, len);
 	if (b) {
 		b->refs++;
 		if (b->state == B_LOADING)
@@ -1127,11 +1213,14 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 
 	/* From SQLite straight into the reply, whole block or piece: a piece
 	 * costs only the pages it spans (a 4 KiB random read would otherwise
-	 * copy the whole 1 MiB block out of the database). */
+	 * copy the whole 1 MiB block out of the database).  The cache checks a
+	 * verified block against its hash the first time it reads the row;
+	 * pieces of a row it has not checked yet come back CACHE_UNCHECKED. */
 	if (r->cache) {
 		struct err ce = {0};
 		cache_slot_get(r);
-		rc = cache_get_range(r->cache, key, len, sl->poff, sl->dst, sl->plen, &ce);
+		rc = cache_get_range(r->cache, key, len, sl->poff, sl->dst, sl->plen,
+		                     img->verified ? CACHE_CHECK : 0, &ce);
 		cache_slot_put(r);
 		if (rc < 0)
 			log_debug("block cache: %s", ce.msg);
@@ -1141,17 +1230,21 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 		sl->kind = S_DONE;
 		return 0;
 	}
-	/* a miss: fetch it (a piece's block goes to memory, where the next
-	 * small read finds it) */
+	/* a miss, or a piece of an unchecked row: the whole block goes to
+	 * memory, where the next small read finds it, read from the cache
+	 * (and checked) or fetched */
 	pthread_mutex_lock(&r->mu);
-	if ((b = table_find(r, key))) { /* someone else got there meanwhile */
+	if ((b = table_find(r, key, len))) { /* someone else got there meanwhile */
 		b->refs++;
 		pthread_mutex_unlock(&r->mu);
 		sl->kind = S_WAIT;
 		sl->b = b;
 		return 0;
 	}
-	evict_for_locked(r, len, 1);
+	if (!mem_room_locked(r, len, 1)) {
+		pthread_mutex_unlock(&r->mu);
+		return 1;
+	}
 	if (!(mine = ent_new_locked(r, key, len))) {
 		pthread_mutex_unlock(&r->mu);
 		return err_set(e, ERR_IO, "out of memory");
@@ -1160,6 +1253,19 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 	pthread_mutex_unlock(&r->mu);
 	sl->b = mine;
 	sl->kind = S_OWN;
+	if (rc == CACHE_UNCHECKED) {
+		struct err ce = {0};
+		cache_slot_get(r);
+		rc = cache_get_range(r->cache, key, len, 0, mine->data, len, CACHE_CHECK, &ce);
+		cache_slot_put(r);
+		if (rc < 0)
+			log_debug("block cache: %s", ce.msg);
+		if (rc == 1) {
+			atomic_fetch_add(&r->hits, 1);
+			ent_publish(r, mine);
+			sl->kind = S_FILLED;
+		} /* else altered (and dropped) or gone: fetch it */
+	}
 	return 0;
 }
 
@@ -1185,6 +1291,11 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 	pthread_mutex_unlock(&r->mu);
 	if (b->state == B_FAILED) {
 		rc = err_set(e, b->err_code, "%s", b->err_msg ? b->err_msg : "fetch failed");
+	} else if (sl->poff > b->len || sl->plen > b->len - sl->poff) {
+		/* the table's identity rules out a shorter entry; never trust that */
+		log_error("reading %s: a %u-byte piece at %u of a %u-byte block; not served",
+		          img->key, sl->plen, sl->poff, b->len);
+		rc = err_set(e, ERR_IO, "reading %s: internal error (block length)", img->key);
 	} else {
 		memcpy(sl->dst, b->data + sl->poff, sl->plen);
 		pthread_mutex_lock(&r->mu);
@@ -1194,7 +1305,7 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 		if (sl->plen == b->len && b->in_table && b->on_fifo)
 			fifo_prepend(r, b);
 		pthread_mutex_unlock(&r->mu);
-		if (sl->kind == S_WAIT && !waited) {
+		if (sl->kind == S_WAIT && !waited) { /* S_FILLED was counted */
 			atomic_fetch_add(&r->hits, 1);
 			atomic_fetch_add(&r->mem_hits, 1);
 		}
@@ -1202,51 +1313,17 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 	return rc;
 }
 
-int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
-                void *buf, size_t *got, struct err *e)
+/* Steps 3 and 4 for slots [k0, k1) (blocks first + k0...): fetch our own
+ * runs, wait for the rest, copy; every entry of these slots is let go. */
+static int finish(struct reader_image *img, size_t first, struct slot *slots, size_t k0, size_t k1,
+                  struct err *e)
 {
 	struct reader *r = img->r;
-	struct slot stack[STACK_SLOTS], *slots = stack;
-	size_t first, last, n, nset = 0;
-	int rc = -1;
 	struct err fe = {0};
-
-	*got = 0;
-	if (off >= img->size || !len)
-		return 0;
-	if (len > img->size - off)
-		len = (size_t)(img->size - off);
-	first = (size_t)(off / img->bs);
-	last = (size_t)((off + len - 1) / img->bs);
-	n = last - first + 1;
-	if (n > STACK_SLOTS && !(slots = calloc(n, sizeof(*slots))))
-		return err_set(e, ERR_IO, "out of memory");
-
-	/* 1: what is where */
-	for (size_t k = 0; k < n; k++) {
-		size_t i = first + k;
-		uint64_t bo = (uint64_t)i * img->bs;
-		uint64_t ps = off > bo ? off : bo;
-		uint64_t pe =
-		        off + len < bo + block_len(img, i) ? off + len : bo + block_len(img, i);
-		slots[k].kind = S_DONE;
-		slots[k].b = NULL;
-		slots[k].dst = (unsigned char *)buf + (ps - off);
-		slots[k].poff = (uint32_t)(ps - bo);
-		slots[k].plen = (uint32_t)(pe - ps);
-		if (classify(img, i, &slots[k], e)) {
-			nset = k;
-			goto release;
-		}
-	}
-	nset = n;
-
-	/* 2: readahead, before waiting on anything */
-	if (st)
-		readahead(img, st, first, last);
+	int rc = 0;
 
 	/* 3: our own runs, one GET each */
-	for (size_t k = 0; k < n;) {
+	for (size_t k = k0; k < k1;) {
 		size_t k2 = k;
 		struct bent *run[64];
 		struct s3 *s = NULL;
@@ -1255,7 +1332,7 @@ int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off
 			k++;
 			continue;
 		}
-		while (k2 < n && slots[k2].kind == S_OWN && k2 - k < 64)
+		while (k2 < k1 && slots[k2].kind == S_OWN && k2 - k < 64)
 			k2++;
 		for (size_t q = k; q < k2; q++)
 			run[q - k] = slots[q].b;
@@ -1278,27 +1355,96 @@ int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off
 	}
 
 	/* 4: wait and copy */
-	rc = 0;
-	for (size_t k = 0; k < n; k++) {
+	for (size_t k = k0; k < k1; k++) {
 		if (slots[k].kind == S_DONE)
 			continue;
 		if (collect(img, &slots[k], rc ? NULL : e))
 			rc = -1;
 	}
-	if (!rc)
-		*got = len;
-	nset = n;
-release:
-	if (rc) /* entries that this read was going to fetch: their waiters must not hang */
-		for (size_t k = 0; k < nset; k++)
-			if (slots[k].kind == S_OWN)
-				ent_fail(r, slots[k].b, ERR_IO, "reading was abandoned");
 	pthread_mutex_lock(&r->mu);
-	for (size_t k = 0; k < nset; k++)
+	for (size_t k = k0; k < k1; k++) {
 		if (slots[k].b)
 			ent_put_locked(r, slots[k].b);
+		slots[k].b = NULL;
+	}
+	pthread_mutex_unlock(&r->mu);
+	return rc;
+}
+
+int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                void *buf, size_t *got, struct err *e)
+{
+	struct reader *r = img->r;
+	struct slot stack[STACK_SLOTS], *slots = stack;
+	size_t first, last, n, done = 0, k = 0;
+	int rc = 0, ra_done = !st;
+	struct timespec dl;
+
+	*got = 0;
+	if (off >= img->size || !len)
+		return 0;
+	if (len > img->size - off)
+		len = (size_t)(img->size - off);
+	first = (size_t)(off / img->bs);
+	last = (size_t)((off + len - 1) / img->bs);
+	n = last - first + 1;
+	if (n > STACK_SLOTS && !(slots = calloc(n, sizeof(*slots))))
+		return err_set(e, ERR_IO, "out of memory");
+	abs_deadline(&dl, r->wait_limit_s);
+
+	while (done < n) {
+		int room = 1;
+		/* 1: what is where, as far as the memory budget goes */
+		for (; k < n; k++) {
+			size_t i = first + k;
+			uint64_t bo = (uint64_t)i * img->bs;
+			uint64_t ps = off > bo ? off : bo;
+			uint64_t pe = off + len < bo + block_len(img, i) ? off + len
+			                                                 : bo + block_len(img, i);
+			slots[k].kind = S_DONE;
+			slots[k].b = NULL;
+			slots[k].dst = (unsigned char *)buf + (ps - off);
+			slots[k].poff = (uint32_t)(ps - bo);
+			slots[k].plen = (uint32_t)(pe - ps);
+			rc = classify(img, i, &slots[k], e);
+			if (rc < 0)
+				goto release;
+			if (rc == 1) {
+				rc = 0;
+				room = 0;
+				break;
+			}
+		}
+		/* 2: readahead, before waiting on anything */
+		if (!ra_done) {
+			readahead(img, st, first, last);
+			ra_done = 1;
+		}
+		/* 3 and 4 for what was classified */
+		rc = finish(img, first, slots, done, k, e);
+		done = k;
+		if (rc)
+			goto release;
+		if (!room && (rc = mem_wait(r, img, block_len(img, first + k), &dl, e)))
+			goto release;
+	}
+	*got = len;
+release:
+	/* after an error in step 1: entries classified and not finished; the
+	 * ones this read was going to fetch must not leave their waiters hanging */
+	pthread_mutex_lock(&r->mu);
+	for (size_t q = done; q < k && q < n; q++) {
+		if (!slots[q].b)
+			continue;
+		if (slots[q].kind == S_OWN && slots[q].b->state == B_LOADING) {
+			pthread_mutex_unlock(&r->mu);
+			ent_fail(r, slots[q].b, ERR_IO, "reading was abandoned");
+			pthread_mutex_lock(&r->mu);
+		}
+		ent_put_locked(r, slots[q].b);
+	}
 	pthread_mutex_unlock(&r->mu);
 	if (slots != stack)
 		free(slots);
-	return rc;
+	return rc ? -1 : 0;
 }

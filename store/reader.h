@@ -42,10 +42,10 @@ struct reader_opts {
 	const struct s3_config *s3; /* copied; retry_budget_s bounds an uncached read */
 	struct cache *cache;        /* not owned; NULL: no persistent cache */
 	unsigned fetch_threads;     /* readahead GETs in parallel; 0: default (4) */
-	uint64_t mem_bytes;         /* in-memory block buffer; 0: default (48 MiB) */
-	uint64_t readahead_min;     /* first readahead window; 0: default (2 MiB) */
-	uint64_t readahead_max;     /* largest window; 0: default (32 MiB) */
-	uint64_t readahead_chunk;   /* bytes per readahead GET; 0: default (8 MiB) */
+	uint64_t mem_bytes;       /* block buffers, a hard bound; 0: default (48 MiB), min 8 MiB */
+	uint64_t readahead_min;   /* first readahead window; 0: default (2 MiB) */
+	uint64_t readahead_max;   /* largest window; 0: default (32 MiB) */
+	uint64_t readahead_chunk; /* bytes per readahead GET; 0: default (8 MiB) */
 };
 
 struct reader;
@@ -102,8 +102,9 @@ struct reader_stats {
 	uint64_t gets;      /* ranged GETs issued */
 	uint64_t requests;  /* HTTP requests, retries included */
 	uint64_t retries;
-	uint64_t mem_bytes, mem_limit_bytes;
-	int bucket_down; /* the last GET could not reach the bucket */
+	uint64_t mem_bytes, mem_limit_bytes; /* block buffers held; the budget */
+	uint64_t mem_peak_bytes;             /* never above mem_limit_bytes */
+	int bucket_down;                     /* the last GET could not reach the bucket */
 };
 void reader_get_stats(struct reader *r, struct reader_stats *out);
 

@@ -67,8 +67,10 @@ static int check_etag(const char *s, struct err *e)
 static int check_blocks(uint64_t size, uint64_t bs, size_t nblocks, struct err *e)
 {
 	if (!block_size_ok(bs))
-		return bad_field(e, "blocks.size",
-		                 "expected a power of two between 4096 and 67108864 bytes");
+		return err_set(e, ERR_INVALID,
+		               "checksum record: field \"blocks.size\": expected a power of two "
+		               "between %u and %u bytes",
+		               RECORD_MIN_BLOCK_SIZE, RECORD_MAX_BLOCK_SIZE);
 	if (nblocks != blocks_for(size, (uint32_t)bs))
 		return err_set(
 		        e, ERR_INVALID,

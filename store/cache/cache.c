@@ -20,15 +20,45 @@
  * commit together or not at all, so a crash or power cut can lose recent
  * inserts but never expose a partial block.
  *
+ * Disk: everything in the directory stays within the limit + 8 MiB
+ * (DISK_SLACK).  The limit bounds the block bytes (cache_bytes); the disk is
+ * bounded by what the files are made of:
+ *   cache.db      pages in use (blocks with their page overhead, the index,
+ *                 the listing and records in meta: all counted) <= target,
+ *                 evicted by that measure too, plus at most KEEP_FREE_PAGES
+ *                 free pages (incremental vacuum gives back the rest)
+ *   cache.db-wal  at most wal_pages plus one transaction: after a commit that
+ *                 leaves more, a TRUNCATE checkpoint empties it
+ *   cache.db-shm  32 KiB per 4096 WAL pages
+ * target = limit + DISK_SLACK - (WAL + a transaction + free pages + 1 MiB):
+ * large caches give up a few MiB of blocks for it; small ones, where the
+ * pages of the index and the listing weigh most, may keep pages beyond the
+ * limit, never block bytes.  (A 64 KiB block takes 72 KiB of pages.  Before,
+ * a limit of 48 MiB let the directory reach 75 MiB: a WAL of limit/2 between
+ * PASSIVE checkpoints, and up to limit/16 + a batch of free pages.)
+ *
  * Reads: a small pool of read-only connections, one per concurrent reader.
  * The key lookup statement stays active while the blob is opened and read,
  * so both happen in the same WAL snapshot (an evicted row id reused by a
  * later insert can never be read under the old key).  The blob is read with
  * sqlite3_blob_read() straight into the caller's buffer; pages that are in
  * the main file (not the WAL) are then read by SQLite directly into it,
- * bypassing its page cache, which is why the writer checkpoints often. */
+ * bypassing its page cache, which is why the writer checkpoints often.
+ *
+ * Checks (CACHE_CHECK): the rows this process has seen hash to their key sit
+ * in an in-memory set, key -> row id.  A row gets there when it is first read
+ * whole and hashes right, or when the writer commits it from bytes its caller
+ * had checked; rows the writer deletes leave it, and a row under the same key
+ * with another id (replaced, by us or another process) is not in it.  So each
+ * row is hashed about once per process, not on every hit: a warm re-read and
+ * 4 KiB random reads cost what they did, and a block altered on disk while no
+ * imgfs had it checked (between mounts, or before the first read) is never
+ * served.  What the set cannot see is a row rewritten in place under the
+ * same id after it was checked. */
 #include "store/cache/cache.h"
 
+#include "common/hash.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "common/timefmt.h"
 #include "store/cache/cache_internal.h"
@@ -59,7 +89,11 @@
 #define QUEUE_MAX_BYTES   (48u << 20)
 #define BATCH_MAX_BLOCKS  256
 #define BATCH_MAX_BYTES   (4u << 20)
-#define TOUCH_MAX         8192 /* hits recorded between two writer batches */
+#define DISK_SLACK        (8ull << 20) /* the contract: --cache-size + 8 MiB */
+#define KEEP_FREE_PAGES   16           /* free pages kept for the next batch */
+#define TX_MAX_BLOCK      (4ull << 20) /* a batch is one block when larger (RECORD_MAX_BLOCK_SIZE) */
+#define TX_INDEX_BYTES    (1ull << 20) /* index pages a batch dirties besides the blocks */
+#define TOUCH_MAX         8192         /* hits recorded between two writer batches */
 #define DELETE_MAX        256
 #define POOL_MAX          12 /* read connections */
 #define BUSY_TIMEOUT_MS   5000
@@ -75,6 +109,11 @@
  * (times POOL_MAX in memory; tests/bench/mount.sh, fio line). */
 #define WRITER_CACHE_KIB 512
 #define READER_CACHE_KIB 1024
+/* The set of checked rows: 40 bytes a slot, at most half full.  The largest
+ * (10 MiB) holds 128k rows, 128 GiB of 1 MiB blocks; when it is full it
+ * starts over, which only means hashing rows again. */
+#define CHECKED_MIN_SLOTS 1024u
+#define CHECKED_MAX_SLOTS (1u << 18)
 
 /* ---- types ---- */
 
@@ -82,6 +121,7 @@ struct qent {
 	struct qent *next;
 	unsigned char key[CACHE_KEY_LEN];
 	size_t len;
+	sqlite3_int64 id;          /* the row it went into; 0 until then */
 	const unsigned char *data; /* own[] or the caller's buffer */
 	void (*release)(void *);   /* the caller's buffer: called once written */
 	void *arg;
@@ -106,6 +146,11 @@ struct meta_req {
 	char msg[256];
 };
 
+struct checked {
+	unsigned char key[CACHE_KEY_LEN];
+	sqlite3_int64 id; /* 0: a free slot */
+};
+
 struct rconn {
 	struct rconn *next;
 	sqlite3 *db;
@@ -114,14 +159,16 @@ struct rconn {
 
 struct wstmts {
 	sqlite3_stmt *begin, *commit, *rollback, *state_get, *state_set, *find, *touch, *oldest,
-	        *del_block, *del_idx, *ins_block, *ins_idx, *freelist, *sum, *meta_put;
+	        *del_block, *del_idx, *ins_block, *ins_idx, *freelist, *page_count, *sum, *meta_put;
 };
 
 struct cache {
 	char *dir, *path, *marker;
 	uint64_t limit;
 	uint64_t batch_bytes; /* per transaction */
-	unsigned wal_pages;   /* autocheckpoint threshold */
+	uint64_t target;      /* bytes of database pages in use (see the top) */
+	unsigned wal_pages;   /* checkpoint threshold */
+	int wal_frames;       /* in the WAL after the last commit (writer thread) */
 
 	/* writer connection: used by cache_open, then only by the writer thread */
 	sqlite3 *wdb;
@@ -159,7 +206,12 @@ struct cache {
 	/* meta writes, done by the writer thread (under mu) */
 	struct meta_req *meta_head;
 
-	atomic_uint_fast64_t hits, misses, inserts, evictions, dropped;
+	/* rows checked against their key: open addressing, linear probing */
+	pthread_mutex_t chk_mu;
+	struct checked *chk;
+	size_t chk_cap, chk_n;
+
+	atomic_uint_fast64_t hits, misses, inserts, evictions, dropped, verify_failures;
 	atomic_int corrupt;
 	atomic_int full_logged;
 };
@@ -226,6 +278,98 @@ static int db_err(struct err *e, sqlite3 *db, int rc, const char *what)
 {
 	return err_set(e, ERR_IO, "block cache: %s: %s (SQLite %d)", what,
 	               db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), rc);
+}
+
+/* ---- the set of checked rows ---- */
+
+static size_t chk_home(const struct cache *c, const unsigned char *key)
+{
+	uint64_t h;
+	memcpy(&h, key, sizeof(h)); /* keys are hashes: any 8 bytes are uniform */
+	return (size_t)(h & (c->chk_cap - 1));
+}
+
+/* The slot holding key, or the free slot where it would go (chk_mu held). */
+static size_t chk_slot(const struct cache *c, const unsigned char *key)
+{
+	size_t i = chk_home(c, key);
+	while (c->chk[i].id && memcmp(c->chk[i].key, key, CACHE_KEY_LEN))
+		i = (i + 1) & (c->chk_cap - 1);
+	return i;
+}
+
+static int checked_has(struct cache *c, const unsigned char *key, sqlite3_int64 id)
+{
+	int yes = 0;
+	pthread_mutex_lock(&c->chk_mu);
+	if (c->chk && id > 0)
+		yes = c->chk[chk_slot(c, key)].id == id;
+	pthread_mutex_unlock(&c->chk_mu);
+	return yes;
+}
+
+/* Room for one more (chk_mu held): grow, or start over at the largest size
+ * (or when memory is short). */
+static void chk_reserve(struct cache *c)
+{
+	struct checked *old = c->chk, *nv;
+	size_t ocap = c->chk_cap, ncap;
+	if (old && c->chk_n + 1 <= c->chk_cap / 2)
+		return;
+	ncap = old ? 2 * ocap : CHECKED_MIN_SLOTS;
+	if (ncap > CHECKED_MAX_SLOTS || !(nv = calloc(ncap, sizeof(*nv)))) {
+		if (old)
+			memset(old, 0, ocap * sizeof(*old));
+		c->chk_n = 0;
+		return;
+	}
+	c->chk = nv;
+	c->chk_cap = ncap;
+	for (size_t i = 0; i < ocap; i++)
+		if (old[i].id)
+			c->chk[chk_slot(c, old[i].key)] = old[i];
+	free(old);
+}
+
+static void checked_add(struct cache *c, const unsigned char *key, sqlite3_int64 id)
+{
+	size_t i;
+	if (id <= 0)
+		return;
+	pthread_mutex_lock(&c->chk_mu);
+	chk_reserve(c);
+	if (c->chk) {
+		i = chk_slot(c, key);
+		if (!c->chk[i].id)
+			c->chk_n++;
+		memcpy(c->chk[i].key, key, CACHE_KEY_LEN);
+		c->chk[i].id = id;
+	}
+	pthread_mutex_unlock(&c->chk_mu);
+}
+
+static void checked_del(struct cache *c, const unsigned char *key)
+{
+	size_t i, j, h, mask;
+	pthread_mutex_lock(&c->chk_mu);
+	if (!c->chk || !c->chk[i = chk_slot(c, key)].id) {
+		pthread_mutex_unlock(&c->chk_mu);
+		return;
+	}
+	/* backward shift: move later entries of the probe chain into the hole
+	 * when their home slot allows, so that no chain is cut */
+	mask = c->chk_cap - 1;
+	c->chk[i].id = 0;
+	c->chk_n--;
+	for (j = (i + 1) & mask; c->chk[j].id; j = (j + 1) & mask) {
+		h = chk_home(c, c->chk[j].key);
+		if (i <= j ? h <= i || h > j : h <= i && h > j) {
+			c->chk[i] = c->chk[j];
+			c->chk[j].id = 0;
+			i = j;
+		}
+	}
+	pthread_mutex_unlock(&c->chk_mu);
 }
 
 /* Remember that the file is damaged: the next cache_open() moves it aside
@@ -380,6 +524,7 @@ static int prepare_writer(struct cache *c)
 	P(ins_block, "INSERT INTO blocks(data) VALUES(?1)");
 	P(ins_idx, "INSERT INTO idx(key, id, len, atime) VALUES(?1, ?2, ?3, ?4)");
 	P(freelist, "PRAGMA freelist_count");
+	P(page_count, "PRAGMA page_count");
 	P(sum, "SELECT coalesce(sum(len), 0), coalesce(max(atime), 0) FROM idx");
 	P(meta_put, "INSERT OR REPLACE INTO meta(name, data) VALUES(?1, ?2)");
 #undef P
@@ -423,6 +568,15 @@ static int load_state(struct cache *c)
 		bytes = sum;
 	}
 	c->bytes = bytes;
+	return SQLITE_OK;
+}
+
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+	struct cache *c = arg;
+	(void)db;
+	(void)name;
+	c->wal_frames = frames;
 	return SQLITE_OK;
 }
 
@@ -473,7 +627,9 @@ static int try_open(struct cache *c, struct err *e)
 	rc = exec(c->wdb, sql);
 	if (rc != SQLITE_OK)
 		goto fail;
-	sqlite3_wal_autocheckpoint(c->wdb, (int)c->wal_pages);
+	/* our own checkpoints (writer_main), which TRUNCATE: SQLite's automatic
+	 * ones are PASSIVE and leave the file at its largest */
+	sqlite3_wal_hook(c->wdb, wal_hook, c);
 	rc = prepare_writer(c);
 	if (rc != SQLITE_OK)
 		goto fail;
@@ -602,6 +758,7 @@ struct batch {
 static int delete_row(struct cache *c, const void *key, sqlite3_int64 id)
 {
 	int rc;
+	checked_del(c, key);
 	sqlite3_bind_int64(c->w.del_block, 1, id);
 	rc = step_done(c->w.del_block);
 	if (rc != SQLITE_OK)
@@ -610,20 +767,55 @@ static int delete_row(struct cache *c, const void *key, sqlite3_int64 id)
 	return step_done(c->w.del_idx);
 }
 
-/* Evict least recently used rows until bytes + need <= limit. */
+static long long pragma_step(sqlite3_stmt *st, int *rc)
+{
+	long long v = 0;
+	*rc = sqlite3_step(st);
+	if (*rc == SQLITE_ROW) {
+		v = sqlite3_column_int64(st, 0);
+		*rc = SQLITE_OK;
+	}
+	sqlite3_reset(st);
+	return v;
+}
+
+/* Bytes of database pages in use (not free), blocks and everything else. */
+static int used_bytes(struct cache *c, uint64_t *out)
+{
+	int rc;
+	long long total = pragma_step(c->w.page_count, &rc), nfree;
+	if (rc != SQLITE_OK)
+		return rc;
+	nfree = pragma_step(c->w.freelist, &rc);
+	*out = total > nfree ? (uint64_t)(total - nfree) * CACHE_PAGE_SIZE : 0;
+	return rc;
+}
+
+/* Evict least recently used rows until bytes + need <= limit and the pages
+ * in use leave room for need (a block of need bytes takes its overflow pages
+ * and a share of a leaf: counted as need + one page). */
 static int evict(struct cache *c, struct batch *b, uint64_t need)
 {
-	while (b->bytes + need > c->limit && b->bytes > 0) {
+	for (;;) {
 		unsigned char key[CACHE_KEY_LEN];
 		sqlite3_int64 id, len;
-		int rc = sqlite3_step(c->w.oldest);
+		uint64_t used = 0;
+		int rc = used_bytes(c, &used);
+		if (rc != SQLITE_OK)
+			return rc;
+		if (b->bytes + need <= c->limit &&
+		    used + (need ? need + CACHE_PAGE_SIZE : 0) <= c->target)
+			break;
+		rc = sqlite3_step(c->w.oldest);
 		if (rc != SQLITE_ROW) {
 			sqlite3_reset(c->w.oldest);
 			if (rc != SQLITE_DONE)
 				return rc;
-			/* Nothing left to evict: the count was off. */
-			log_warn("block cache: %llu bytes accounted but no rows left",
-			         (unsigned long long)b->bytes);
+			/* Nothing left to evict (the listing alone may fill a
+			 * small cache); a count that says otherwise was off. */
+			if (b->bytes)
+				log_warn("block cache: %llu bytes accounted but no rows left",
+				         (unsigned long long)b->bytes);
 			b->bytes = 0;
 			break;
 		}
@@ -668,22 +860,18 @@ static int touch_key(struct cache *c, const void *key, uint64_t clock)
 	return step_done(c->w.touch);
 }
 
-/* Free pages beyond what the next batch will reuse go back to the file
- * system (auto_vacuum=INCREMENTAL), so that a lowered limit or deleted rows
- * shrink the file. */
+/* Free pages beyond a few go back to the file system
+ * (auto_vacuum=INCREMENTAL): evictions and inserts share one transaction, so
+ * inserts reuse the pages that evictions free, and what is left over would
+ * only make the file larger than its pages in use. */
 static int maybe_vacuum(struct cache *c)
 {
-	long long keep = (long long)(c->batch_bytes / CACHE_PAGE_SIZE) + 16, nfree;
-	long long slack = (long long)(c->limit / 16 / CACHE_PAGE_SIZE);
 	char sql[64];
-	int rc = sqlite3_step(c->w.freelist);
-	nfree = rc == SQLITE_ROW ? sqlite3_column_int64(c->w.freelist, 0) : 0;
-	sqlite3_reset(c->w.freelist);
-	if (rc != SQLITE_ROW)
+	int rc;
+	long long nfree = pragma_step(c->w.freelist, &rc);
+	if (rc != SQLITE_OK || nfree <= KEEP_FREE_PAGES)
 		return rc;
-	if (nfree <= keep + (slack > 16 ? slack : 16))
-		return SQLITE_OK;
-	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%lld)", nfree - keep);
+	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%lld)", nfree - KEEP_FREE_PAGES);
 	return exec(c->wdb, sql);
 }
 
@@ -727,10 +915,18 @@ static int run_batch(struct cache *c, struct batch *b)
 			rc = -f;
 			goto fail;
 		}
-		if (f == 1) { /* already cached (another reader got it too) */
+		if (f == 1 &&
+		    len == (sqlite3_int64)q->len) { /* cached (another reader got it too) */
 			if ((rc = touch_key(c, q->key, ++clock)) != SQLITE_OK)
 				goto fail;
 			continue;
+		}
+		if (f == 1) {
+			/* another length under this key: the caller checked its bytes
+			 * against the key, so the row cannot be right */
+			if ((rc = delete_row(c, q->key, id)) != SQLITE_OK)
+				goto fail;
+			b->bytes = b->bytes > (uint64_t)len ? b->bytes - (uint64_t)len : 0;
 		}
 		if (q->len > c->limit) {
 			b->dropped++;
@@ -748,6 +944,7 @@ static int run_batch(struct cache *c, struct batch *b)
 		sqlite3_bind_int64(c->w.ins_idx, 4, (sqlite3_int64)++clock);
 		if ((rc = step_done(c->w.ins_idx)) != SQLITE_OK)
 			goto fail;
+		q->id = id;
 		b->bytes += q->len;
 		b->inserts++;
 	}
@@ -770,9 +967,11 @@ fail:
 
 static void checkpoint(struct cache *c, int mode)
 {
-	int rc = sqlite3_wal_checkpoint_v2(c->wdb, NULL, mode, NULL, NULL);
+	int nlog = -1, rc = sqlite3_wal_checkpoint_v2(c->wdb, NULL, mode, &nlog, NULL);
 	if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
 		log_debug("block cache: checkpoint: %s", sqlite3_errmsg(c->wdb));
+	if (nlog >= 0)
+		c->wal_frames = nlog;
 }
 
 /* Writer thread: run the queued meta writes, each its own transaction. */
@@ -808,7 +1007,8 @@ static void take_batch(struct cache *c, struct batch *b)
 {
 	size_t bytes = 0;
 	struct qent **tail = &b->head;
-	while (c->qhead && b->n < BATCH_MAX_BLOCKS && (bytes < c->batch_bytes || !b->n)) {
+	while (c->qhead && b->n < BATCH_MAX_BLOCKS &&
+	       (!b->n || bytes + c->qhead->len <= c->batch_bytes)) {
 		struct qent *q = c->qhead;
 		c->qhead = q->next;
 		q->next = NULL;
@@ -859,7 +1059,7 @@ static void *writer_main(void *arg)
 				/* Idle: move the WAL into the main file, where
 				 * blob reads bypass the page cache. */
 				pthread_mutex_unlock(&c->mu);
-				checkpoint(c, SQLITE_CHECKPOINT_PASSIVE);
+				checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
 				dirty = 0;
 				pthread_mutex_lock(&c->mu);
 			}
@@ -890,6 +1090,7 @@ static void *writer_main(void *arg)
 		if (meta) {
 			run_meta(c, meta);
 			dirty = 1;
+			evict_only = 1; /* the listing counts against the disk bound too */
 		}
 
 		rc = SQLITE_OK;
@@ -898,9 +1099,16 @@ static void *writer_main(void *arg)
 			rc = run_batch(c, &b);
 			if (rc == SQLITE_OK) {
 				dirty = 1;
+				/* written from bytes the caller had checked */
+				for (struct qent *q = b.head; q; q = q->next)
+					checked_add(c, q->key, q->id);
 				if (b.head && atomic_exchange(&c->full_logged, 0))
 					log_info("block cache %s: caching again", c->path);
 			}
+		}
+		if (c->wal_frames >= (int)c->wal_pages) {
+			checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
+			dirty = c->wal_frames > 0;
 		}
 
 		pthread_mutex_lock(&c->mu);
@@ -952,7 +1160,7 @@ static void *writer_main(void *arg)
 			uint64_t gen = c->flush_gen;
 			pthread_mutex_unlock(&c->mu);
 			if (dirty)
-				checkpoint(c, SQLITE_CHECKPOINT_PASSIVE);
+				checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
 			dirty = 0;
 			pthread_mutex_lock(&c->mu);
 			c->flush_done = gen;
@@ -993,6 +1201,8 @@ static void cache_free(struct cache *c)
 	pthread_cond_destroy(&c->done);
 	pthread_mutex_destroy(&c->pool_mu);
 	pthread_cond_destroy(&c->pool_cv);
+	pthread_mutex_destroy(&c->chk_mu);
+	free(c->chk);
 	free(c);
 }
 
@@ -1001,7 +1211,8 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	struct cache *c;
 	pthread_condattr_t ca;
 	struct rconn *r;
-	uint64_t wal;
+	uint64_t wal, tx, reserve, used = 0;
+	long long nfree = 0;
 	int rc;
 
 	*out = NULL;
@@ -1018,21 +1229,29 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	pthread_cond_init(&c->done, NULL);
 	pthread_mutex_init(&c->pool_mu, NULL);
 	pthread_cond_init(&c->pool_cv, NULL);
+	pthread_mutex_init(&c->chk_mu, NULL);
 	c->limit = o->limit_bytes;
 	c->full_backoff = FULL_BACKOFF_S;
-	/* Small limits get small transactions and WAL so that db + WAL stays
-	 * near the limit; large ones get 16 MiB batches and a 64 MiB WAL. */
+	/* Small limits get small transactions and WAL; the disk bound (see the
+	 * top) takes what the WAL and a transaction may need from the blocks of
+	 * a large cache, never more than the limit from a small one. */
 	c->batch_bytes = c->limit / 4;
 	if (c->batch_bytes < (1u << 20))
 		c->batch_bytes = 1u << 20;
 	if (c->batch_bytes > BATCH_MAX_BYTES)
 		c->batch_bytes = BATCH_MAX_BYTES;
-	wal = c->limit / 2;
-	if (wal < (4u << 20))
-		wal = 4u << 20;
-	if (wal > (64u << 20))
-		wal = 64u << 20;
+	wal = c->limit / 8;
+	if (wal < (1u << 20))
+		wal = 1u << 20;
+	if (wal > (16u << 20))
+		wal = 16u << 20;
 	c->wal_pages = (unsigned)(wal / CACHE_PAGE_SIZE);
+	/* a transaction: a batch, or one block (never more than the limit) */
+	tx = c->limit < TX_MAX_BLOCK ? c->limit : TX_MAX_BLOCK;
+	if (tx < c->batch_bytes)
+		tx = c->batch_bytes;
+	reserve = wal + tx + TX_INDEX_BYTES + KEEP_FREE_PAGES * CACHE_PAGE_SIZE + (1u << 20);
+	c->target = c->limit + DISK_SLACK > reserve ? c->limit + DISK_SLACK - reserve : 0;
 	c->dir = strdup(o->dir);
 	c->path = path_join(o->dir, CACHE_DB_NAME);
 	c->marker = path_join(o->dir, CACHE_CORRUPT_TAG);
@@ -1060,6 +1279,13 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	if (rc)
 		goto fail;
 
+	if ((rc = used_bytes(c, &used)) == SQLITE_OK)
+		nfree = pragma_step(c->w.freelist, &rc);
+	if (rc != SQLITE_OK) {
+		db_err(e, c->wdb, rc, "reading the database size");
+		goto fail;
+	}
+
 	/* One read connection up front: it proves the readers can open. */
 	if (!(r = rconn_open(c, e)))
 		goto fail;
@@ -1071,7 +1297,8 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 		goto fail;
 	}
 	c->writer_started = 1;
-	if (c->bytes > c->limit) {
+	if (c->bytes > c->limit || used > c->target || nfree > KEEP_FREE_PAGES) {
+		/* a lower limit than last time */
 		pthread_mutex_lock(&c->mu);
 		c->need_evict = 1;
 		pthread_cond_signal(&c->wake);
@@ -1130,16 +1357,16 @@ static void queue_delete(struct cache *c, const unsigned char *key)
 int cache_get(struct cache *c, const unsigned char key[CACHE_KEY_LEN], void *buf, size_t len,
               struct err *e)
 {
-	return cache_get_range(c, key, len, 0, buf, len, e);
+	return cache_get_range(c, key, len, 0, buf, len, 0, e);
 }
 
 int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], size_t len, size_t off,
-                    void *buf, size_t n, struct err *e)
+                    void *buf, size_t n, unsigned flags, struct err *e)
 {
 	struct rconn *r;
 	sqlite3_blob *blob = NULL;
-	sqlite3_int64 id, stored;
-	int rc, ret = -1, drop = 0;
+	sqlite3_int64 id = 0, stored;
+	int rc, ret = -1, drop = 0, check = 0;
 
 	if (atomic_load(&c->corrupt) || !len || len > INT_MAX || !n || off > len || n > len - off) {
 		atomic_fetch_add(&c->misses, 1);
@@ -1162,9 +1389,17 @@ int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], siz
 	id = sqlite3_column_int64(r->lookup, 0);
 	stored = sqlite3_column_int64(r->lookup, 1);
 	if (stored != (sqlite3_int64)len) {
+		/* the caller expects another length under this key: a miss, and
+		 * the row stays (whoever is wrong, a check finds it) */
 		ret = 0;
-		drop = 1;
 		goto out;
+	}
+	if ((flags & CACHE_CHECK) && !checked_has(c, key, id)) {
+		if (off || n != len) {
+			ret = CACHE_UNCHECKED;
+			goto out;
+		}
+		check = 1;
 	}
 	/* The lookup statement is still active: same snapshot. */
 	rc = sqlite3_blob_open(r->db, "main", "blocks", "data", id, 0, &blob);
@@ -1197,14 +1432,30 @@ out:
 	sqlite3_blob_close(blob);
 	sqlite3_reset(r->lookup);
 	conn_put(c, r);
-	if (drop) {
-		log_debug("block cache: stored block has the wrong length; dropping it");
-		queue_delete(c, key);
+	if (ret == 1 && check) { /* hashed outside the read transaction */
+		unsigned char got[32];
+		hash_sha256(buf, n, got);
+		if (!memcmp(got, key, CACHE_KEY_LEN)) {
+			checked_add(c, key, id);
+		} else {
+			char khex[65];
+			hex_encode(key, CACHE_KEY_LEN, khex);
+			log_warn(
+			        "block cache %s: the cached copy of block sha256 %s does not match "
+			        "it (altered on disk); dropped, not served",
+			        c->path, khex);
+			memset(buf, 0, n);
+			atomic_fetch_add(&c->verify_failures, 1);
+			ret = 0;
+			drop = 1;
+		}
 	}
+	if (drop)
+		queue_delete(c, key);
 	if (ret == 1) {
 		atomic_fetch_add(&c->hits, 1);
 		record_touch(c, key);
-	} else {
+	} else if (ret != CACHE_UNCHECKED) {
 		atomic_fetch_add(&c->misses, 1);
 	}
 	return ret;
@@ -1268,6 +1519,7 @@ static struct qent *qent_new(struct cache *c, const unsigned char *key, size_t l
 	q->next = NULL;
 	q->release = NULL;
 	q->arg = NULL;
+	q->id = 0;
 	return q;
 }
 
@@ -1406,6 +1658,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *out)
 	out->inserts = atomic_load(&c->inserts);
 	out->evictions = atomic_load(&c->evictions);
 	out->dropped = atomic_load(&c->dropped);
+	out->verify_failures = atomic_load(&c->verify_failures);
 	out->limit_bytes = c->limit;
 	pthread_mutex_lock(&c->mu);
 	out->bytes = c->bytes;

@@ -5,7 +5,15 @@
  * unverified objects use a key the caller derives from (etag, block index)
  * with cache_key_unverified().  Inserts go through a writer thread with
  * batched transactions: cache_put() never waits on the disk, and a slow or
- * full disk only means fewer blocks get cached.  All calls are thread-safe. */
+ * full disk only means fewer blocks get cached.  All calls are thread-safe.
+ *
+ * The file is not trusted either (DESIGN.md "The bucket is input, not
+ * trust"): reads with CACHE_CHECK hand out a block only when its bytes hash
+ * to its key (a content address), and a block that does not is dropped.
+ * Each row is hashed once per open cache: when it is first read whole, or
+ * when this process wrote it from bytes its caller had checked; later reads
+ * of the same row (same key, same row id) are served as they are.  A row that
+ * is replaced or evicted is checked again. */
 #ifndef IMGSTORE_STORE_CACHE_H
 #define IMGSTORE_STORE_CACHE_H
 
@@ -19,21 +27,34 @@
 struct cache;
 
 struct cache_opts {
-	const char *dir;      /* created 0700 when missing */
-	uint64_t limit_bytes; /* bound on block bytes kept; LRU eviction above it */
+	const char *dir; /* created 0700 when missing */
+	/* bound on block bytes kept (LRU eviction above it); everything in dir
+	 * stays within limit_bytes + 8 MiB */
+	uint64_t limit_bytes;
 };
 
 int cache_open(const struct cache_opts *o, struct cache **out, struct err *e);
 /* Flushes pending inserts, checkpoints the WAL, closes. */
 void cache_close(struct cache *c);
 
-/* 1 hit (exactly len bytes copied into buf), 0 miss, -1 error. */
+/* 1 hit (exactly len bytes copied into buf), 0 miss, -1 error.  No check:
+ * for keys that are not content addresses (cache_key_unverified). */
 int cache_get(struct cache *c, const unsigned char key[CACHE_KEY_LEN], void *buf, size_t len,
               struct err *e);
+
+/* cache_get_range() flags */
+#define CACHE_CHECK 1 /* key is the SHA-256 of the block: serve only bytes that hash to it */
+/* cache_get_range() with CACHE_CHECK: the block is cached, but this cache
+ * has not checked its row yet; read the whole block (off 0, n len) first. */
+#define CACHE_UNCHECKED 2
+
 /* Bytes [off, off + n) of the block stored under key, which must be len
- * bytes long; same returns as cache_get(). */
+ * bytes long; same returns as cache_get().  With CACHE_CHECK, a row not
+ * checked yet is hashed when it is read whole (a mismatch: the row is
+ * dropped, counted in verify_failures, buf zeroed, and 0 returned), and a
+ * piece of it returns CACHE_UNCHECKED without copying. */
 int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], size_t len, size_t off,
-                    void *buf, size_t n, struct err *e);
+                    void *buf, size_t n, unsigned flags, struct err *e);
 /* 1 when the key is cached (no data read). */
 int cache_has(struct cache *c, const unsigned char key[CACHE_KEY_LEN]);
 /* Queue an insert; the data is copied.  Never blocks on I/O: drops the block
@@ -62,6 +83,7 @@ struct cache_stats {
 	uint64_t bytes; /* block bytes stored */
 	uint64_t limit_bytes;
 	uint64_t inserts, evictions, dropped; /* dropped: queue full or disk error */
+	uint64_t verify_failures;             /* rows whose bytes did not hash to their key */
 };
 void cache_get_stats(struct cache *c, struct cache_stats *out);
 

@@ -126,9 +126,19 @@ static uint64_t file_size(const char *dir, const char *name)
 	return stat(p, &st) ? 0 : (uint64_t)st.st_size;
 }
 
-static uint64_t db_plus_wal(const char *dir)
+/* Everything in the directory (the contract: --cache-size + 8 MiB). */
+static uint64_t dir_bytes(const char *dir)
 {
-	return file_size(dir, "cache.db") + file_size(dir, "cache.db-wal");
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	uint64_t n = 0;
+	if (!d)
+		return 0;
+	while ((de = readdir(d)))
+		if (de->d_name[0] != '.')
+			n += file_size(dir, de->d_name);
+	closedir(d);
+	return n;
 }
 
 static int count_prefix(const char *dir, const char *prefix)
@@ -186,27 +196,42 @@ static void test_round_trip(void)
 		for (size_t j = 0; j < sizeof(offs) / sizeof(offs[0]); j++) {
 			size_t len = offs[j] + 4096 <= n ? 4096 : n - offs[j];
 			memset(buf, 0xee, len);
-			CHECK(cache_get_range(c, k3, n, offs[j], buf, len, &e) == 1);
+			CHECK(cache_get_range(c, k3, n, offs[j], buf, len, 0, &e) == 1);
 			CHECK(!memcmp(buf, whole + offs[j], len));
 		}
-		CHECK(cache_get_range(c, k3, n, n - 10, buf, 11, &e) == 0);
-		CHECK(cache_get_range(c, k3, n, n + 1, buf, 1, &e) == 0);
-		CHECK(cache_get_range(c, k3, n - 1, 0, buf, 10, &e) == 0); /* wrong length */
-		cache_flush(c);
-		CHECK(cache_has(c, k3) == 0); /* ... drops the row */
-		total -= n;
-		put_block(c, 4, 256 * KIB, k3);
-		total += n;
+		CHECK(cache_get_range(c, k3, n, n - 10, buf, 11, 0, &e) == 0);
+		CHECK(cache_get_range(c, k3, n, n + 1, buf, 1, 0, &e) == 0);
+		/* another length under the key: a miss, and the row stays (the
+		 * caller may be the one that is wrong: a forged record) */
+		CHECK(cache_get_range(c, k3, n - 1, 0, buf, 10, 0, &e) == 0);
 		cache_flush(c);
 		CHECK(cache_has(c, k3) == 1);
+		CHECK(check_block(c, 4, 256 * KIB) == 1);
 	}
 
-	/* A length mismatch is a miss, and the row goes away. */
+	/* A length mismatch is a miss and the row stays. */
 	CHECK(cache_get(c, key, buf, 1000, &e) == 0);
 	cache_flush(c);
-	CHECK(cache_has(c, key) == 0);
+	CHECK(cache_has(c, key) == 1);
+	CHECK(check_block(c, 0, 256 * KIB) == 1);
+	/* A row of another length under a key is replaced when bytes of the
+	 * other length come (they were checked against the key: the row cannot
+	 * have been right). */
+	{
+		unsigned char kx[32];
+		size_t nx = block_len(11, 256 * KIB);
+		block_fill(11, buf, nx);
+		block_key(buf, nx, kx);
+		cache_put(c, kx, buf, 1000);
+		cache_flush(c);
+		CHECK(check_block(c, 11, 256 * KIB) == 0);
+		put_block(c, 11, 256 * KIB, kx);
+		cache_flush(c);
+		CHECK(check_block(c, 11, 256 * KIB) == 1);
+		total += nx;
+	}
 	cache_get_stats(c, &st);
-	CHECK(st.bytes == total - block_len(0, 256 * KIB));
+	CHECK(st.bytes == total);
 	/* too large for the limit / empty: dropped, not stored */
 	cache_put(c, other, buf, 0);
 	cache_flush(c);
@@ -218,12 +243,11 @@ static void test_round_trip(void)
 	CHECK(c != NULL);
 	if (!c)
 		return;
-	for (uint64_t i = 1; i < 10; i++)
-		CHECK(check_block(c, i, 256 * KIB) == 1);
-	CHECK(check_block(c, 0, 256 * KIB) == 0);
+	for (uint64_t i = 0; i < 12; i++)
+		CHECK(check_block(c, i, 256 * KIB) == (i == 10 ? 0 : 1));
 	cache_get_stats(c, &st);
-	CHECK(st.bytes == total - block_len(0, 256 * KIB));
-	CHECK(st.hits == 9 && st.misses == 1);
+	CHECK(st.bytes == total);
+	CHECK(st.hits == 11 && st.misses == 1);
 	cache_close(c);
 	/* Closing checkpointed and removed the WAL. */
 	CHECK(file_size(dir, "cache.db-wal") == 0);
@@ -345,54 +369,68 @@ static void test_lru(void)
 	cache_close(c);
 }
 
-/* Limit 8 MiB, 64 MiB of distinct blocks: the files stay near the limit. */
-static void test_file_bound(size_t bs, uint64_t limit)
+/* 64 MiB of distinct blocks (and `meta` bytes of listing) through a small
+ * cache: everything in the directory stays within the limit + 8 MiB, also
+ * while the writer works. */
+static void test_file_bound(size_t bs, uint64_t limit, size_t meta)
 {
 	char name[64];
-	snprintf(name, sizeof(name), "bound-%zu", bs);
+	snprintf(name, sizeof(name), "bound-%zu-%zu", bs, meta);
 	const char *dir = new_dir(name);
 	struct cache *c = open_cache(dir, limit);
 	struct cache_stats st;
+	struct err e = {0};
 	unsigned char key[32];
-	uint64_t maxsize = 0, n = 64 * MIB / bs;
+	uint64_t maxsize = 0, n = 64 * MIB / bs, sz;
 
 	CHECK(c != NULL);
 	if (!c)
 		return;
+	if (meta) {
+		char *m = malloc(meta);
+		memset(m, 'm', meta);
+		CHECK(cache_meta_put(c, "listing", m, meta, &e) == 0);
+		free(m);
+	}
 	for (uint64_t i = 0; i < n; i++) {
 		put_block(c, 1000000 + i, bs, key);
 		if (i % 8 == 7) {
+			if ((sz = dir_bytes(dir)) > maxsize)
+				maxsize = sz;
 			/* the writer drops what a full queue cannot hold;
 			 * pace the producer so every block goes in */
 			cache_flush(c);
-			uint64_t sz = db_plus_wal(dir);
-			if (sz > maxsize)
-				maxsize = sz;
 		}
+		if ((sz = dir_bytes(dir)) > maxsize)
+			maxsize = sz;
 	}
 	cache_flush(c);
 	cache_get_stats(c, &st);
 	CHECK(st.bytes <= limit);
 	CHECK(st.dropped == 0);
 	CHECK(st.inserts == n);
-	CHECK(maxsize < 2 * limit + 4 * MIB);
-	printf("  file bound, %zu KiB blocks, limit %llu MiB: %llu MiB inserted, %llu evictions, "
-	       "max db+wal %.1f MiB (db %.1f MiB)\n",
-	       bs / KIB, (unsigned long long)(limit / MIB), (unsigned long long)(n * bs / MIB),
-	       (unsigned long long)st.evictions, maxsize / (double)MIB,
+	CHECK(maxsize <= limit + 8 * MIB);
+	if (meta) /* the listing takes its room from the blocks */
+		CHECK(st.bytes <= limit - meta + MIB);
+	printf("  file bound, %zu KiB blocks, limit %llu MiB, %zu KiB listing: %llu MiB inserted, "
+	       "%llu evictions, %.1f MiB of blocks kept, directory at most %.1f MiB (db %.1f "
+	       "MiB)\n",
+	       bs / KIB, (unsigned long long)(limit / MIB), meta / KIB,
+	       (unsigned long long)(n * bs / MIB), (unsigned long long)st.evictions,
+	       st.bytes / (double)MIB, maxsize / (double)MIB,
 	       file_size(dir, "cache.db") / (double)MIB);
 	cache_close(c);
+	CHECK(dir_bytes(dir) <= limit + 8 * MIB);
 	/* Reopen with half the limit: incremental vacuum gives pages back. */
 	c = open_cache(dir, limit / 2);
 	CHECK(c != NULL);
 	if (!c)
 		return;
-	cache_put(c, key, "x", 1); /* any batch runs the vacuum */
 	cache_flush(c);
 	cache_close(c);
 	printf("  after reopening with limit %llu MiB: db %.1f MiB\n",
 	       (unsigned long long)(limit / 2 / MIB), file_size(dir, "cache.db") / (double)MIB);
-	CHECK(file_size(dir, "cache.db") < limit / 2 + limit / 4 + 2 * MIB);
+	CHECK(file_size(dir, "cache.db") <= limit / 2 + 2 * MIB);
 }
 
 static void test_corrupt(void)
@@ -466,6 +504,140 @@ static void test_corrupt(void)
 		cache_close(c);
 	}
 	CHECK(count_prefix(dir, "cache.db.corrupt-") >= 1);
+}
+
+/* Flip one byte of the stored copy of `key` (same length), through SQLite,
+ * as a damaged disk or a local user would leave it.  0 done. */
+static int alter_row(const char *dir, const unsigned char *key, int at)
+{
+	char path[600];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	sqlite3_blob *blob = NULL;
+	unsigned char b;
+	int rc = -1;
+	snprintf(path, sizeof(path), "%s/cache.db", dir);
+	if (sqlite3_open(path, &db) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db, "SELECT id FROM idx WHERE key = ?1", -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_blob(st, 1, key, 32, SQLITE_STATIC);
+	if (sqlite3_step(st) != SQLITE_ROW ||
+	    sqlite3_blob_open(db, "main", "blocks", "data", sqlite3_column_int64(st, 0), 1,
+	                      &blob) != SQLITE_OK ||
+	    sqlite3_blob_read(blob, &b, 1, at) != SQLITE_OK)
+		goto out;
+	b ^= 0x55;
+	if (sqlite3_blob_write(blob, &b, 1, at) != SQLITE_OK)
+		goto out;
+	rc = 0;
+out:
+	sqlite3_blob_close(blob);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return rc;
+}
+
+/* CACHE_CHECK: a row altered on disk is never served; each row is hashed
+ * once per open cache. */
+static void test_check(void)
+{
+	const char *dir = new_dir("check");
+	const size_t bs = 256 * KIB;
+	const uint64_t B = 1404;
+	struct cache *c = open_cache(dir, 64 * MIB);
+	struct cache_stats st;
+	unsigned char key[6][32], *want = malloc(bs), *buf = malloc(bs);
+	struct err e = {0};
+
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	/* blocks B..B+5 are full blocks (block_len) */
+	for (uint64_t i = 0; i < 6; i++)
+		put_block(c, B + i, bs, key[i]);
+	cache_flush(c);
+	/* written by this cache from checked bytes: pieces are served at once */
+	block_fill(B, want, bs);
+	CHECK(cache_get_range(c, key[0], bs, 4096, buf, 4096, CACHE_CHECK, &e) == 1);
+	CHECK(!memcmp(buf, want + 4096, 4096));
+	cache_close(c);
+
+	/* altered while closed: block B+1 (read whole) and B+2 (pieces first) */
+	CHECK(alter_row(dir, key[1], 5000) == 0);
+	CHECK(alter_row(dir, key[2], 70000) == 0);
+	c = open_cache(dir, 64 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	/* a fresh open has checked nothing: pieces ask for the whole block */
+	CHECK(cache_get_range(c, key[0], bs, 4096, buf, 4096, CACHE_CHECK, &e) == CACHE_UNCHECKED);
+	CHECK(cache_get_range(c, key[0], bs, 0, buf, bs, CACHE_CHECK, &e) == 1);
+	CHECK(!memcmp(buf, want, bs));
+	CHECK(cache_get_range(c, key[0], bs, 4096, buf, 4096, CACHE_CHECK, &e) == 1);
+	CHECK(!memcmp(buf, want + 4096, 4096));
+	/* the altered whole block: a miss, zeros in buf, counted, dropped */
+	block_fill(B + 1, want, bs);
+	memset(buf, 0xee, bs);
+	CHECK(cache_get_range(c, key[1], bs, 0, buf, bs, CACHE_CHECK, &e) == 0);
+	for (size_t k = 0; k < bs; k++)
+		if (buf[k]) {
+			CHECK(buf[k] == 0);
+			break;
+		}
+	cache_get_stats(c, &st);
+	CHECK(st.verify_failures == 1);
+	/* the altered piece: asks for the whole block, which fails the same way */
+	CHECK(cache_get_range(c, key[2], bs, 65536, buf, 8192, CACHE_CHECK, &e) == CACHE_UNCHECKED);
+	CHECK(cache_get_range(c, key[2], bs, 0, buf, bs, CACHE_CHECK, &e) == 0);
+	cache_flush(c);
+	CHECK(cache_has(c, key[1]) == 0 && cache_has(c, key[2]) == 0);
+	cache_get_stats(c, &st);
+	CHECK(st.verify_failures == 2);
+	/* without CACHE_CHECK (keys that are not content addresses) nothing is
+	 * hashed: the caller's business */
+	CHECK(cache_get_range(c, key[3], bs, 0, buf, 100, 0, &e) == 1);
+	/* the right bytes come back: checked (written by us), served */
+	put_block(c, B + 1, bs, key[1]);
+	cache_flush(c);
+	CHECK(cache_get_range(c, key[1], bs, 5000, buf, 10, CACHE_CHECK, &e) == 1);
+	CHECK(!memcmp(buf, want + 5000, 10));
+	cache_close(c);
+
+	/* many rows: the set grows past its first size, and rows that go
+	 * (eviction) leave it without breaking the others' probe chains */
+	dir = new_dir("check-many");
+	c = open_cache(dir, 2 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 0; i < 3000; i++) {
+		unsigned char k[32];
+		put_block(c, 5000 + i, 1000, k);
+		if (i % 64 == 63)
+			cache_flush(c);
+	}
+	cache_flush(c);
+	{
+		int served = 0, wrong = 0;
+		for (uint64_t i = 0; i < 3000; i++) {
+			size_t n = block_len(5000 + i, 1000);
+			unsigned char k[32], w[1000], g[1000];
+			block_fill(5000 + i, w, n);
+			block_key(w, n, k);
+			int rc = cache_get_range(c, k, n, n / 2, g, n - n / 2, CACHE_CHECK, &e);
+			if (rc == 1) {
+				served++;
+				wrong += memcmp(g, w + n / 2, n - n / 2) != 0;
+			} else {
+				wrong += rc != 0; /* evicted, never unchecked: we wrote them all */
+			}
+		}
+		CHECK(wrong == 0);
+		CHECK(served > 1000);
+	}
+	cache_close(c);
+	free(want);
+	free(buf);
 }
 
 /* Concurrent readers and a writer. */
@@ -762,10 +934,13 @@ int main(void)
 	}
 	test_key_unverified();
 	test_round_trip();
+	test_check();
 	test_meta();
 	test_lru();
-	test_file_bound(1 * MIB, 8 * MIB);
-	test_file_bound(64 * KIB, 8 * MIB);
+	test_file_bound(1 * MIB, 8 * MIB, 0);
+	test_file_bound(64 * KIB, 8 * MIB, 0);
+	test_file_bound(1 * MIB, 8 * MIB, 3 * MIB);
+	test_file_bound(1 * MIB, 48 * MIB, 0);
 	test_corrupt();
 	test_concurrent();
 	test_disk_full();

@@ -1,9 +1,10 @@
-/* Unit tests for store/reader.c without a server: blocks come from the
- * cache (put there by the test) or are all-zero; the "bucket" is a closed
- * port, so every GET fails with a network error, which exercises the
- * bounded failure and the circuit breaker.  The real S3 paths (GET,
- * verification failures, If-Match, readahead) are covered by
- * tests/integration/test_imgfs.py. */
+/* Unit tests for store/reader.c.  Mostly without a server: blocks come from
+ * the cache (put there by the test) or are all-zero; the "bucket" is a
+ * closed port, so every GET fails with a network error, which exercises the
+ * bounded failure and the circuit breaker.  Crafted inputs that no real S3
+ * server can hold (two objects with one ETag and different sizes) are served
+ * by a tiny HTTP server in this file.  The real S3 paths (GET, verification
+ * failures, If-Match, readahead) are covered by tests/integration. */
 #include "common/log.h"
 #include "common/timefmt.h"
 #include "store/cache/cache.h"
@@ -12,13 +13,19 @@
 #include "store/s3/s3.h"
 #include "tests/unit/check.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <ftw.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define BS    65536u
@@ -92,6 +99,400 @@ static void *reader_thread(void *arg)
 	free(buf);
 	reader_stream_free(st);
 	return NULL;
+}
+
+/* ---- a tiny HTTP server: GET with Range for a few fixed objects ---- */
+
+struct fake_obj {
+	const char *path; /* "/bucket/images/a.raw" */
+	const unsigned char *data;
+	size_t size;
+};
+
+struct fake_srv {
+	int lfd, port;
+	pthread_t th;
+	struct fake_obj obj[4];
+	size_t nobj;
+	atomic_int gets;
+};
+
+static void fake_answer(struct fake_srv *f, int fd)
+{
+	char req[8192], path[512], hdr[512];
+	size_t got = 0;
+	unsigned long long a = 0, b = 0;
+	const struct fake_obj *o = NULL;
+	char *range;
+
+	req[0] = '\0';
+	while (got < sizeof(req) - 1 && !strstr(req, "\r\n\r\n")) {
+		ssize_t n = read(fd, req + got, sizeof(req) - 1 - got);
+		if (n <= 0)
+			return;
+		got += (size_t)n;
+		req[got] = '\0';
+	}
+	if (sscanf(req, "GET %511s ", path) != 1)
+		return;
+	for (size_t i = 0; i < f->nobj; i++)
+		if (!strcmp(path, f->obj[i].path))
+			o = &f->obj[i];
+	if (!o) {
+		static const char nf[] = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
+		                         "Connection: close\r\n\r\n";
+		(void)!write(fd, nf, sizeof(nf) - 1);
+		return;
+	}
+	atomic_fetch_add(&f->gets, 1);
+	range = strcasestr(req, "\r\nrange: bytes=");
+	if (!range || sscanf(range + 15, "%llu-%llu", &a, &b) != 2 || b >= o->size)
+		b = o->size - 1;
+	snprintf(hdr, sizeof(hdr),
+	         "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %llu-%llu/%zu\r\n"
+	         "Content-Length: %llu\r\nETag: " ETAG "\r\nConnection: close\r\n\r\n",
+	         a, b, o->size, b - a + 1);
+	(void)!write(fd, hdr, strlen(hdr));
+	for (size_t off = a; off <= b;) {
+		ssize_t n = write(fd, o->data + off, b + 1 - off);
+		if (n <= 0)
+			return;
+		off += (size_t)n;
+	}
+}
+
+/* One connection at a time, each closed after its answer. */
+static void *fake_main(void *arg)
+{
+	struct fake_srv *f = arg;
+	int fd;
+	while ((fd = accept(f->lfd, NULL, NULL)) >= 0) {
+		fake_answer(f, fd);
+		close(fd);
+	}
+	return NULL;
+}
+
+static int fake_start(struct fake_srv *f)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t sl = sizeof(sa);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	f->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (f->lfd < 0 || bind(f->lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(f->lfd, 64) ||
+	    getsockname(f->lfd, (struct sockaddr *)&sa, &sl))
+		return -1;
+	f->port = ntohs(sa.sin_port);
+	return pthread_create(&f->th, NULL, fake_main, f) ? -1 : 0;
+}
+
+static void fake_stop(struct fake_srv *f)
+{
+	shutdown(f->lfd, SHUT_RDWR);
+	pthread_join(f->th, NULL);
+	close(f->lfd);
+}
+
+static int open_fake_reader(struct fake_srv *f, const char *dir, uint64_t mem, struct cache **cache,
+                            struct reader **r)
+{
+	struct s3_config cfg = {0};
+	struct cache_opts co = {.dir = dir, .limit_bytes = 64u << 20};
+	struct reader_opts ro = {0};
+	struct err e = {0};
+	char ep[64];
+	int rc;
+	snprintf(ep, sizeof(ep), "http://127.0.0.1:%d", f->port);
+	cfg.endpoint = strdup(ep);
+	cfg.bucket = strdup("bucket");
+	cfg.access_key = strdup("AK");
+	cfg.secret_key = strdup("SK");
+	cfg.retry_budget_s = 5;
+	s3_config_defaults(&cfg);
+	rc = cache_open(&co, cache, &e);
+	ro.s3 = &cfg;
+	ro.cache = *cache;
+	ro.fetch_threads = 2;
+	ro.mem_bytes = mem;
+	if (!rc)
+		rc = reader_new(&ro, r, &e);
+	if (rc)
+		fprintf(stderr, "open_fake_reader: %s\n", e.msg);
+	s3_config_free(&cfg);
+	return rc;
+}
+
+/* Keys name a block only together with its length: a record that gives
+ * block 0 the hash of the short tail, and two unverified objects with one
+ * ETag and different sizes, must never make a read copy out of a shorter
+ * block's buffer (that was a heap over-read: ASan in collect(), or heap
+ * bytes handed to the reader). */
+static void test_one_key_two_lengths(void)
+{
+	static unsigned char a[3u << 19], b[3u << 20]; /* 1.5 and 3 MiB */
+	const size_t fsize = 2 * BS + 1000;
+	unsigned char *forged = malloc(fsize), *buf = malloc(3u << 20);
+	struct fake_srv f = {0};
+	struct cache *cache = NULL;
+	struct reader *r = NULL;
+	struct reader_image *img = NULL, *ua = NULL, *ub = NULL;
+	struct record rec;
+	struct blockmap *bm = blockmap_new(HASH_SHA256, BS);
+	struct err e = {0};
+	char dir[600];
+	size_t got = 0;
+	enum err_code code;
+
+	for (size_t i = 0; i < fsize; i++)
+		forged[i] = (unsigned char)(i * 7 + 3 + (i >> 16));
+	for (size_t i = 0; i < sizeof(a); i++)
+		a[i] = (unsigned char)(i * 13 + 1);
+	for (size_t i = 0; i < sizeof(b); i++)
+		b[i] = (unsigned char)(i * 17 + 5);
+	f.obj[0] = (struct fake_obj){"/bucket/images/forged.raw", forged, fsize};
+	/* unverified images use 1 MiB blocks: a's block 1 is half of b's */
+	f.obj[1] = (struct fake_obj){"/bucket/images/a.raw", a, sizeof(a)};
+	f.obj[2] = (struct fake_obj){"/bucket/images/b.raw", b, sizeof(b)};
+	f.nobj = 3;
+	CHECK(fake_start(&f) == 0);
+	snprintf(dir, sizeof(dir), "%s/forged", tmproot);
+	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
+
+	memset(&rec, 0, sizeof(rec));
+	CHECK(blockmap_update(bm, forged, fsize, &e) == 0 && blockmap_finish(bm, &rec, &e) == 0);
+	blockmap_free(bm);
+	rec.name = strdup("forged");
+	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
+	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
+	memcpy(rec.hashes[0], rec.hashes[2], 32); /* block 0 claims the tail's hash */
+	CHECK(reader_image_open(r, "images/forged.raw", fsize, ETAG, &rec, &img, &e) == 0);
+
+	/* the tail: fetched, verified, in memory */
+	CHECK(read_all(img, NULL, 2 * BS, 1000, buf, &got, NULL) == 0 && got == 1000);
+	CHECK(!memcmp(buf, forged + 2 * BS, 1000));
+	/* block 0, a piece and whole: it does not match its (forged) hash */
+	CHECK(read_all(img, NULL, 0, 4096, buf, &got, &code) == -1 && code == ERR_INTEGRITY);
+	CHECK(read_all(img, NULL, 0, BS, buf, &got, &code) == -1 && code == ERR_INTEGRITY);
+	CHECK(read_all(img, NULL, BS, BS, buf, &got, NULL) == 0 && got == BS);
+	CHECK(!memcmp(buf, forged + BS, BS));
+	CHECK(read_all(img, NULL, 2 * BS + 10, 990, buf, &got, NULL) == 0 && got == 990);
+	CHECK(!memcmp(buf, forged + 2 * BS + 10, 990));
+
+	/* unverified, one ETag, two sizes */
+	CHECK(reader_image_open(r, "images/a.raw", sizeof(a), ETAG, NULL, &ua, &e) == 0);
+	CHECK(reader_image_open(r, "images/b.raw", sizeof(b), ETAG, NULL, &ub, &e) == 0);
+	CHECK(read_all(ua, NULL, 1u << 20, 4096, buf, &got, NULL) == 0 && got == 4096);
+	CHECK(!memcmp(buf, a + (1u << 20), 4096));
+	CHECK(read_all(ub, NULL, 1u << 20, 1u << 20, buf, &got, NULL) == 0 && got == 1u << 20);
+	CHECK(!memcmp(buf, b + (1u << 20), 1u << 20));
+	CHECK(read_all(ua, NULL, 0, sizeof(a), buf, &got, NULL) == 0 && got == sizeof(a));
+	CHECK(!memcmp(buf, a, sizeof(a)));
+
+	reader_image_unref(img);
+	reader_image_unref(ua);
+	reader_image_unref(ub);
+	reader_free(r);
+	cache_close(cache);
+	fake_stop(&f);
+	record_free(&rec);
+	free(forged);
+	free(buf);
+}
+
+/* The memory budget is hard: 24 readers of distinct 1 MiB blocks with an
+ * 8 MiB budget never hold more than 8 MiB of block buffers, and all get
+ * their bytes (they wait for room instead). */
+#define MB_BLOCKS 24
+struct mb_arg {
+	struct reader_image *img;
+	const unsigned char *data;
+	size_t i;
+	int bad;
+};
+
+static void *mb_reader(void *p)
+{
+	struct mb_arg *a = p;
+	unsigned char buf[4096];
+	size_t got = 0;
+	uint64_t off = (uint64_t)a->i * (1u << 20) + 8192;
+	a->bad = read_all(a->img, NULL, off, sizeof(buf), buf, &got, NULL) || got != sizeof(buf) ||
+	         memcmp(buf, a->data + off, sizeof(buf));
+	return NULL;
+}
+
+static void test_memory_budget(void)
+{
+	const size_t bs = 1u << 20, size = MB_BLOCKS * bs;
+	unsigned char *d = malloc(size);
+	struct fake_srv f = {0};
+	struct cache *cache = NULL;
+	struct reader *r = NULL;
+	struct reader_image *img = NULL;
+	struct reader_stats rs;
+	struct record rec = {0};
+	struct blockmap *bm = blockmap_new(HASH_SHA256, (uint32_t)bs);
+	struct err e = {0};
+	pthread_t th[MB_BLOCKS];
+	struct mb_arg a[MB_BLOCKS];
+	char dir[600];
+	int bad = 0;
+
+	for (size_t i = 0; i < size; i++)
+		d[i] = (unsigned char)(i * 31 + (i >> 20));
+	f.obj[0] = (struct fake_obj){"/bucket/images/m.raw", d, size};
+	f.nobj = 1;
+	CHECK(fake_start(&f) == 0);
+	snprintf(dir, sizeof(dir), "%s/membudget", tmproot);
+	CHECK(open_fake_reader(&f, dir, 8u << 20, &cache, &r) == 0);
+	CHECK(blockmap_update(bm, d, size, &e) == 0 && blockmap_finish(bm, &rec, &e) == 0);
+	blockmap_free(bm);
+	rec.name = strdup("m");
+	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
+	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
+	CHECK(reader_image_open(r, "images/m.raw", size, ETAG, &rec, &img, &e) == 0);
+	for (size_t i = 0; i < MB_BLOCKS; i++) {
+		a[i] = (struct mb_arg){img, d, i, 0};
+		pthread_create(&th[i], NULL, mb_reader, &a[i]);
+	}
+	for (size_t i = 0; i < MB_BLOCKS; i++) {
+		pthread_join(th[i], NULL);
+		bad += a[i].bad;
+	}
+	CHECK(bad == 0);
+	reader_get_stats(r, &rs);
+	CHECK(rs.mem_limit_bytes == 8u << 20);
+	CHECK(rs.mem_peak_bytes <= rs.mem_limit_bytes);
+	CHECK(rs.cache_misses == MB_BLOCKS);
+	reader_image_unref(img);
+	reader_free(r);
+	cache_close(cache);
+	fake_stop(&f);
+	record_free(&rec);
+	free(d);
+}
+
+/* Flip one byte of the cached copy of `key` inside cache.db (as a damaged
+ * disk or a local user would). */
+static int alter_cached(const char *dir, const unsigned char *key, int at)
+{
+	char path[600];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	sqlite3_blob *blob = NULL;
+	unsigned char b;
+	int rc = -1;
+	snprintf(path, sizeof(path), "%s/cache.db", dir);
+	if (sqlite3_open(path, &db) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db, "SELECT id FROM idx WHERE key = ?1", -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_blob(st, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW &&
+	    sqlite3_blob_open(db, "main", "blocks", "data", sqlite3_column_int64(st, 0), 1,
+	                      &blob) == SQLITE_OK &&
+	    sqlite3_blob_read(blob, &b, 1, at) == SQLITE_OK) {
+		b ^= 0x55;
+		rc = sqlite3_blob_write(blob, &b, 1, at) == SQLITE_OK ? 0 : -1;
+	}
+out:
+	sqlite3_blob_close(blob);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return rc;
+}
+
+/* A block altered in cache.db is never served: it is fetched again (and
+ * counted), or the read fails when the bucket is unreachable. */
+static void test_altered_cache(void)
+{
+	const size_t size = 3 * BS;
+	unsigned char *d = malloc(size), *buf = malloc(size);
+	struct fake_srv f = {0};
+	struct cache *cache = NULL;
+	struct cache_opts co = {0};
+	struct cache_stats cs;
+	struct reader *r = NULL;
+	struct reader_image *img = NULL;
+	struct record rec = {0};
+	struct blockmap *bm = blockmap_new(HASH_SHA256, BS);
+	struct err e = {0};
+	char dir[600];
+	size_t got = 0;
+	enum err_code code;
+
+	for (size_t i = 0; i < size; i++)
+		d[i] = (unsigned char)(i * 11 + 7 + (i >> 16));
+	CHECK(blockmap_update(bm, d, size, &e) == 0 && blockmap_finish(bm, &rec, &e) == 0);
+	blockmap_free(bm);
+	rec.name = strdup("c");
+	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
+	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
+	snprintf(dir, sizeof(dir), "%s/altered", tmproot);
+	co.dir = dir;
+	co.limit_bytes = 64u << 20;
+	CHECK(cache_open(&co, &cache, &e) == 0);
+	for (size_t i = 0; i < 3; i++)
+		cache_put(cache, rec.hashes[i], d + i * BS, BS);
+	cache_close(cache);
+	CHECK(alter_cached(dir, rec.hashes[1], 100) == 0);
+	CHECK(alter_cached(dir, rec.hashes[2], 40000) == 0);
+
+	f.obj[0] = (struct fake_obj){"/bucket/images/c.raw", d, size};
+	f.nobj = 1;
+	CHECK(fake_start(&f) == 0);
+	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
+	CHECK(reader_image_open(r, "images/c.raw", size, ETAG, &rec, &img, &e) == 0);
+	/* a piece of altered block 1: fetched again; whole block 0: cached */
+	CHECK(read_all(img, NULL, BS + 64, 100, buf, &got, NULL) == 0 && got == 100);
+	CHECK(!memcmp(buf, d + BS + 64, 100));
+	CHECK(read_all(img, NULL, 0, BS, buf, &got, NULL) == 0 && got == BS);
+	CHECK(!memcmp(buf, d, BS));
+	CHECK(atomic_load(&f.gets) == 1);
+	cache_get_stats(cache, &cs);
+	CHECK(cs.verify_failures == 1);
+	reader_image_unref(img);
+	reader_free(r);
+	cache_close(cache);
+
+	/* a sequential read (a stream, 4 KiB at a time) after a remount: each
+	 * altered block is fetched once, the others come from the cache */
+	CHECK(alter_cached(dir, rec.hashes[0], 7) == 0);
+	CHECK(alter_cached(dir, rec.hashes[1], 65535) == 0);
+	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
+	CHECK(reader_image_open(r, "images/c.raw", size, ETAG, &rec, &img, &e) == 0);
+	{
+		struct reader_stream *st = reader_stream_new();
+		int bad = 0;
+		for (size_t off = 0; off < size; off += 4096)
+			bad += read_all(img, st, off, 4096, buf + off, &got, NULL) || got != 4096;
+		CHECK(bad == 0 && !memcmp(buf, d, size));
+		reader_stream_free(st);
+	}
+	CHECK(atomic_load(&f.gets) == 4); /* 1 + blocks 0, 1 and 2 (altered from the start) */
+	cache_get_stats(cache, &cs);
+	CHECK(cs.verify_failures == 3);
+	reader_image_unref(img);
+	reader_free(r);
+	cache_close(cache);
+
+	/* the bucket is gone: altered block 2 fails, whole or piece */
+	CHECK(alter_cached(dir, rec.hashes[2], 40000) == 0);
+	fake_stop(&f);
+	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
+	CHECK(reader_image_open(r, "images/c.raw", size, ETAG, &rec, &img, &e) == 0);
+	memset(buf, 0, size);
+	CHECK(read_all(img, NULL, 2 * BS, BS, buf, &got, &code) == -1 && got == 0);
+	CHECK(code == ERR_NET);
+	CHECK(read_all(img, NULL, 2 * BS + 39000, 2000, buf, &got, &code) == -1 && got == 0);
+	CHECK(read_all(img, NULL, 0, BS, buf, &got, NULL) == 0 && !memcmp(buf, d, BS));
+	cache_get_stats(cache, &cs);
+	CHECK(cs.verify_failures == 1);
+	reader_image_unref(img);
+	reader_free(r);
+	cache_close(cache);
+	record_free(&rec);
+	free(d);
+	free(buf);
 }
 
 int main(void)
@@ -240,6 +641,10 @@ int main(void)
 		CHECK(reader_image_open(r, "images/t.raw", SIZE + 1, ETAG, &rec, &x, &e) == -1);
 		CHECK(x == NULL);
 	}
+
+	test_one_key_two_lengths();
+	test_memory_budget();
+	test_altered_cache();
 
 	reader_image_unref(reader_image_ref(img));
 	reader_image_unref(img);

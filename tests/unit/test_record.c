@@ -83,13 +83,13 @@ static void test_round_trip(void)
 	 * are ignored (a newer writer may add fields). */
 	const char *upper = "{\"name\":\"n\",\"checksum\":\"SHA256:" H0 "\",\"size\":0,"
 	                    "\"uploadedAt\":\"2024-01-01T00:00:00Z\",\"etag\":\"\\\"e\\\"\","
-	                    "\"blocks\":{\"size\":4096,\"algorithm\":\"sha256\",\"hashes\":[]}}";
+	                    "\"blocks\":{\"size\":65536,\"algorithm\":\"sha256\",\"hashes\":[]}}";
 	CHECK(record_parse(upper, strlen(upper), &r, &e) == -1); /* alg name is lower-case */
 	const char *upperhex =
 	        "{\"name\":\"n\",\"checksum\":\"sha256:ABCDEFABCDEFABCDEFABCDEFABCDEF"
 	        "ABCDEFABCDEFABCDEFABCDEFABCDEF0123\",\"size\":1,\"future\":[1],"
 	        "\"uploadedAt\":\"2024-01-01T00:00:00Z\",\"etag\":\"\\\"e\\\"\","
-	        "\"blocks\":{\"size\":4096,\"algorithm\":\"sha256\",\"hashes\":"
+	        "\"blocks\":{\"size\":65536,\"algorithm\":\"sha256\",\"hashes\":"
 	        "[\"ABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEF0123\"]}}";
 	CHECK(record_parse(upperhex, strlen(upperhex), &r, &e) == 0);
 	CHECK_STR(r.checksum, "sha256:" HA);
@@ -204,6 +204,16 @@ static void test_validation(void)
 	MUTATE(json_object_set_new(blocks_of(root), "size", json_integer(2048)),
 	       "\"blocks.size\": expected a power of two");
 	MUTATE(json_object_set_new(blocks_of(root), "size", json_integer(128 << 20)),
+	       "\"blocks.size\": expected a power of two");
+	/* powers of two outside [64 KiB, 4 MiB]: nothing labctl writes, and a
+	 * block is what a reader holds in memory for any read of it */
+	MUTATE(json_object_set_new(blocks_of(root), "size", json_integer(64 << 20)),
+	       "\"blocks.size\": expected a power of two between 65536 and 4194304 bytes");
+	MUTATE(json_object_set_new(blocks_of(root), "size", json_integer(8 << 20)),
+	       "\"blocks.size\": expected a power of two");
+	MUTATE(json_object_set_new(blocks_of(root), "size", json_integer(32768)),
+	       "\"blocks.size\": expected a power of two");
+	MUTATE(json_object_set_new(blocks_of(root), "size", json_integer(4096)),
 	       "\"blocks.size\": expected a power of two");
 	/* block count must be ceil(size / block size) */
 	MUTATE(json_array_remove(json_object_get(blocks_of(root), "hashes"), 2),
@@ -338,11 +348,11 @@ static void check_against_oneshot(enum hash_alg alg, uint32_t bs, const unsigned
 
 static void test_blockmap(void)
 {
-	const uint32_t bs = 4096;
+	const uint32_t bs = RECORD_MIN_BLOCK_SIZE;
 	/* sizes: empty, one byte, exactly one block, exact multiple, last short block */
 	const size_t sizes[] = {0, 1, bs - 1, bs, 4 * bs, 4 * bs + 1, 7 * bs + 1234, 13 * bs - 1};
-	const size_t c1[] = {1}, c7[] = {7, 4095, 1, 4097}, cb[] = {bs}, cb1[] = {bs + 1},
-	             cbig[] = {1 << 20}, codd[] = {3, 5000, 8191, 2, 12289, 1, 4096, 333};
+	const size_t c1[] = {1}, c7[] = {7, 65535, 1, 65537}, cb[] = {bs}, cb1[] = {bs + 1},
+	             cbig[] = {1 << 20}, codd[] = {3, 50000, 65535, 2, 131073, 1, 65536, 333};
 	const struct {
 		const size_t *v;
 		size_t n;
@@ -408,8 +418,12 @@ static void test_blockmap(void)
 	CHECK(blockmap_new(HASH_SHA256, 2048) == NULL);
 	CHECK(blockmap_new(HASH_SHA256, 5000) == NULL);
 	CHECK(blockmap_new(HASH_SHA256, 128u << 20) == NULL);
+	CHECK(blockmap_new(HASH_SHA256, 4096) == NULL);
+	CHECK(blockmap_new(HASH_SHA256, 8u << 20) == NULL);
 	struct blockmap *b = blockmap_new(HASH_SHA256, RECORD_MAX_BLOCK_SIZE);
 	CHECK(b != NULL);
+	blockmap_free(b);
+	CHECK((b = blockmap_new(HASH_SHA256, RECORD_MIN_BLOCK_SIZE)) != NULL);
 	blockmap_free(b);
 	blockmap_free(NULL);
 	free(data);
@@ -418,10 +432,10 @@ static void test_blockmap(void)
 static void test_zero_blocks(void)
 {
 	struct record r = {0};
-	const uint32_t bs = 8192;
+	const uint32_t bs = RECORD_MIN_BLOCK_SIZE;
 	size_t n = 3 * bs + 100;
 	unsigned char *data = calloc(1, n), z[32], d[32];
-	const size_t ch[] = {5000};
+	const size_t ch[] = {50000};
 	data[bs + 5] = 1; /* block 1 is not zero */
 	CHECK(run_blockmap(HASH_SHA256, bs, data, n, ch, 1, &r) == 0);
 	CHECK(record_block_is_zero(&r, 0) == 1);
