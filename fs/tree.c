@@ -218,12 +218,13 @@ out:
 /* Fill the records of todo that the record index holds unchanged (same ETag
  * as the listing); returns how many are left to fetch, compacted at the
  * front of todo.  Any trouble with the index only means more GETs. */
-static size_t take_from_index(struct s3 *s, struct srec **todo, size_t n)
+static size_t take_from_index(struct s3 *s, const struct s3_object *metas, size_t nmetas,
+                              struct srec **todo, size_t n)
 {
 	struct recindex ix = {0};
 	struct err e = {0};
 	size_t left = 0;
-	if (recindex_load(s, &ix, &e)) {
+	if (recindex_load(s, metas, nmetas, &ix, &e)) {
 		if (e.code == ERR_NOTFOUND)
 			log_debug("no record index (%s)", RECINDEX_KEY);
 		else
@@ -314,7 +315,7 @@ int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *p
 		}
 	}
 	if (ntodo > RECINDEX_MIN_USE)
-		ntodo = take_from_index(s, todo, ntodo);
+		ntodo = take_from_index(s, metas, nmetas, todo, ntodo);
 	if (ntodo) {
 		log_debug("fetching %zu checksum record(s)", ntodo);
 		if (fetch_records(cfg, s, todo, ntodo, e))

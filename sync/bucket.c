@@ -154,7 +154,7 @@ static int read_records(const struct s3_config *cfg, struct s3 *s3, struct bucke
 	}
 	if (nrec > RECINDEX_MIN_USE) {
 		struct err ie = {0};
-		if (recindex_load(s3, &ix, &ie) && ie.code != ERR_NOTFOUND)
+		if (recindex_load(s3, metas, nmetas, &ix, &ie) && ie.code != ERR_NOTFOUND)
 			log_warn("not using the record index: %s", ie.msg);
 	}
 	for (size_t i = 0; i < nrec; i++) {

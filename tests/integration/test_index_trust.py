@@ -1,0 +1,150 @@
+"""The bucket is input, not trust (issue 12): a record index, a record or a
+listing, however crafted, costs imgfs and labctl no more memory than the
+listing allows, and an index entry is used only when it is verified.
+
+Every crafted object goes into the real local S3 server.  Memory is the
+peak RSS of the process (labctl: wait4's ru_maxrss; imgfs: VmHWM before it
+is unmounted); without the sanitizers labctl also runs under RLIMIT_AS.
+"""
+import gzip
+import json
+import os
+import re
+import resource
+import subprocess
+import uuid
+import zlib
+
+import pytest
+
+from conftest import RECORD_INDEX, binary
+from test_imgfs import Mount, put_raw, record_for
+from test_record_index import N_GOOD, expected_mount, fill
+
+MiB = 1 << 20
+# what a listing of a dozen small records may make a reader hold: far above
+# the programs' own footprint (ASan included), far below what the crafted
+# objects below used to cost
+RSS_LIMIT = 200 * MiB
+AS_LIMIT = 512 * MiB
+
+
+def labctl(*args):
+    return [binary("labctl"), *args]
+
+
+def sanitized():
+    """The ASan build maps terabytes of shadow memory: RLIMIT_AS cannot
+    apply to it, only the RSS measurement does."""
+    p = subprocess.run(["ldd", binary("labctl")], capture_output=True, text=True)
+    return "libasan" in p.stdout
+
+
+def run_measured(args, env, tmp_path, check=0):
+    """Run args; (stdout, stderr, peak RSS in bytes).  Without ASan under
+    RLIMIT_AS too."""
+    tag = uuid.uuid4().hex[:8]
+    out, err = tmp_path / f"out-{tag}", tmp_path / f"err-{tag}"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        p = subprocess.Popen([str(a) for a in args], env=env, stdin=subprocess.DEVNULL,
+                             stdout=fo, stderr=fe,
+                             preexec_fn=None if sanitized() else limit)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert p.returncode == check, f"{args} exited {p.returncode}\n{stdout}\n{stderr}"
+    assert "Sanitizer" not in stderr and "runtime error" not in stderr, stderr[-5000:]
+    return stdout, stderr, ru.ru_maxrss * 1024
+
+
+def debug_env(bucket):
+    env = bucket.env
+    env["IMGSTORE_LOG"] = "debug"
+    return env
+
+
+def listing(bucket, tmp_path):
+    """(`images list --json` by destination, records taken from the index,
+    stderr, peak RSS)."""
+    out, err, rss = run_measured(labctl("images", "list", "--json"), debug_env(bucket),
+                                 tmp_path)
+    m = re.search(r"(\d+) checksum record\(s\): (\d+) from " + re.escape(RECORD_INDEX), err)
+    return ({i["destination"]: i for i in json.loads(out)}, int(m.group(2)) if m else 0, err,
+            rss)
+
+
+def vm_hwm(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def mounted(bucket, tmp_path):
+    """A fresh mount: {path: size}, records taken from the index, the log,
+    the daemon's peak RSS."""
+    tag = uuid.uuid4().hex[:8]
+    m = Mount(debug_env(bucket), tmp_path / f"mnt-{tag}", tmp_path / f"cache-{tag}")
+    m.start()
+    try:
+        seen = {}
+        for d, dirs, files in os.walk(m.path):
+            if d == str(m.path):
+                dirs.remove(".imgstore")
+            for f in files:
+                p = os.path.join(d, f)
+                seen[os.path.relpath(p, m.path)] = os.stat(p).st_size
+        rss = vm_hwm(m.proc.pid)
+    finally:
+        m.stop()
+    log = m.log.read_text(errors="replace")
+    assert "Sanitizer" not in log and "runtime error" not in log, log[-5000:]
+    hit = re.search(r"record index: (\d+) of (\d+) record\(s\) taken", log)
+    return seen, int(hit.group(1)) if hit else 0, log, rss
+
+
+def gzip_stream(chunks):
+    """gzip of the concatenated chunks, made without holding them."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 16 + 15)
+    out = [z.compress(c) for c in chunks]
+    out.append(z.flush())
+    return b"".join(out)
+
+
+def bombs():
+    """Small objects at the index key that inflate to a lot: blanks in an
+    index (512 MiB: larger than the listing allows even compressed; 128 MiB
+    in 125 KB), and 12 MiB of empty objects, which a JSON parser turns into
+    about a GiB of nodes."""
+    head = b'{"version": 1, "records": ['
+    yield "blanks", gzip_stream([head] + [b" " * (64 * MiB)] * 8 + [b"]}"])
+    yield "blanks-128M", gzip_stream([head] + [b" " * (64 * MiB)] * 2 + [b"]}"])
+    yield "objects", gzip_stream([head] + [b"{}," * (1 * MiB)] * 4 + [b"{}]}"])
+
+
+# ------------------------------------------------ finding 3: index bomb
+
+@pytest.mark.parametrize("kind,bomb", list(bombs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_index_bomb_is_not_inflated(bucket, tmp_path, kind, bomb):
+    fill(bucket)
+    without, used, _, _ = listing(bucket, tmp_path)
+    assert used == 0
+    assert len(bomb) < 1 * MiB
+    bucket.put(RECORD_INDEX, bomb)
+
+    items, used, err, rss = listing(bucket, tmp_path)
+    assert items == without
+    assert used == 0
+    assert rss < RSS_LIMIT, f"labctl images list peaked at {rss >> 20} MiB"
+    assert "not using the record index" in err and "more than" in err, err
+
+    seen, used, log, rss = mounted(bucket, tmp_path)
+    assert set(seen) == expected_mount()
+    assert used == 0
+    assert rss < RSS_LIMIT, f"imgfs peaked at {rss >> 20} MiB"
+    assert "not using the record index" in log and "more than" in log, log[-3000:]
