@@ -383,22 +383,6 @@ const struct recindex_entry *recindex_lookup(const struct recindex *ix, const ch
 
 /* ---- with the bucket ---- */
 
-struct gz_sink {
-	struct buf b;
-	size_t max;
-	int too_big;
-};
-
-static int gz_sink(void *ud, const void *data, size_t n)
-{
-	struct gz_sink *g = ud;
-	if (g->b.len + n > g->max) {
-		g->too_big = 1;
-		return -1;
-	}
-	return buf_append(&g->b, data, n);
-}
-
 static int cmp_listed(const void *a, const void *b)
 {
 	return strcmp((*(const struct s3_object *const *)a)->key,
@@ -441,23 +425,23 @@ static int load(struct s3 *s, const struct s3_object *listed, size_t n, struct r
                 size_t *gzlen, size_t *dropped, struct err *e)
 {
 	struct recindex_bound b;
-	struct gz_sink g = {BUF_INIT, 0, 0};
-	size_t skipped = 0, stale = 0;
+	char *gz = NULL;
+	size_t gzmax, gzsize = 0, skipped = 0, stale = 0;
 	int rc = -1;
 	memset(out, 0, sizeof(*out));
 	recindex_bound_of(listed, n, &b);
 	/* deflate adds 5 bytes a 64 KiB block to text it cannot shrink; 64 KiB
 	 * more for the optional fields of the gzip header */
-	g.max = b.json + b.json / 1024 + (64u << 10);
-	if (s3_get(s, RECINDEX_KEY, 0, UINT64_MAX, NULL, gz_sink, &g, e)) {
-		if (g.too_big)
+	gzmax = b.json + b.json / 1024 + (64u << 10);
+	if (s3_get_all(s, RECINDEX_KEY, gzmax, &gz, &gzsize, NULL, e)) {
+		if (e && e->code == ERR_INVALID)
 			err_set(e, ERR_INVALID,
 			        "%s has more than %zu bytes, the most that %zu listed records "
 			        "take",
-			        RECINDEX_KEY, g.max, b.records);
+			        RECINDEX_KEY, gzmax, b.records);
 		goto out;
 	}
-	if (recindex_decode(g.b.data, g.b.len, &b, out, &skipped, e)) {
+	if (recindex_decode(gz, gzsize, &b, out, &skipped, e)) {
 		err_prefix(e, "%s", RECINDEX_KEY);
 		goto out;
 	}
@@ -467,14 +451,14 @@ static int load(struct s3 *s, const struct s3_object *listed, size_t n, struct r
 	if (keep_listed(out, listed, n, &stale, e))
 		goto out;
 	if (gzlen)
-		*gzlen = g.b.len;
+		*gzlen = gzsize;
 	if (dropped)
 		*dropped = stale;
 	rc = 0;
 out:
 	if (rc)
 		recindex_free(out);
-	buf_free(&g.b);
+	free(gz);
 	return rc;
 }
 
@@ -513,11 +497,27 @@ static void getjob_run(struct getjob *j, struct s3 *s)
 		if (i >= j->n || atomic_load(&j->failed))
 			return;
 		g = &j->v[i];
-		if (s3_get_all(s, g->key, &g->json, &g->len, g->etag, &e) == 0)
+		if (g->size > RECINDEX_MAX_RECORD) {
+			snprintf(g->problem, sizeof(g->problem),
+			         "%s has %llu bytes, more than the %u a checksum record may have; "
+			         "not read",
+			         g->key, (unsigned long long)g->size, RECINDEX_MAX_RECORD);
+			log_warn("%s", g->problem);
+			continue;
+		}
+		if (s3_get_all(s, g->key, (size_t)g->size, &g->json, &g->len, g->etag, &e) == 0)
 			continue;
 		g->json = NULL;
 		if (e.code == ERR_NOTFOUND)
-			continue; /* deleted since the listing */
+			continue;            /* deleted since the listing */
+		if (e.code == ERR_INVALID) { /* grew: rewritten since the listing */
+			snprintf(g->problem, sizeof(g->problem),
+			         "%s has more than the %llu bytes listed (it changed since the "
+			         "listing); not read",
+			         g->key, (unsigned long long)g->size);
+			log_warn("%s", g->problem);
+			continue;
+		}
 		err_prefix(&e, "reading %s", g->key);
 		getjob_fail(j, &e);
 		return;
@@ -613,6 +613,7 @@ int recindex_rebuild(const struct s3_config *cfg, struct s3 *s, int create,
 				goto out;
 			res->reused++;
 		} else {
+			todo[ntodo].size = metas[i].size;
 			todo[ntodo++].key = metas[i].key;
 		}
 	}

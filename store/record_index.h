@@ -92,13 +92,17 @@ int recindex_load(struct s3 *s, const struct s3_object *listed, size_t n, struct
                   struct err *e);
 
 /* Many small GETs in parallel (up to RECINDEX_THREADS connections opened from
- * cfg; s serves one of them).  A key that is gone (404) leaves json NULL; any
+ * cfg; s serves one of them), each of at most its listed size and
+ * RECINDEX_MAX_RECORD.  A key that is gone (404) leaves json NULL; one that
+ * is larger leaves json NULL and says so in problem (and in a warning); any
  * other failure fails the call. */
 struct recindex_get {
 	const char *key;        /* in */
-	char *json;             /* out: malloc'd, NUL-terminated, or NULL when gone */
+	uint64_t size;          /* in: its size in the listing */
+	char *json;             /* out: malloc'd, NUL-terminated, or NULL when not read */
 	size_t len;             /* out */
 	char etag[S3_ETAG_MAX]; /* out: the ETag of the bytes read */
+	char problem[200];      /* out: why an existing record was not read, or "" */
 };
 int recindex_get_many(const struct s3_config *cfg, struct s3 *s, struct recindex_get *v, size_t n,
                       struct err *e);

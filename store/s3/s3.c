@@ -159,8 +159,9 @@ struct get_state {
 	uint64_t delivered;
 	uint64_t attempt_start; /* object offset this attempt asked for */
 	uint64_t skip;          /* bytes still to drop (a 200 to a ranged GET) */
+	uint64_t max;           /* the most bytes the object may have (s3_get_all: off 0) */
 	int first_write;
-	int sink_failed, bad_range;
+	int sink_failed, bad_range, too_big;
 	s3_sink_fn sink;
 	void *ud;
 	char etag[S3_ETAG_MAX]; /* of the first response: If-Match when resuming */
@@ -469,6 +470,15 @@ static size_t deliver(struct s3 *s, struct get_state *g, const char *data, size_
 			/* whole object although a range was asked: drop what comes before */
 			g->skip = g->attempt_start;
 		}
+		/* the size the server announces: refuse before reading any of it */
+		if (g->max != UINT64_MAX && s->resp.have_length) {
+			uint64_t start = s->resp.status == 206 ? g->attempt_start : 0;
+			if (s->resp.content_length > g->max ||
+			    start > g->max - s->resp.content_length) {
+				g->too_big = 1;
+				return 0;
+			}
+		}
 	}
 	if (g->skip) {
 		size_t d = g->skip < n ? (size_t)g->skip : n;
@@ -478,6 +488,10 @@ static size_t deliver(struct s3 *s, struct get_state *g, const char *data, size_
 	}
 	if (g->len != UINT64_MAX && n > g->len - g->delivered)
 		n = (size_t)(g->len - g->delivered); /* more than asked: ignore the rest */
+	if (n > g->max - g->delivered) {             /* no or a wrong Content-Length */
+		g->too_big = 1;
+		return 0;
+	}
 	if (n) {
 		if (g->sink(g->ud, data, n)) {
 			g->sink_failed = 1;
@@ -891,6 +905,13 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 		buf_free(&url);
 		now = time_mono();
 
+		if (r->get && r->get->too_big) {
+			err_set(e, ERR_INVALID,
+			        "%s: the object has more than %llu bytes, the most expected; not "
+			        "read",
+			        r->what, (unsigned long long)r->get->max);
+			break;
+		}
 		if (r->get && r->get->sink_failed) {
 			if (!e || e->code == ERR_OK)
 				err_set(e, ERR_IO, "%s: the receiver stopped the transfer",
@@ -982,7 +1003,7 @@ int s3_head(struct s3 *s, const char *key, struct s3_object *out, struct err *e)
 int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, const char *if_match,
            s3_sink_fn sink, void *ud, struct err *e)
 {
-	struct get_state g = {.off = off, .len = len, .sink = sink, .ud = ud};
+	struct get_state g = {.off = off, .len = len, .max = UINT64_MAX, .sink = sink, .ud = ud};
 	struct req r = {.method = "GET", .key = key, .get = &g};
 	char w[WHAT_MAX];
 	if (len == 0)
@@ -1036,11 +1057,11 @@ static int buf_sink(void *ud, const void *data, size_t n)
 	return buf_append(ud, data, n);
 }
 
-int s3_get_all(struct s3 *s, const char *key, char **data, size_t *len, char etag[S3_ETAG_MAX],
-               struct err *e)
+int s3_get_all(struct s3 *s, const char *key, size_t max, char **data, size_t *len,
+               char etag[S3_ETAG_MAX], struct err *e)
 {
 	struct buf b = BUF_INIT;
-	struct get_state g = {.off = 0, .len = UINT64_MAX, .sink = buf_sink, .ud = &b};
+	struct get_state g = {.off = 0, .len = UINT64_MAX, .max = max, .sink = buf_sink, .ud = &b};
 	struct req r = {.method = "GET", .key = key, .get = &g};
 	char w[WHAT_MAX];
 	*data = NULL;

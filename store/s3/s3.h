@@ -65,9 +65,11 @@ int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, const char
 /* GET a range into a caller buffer; *got = bytes received (short only at EOF). */
 int s3_get_range(struct s3 *s, const char *key, uint64_t off, size_t len, const char *if_match,
                  void *buf, size_t *got, struct err *e);
-/* Whole small object into a malloc'd, NUL-terminated buffer. */
-int s3_get_all(struct s3 *s, const char *key, char **data, size_t *len, char etag[S3_ETAG_MAX],
-               struct err *e);
+/* Whole small object into a malloc'd, NUL-terminated buffer.  An object of
+ * more than max bytes (by its Content-Length, or by what arrives) is not
+ * read: ERR_INVALID, and the transfer stops. */
+int s3_get_all(struct s3 *s, const char *key, size_t max, char **data, size_t *len,
+               char etag[S3_ETAG_MAX], struct err *e);
 
 /* PUT a buffer. etag_out may be NULL. */
 int s3_put(struct s3 *s, const char *key, const void *data, size_t n, const char *content_type,

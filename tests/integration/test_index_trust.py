@@ -42,23 +42,21 @@ def sanitized():
 
 def run_measured(args, env, tmp_path, check=0):
     """Run args; (stdout, stderr, peak RSS in bytes).  Without ASan under
-    RLIMIT_AS too."""
+    RLIMIT_AS too.  GNU time measures: the rusage of a child forked from
+    pytest itself would count pytest's own high-water mark."""
     tag = uuid.uuid4().hex[:8]
-    out, err = tmp_path / f"out-{tag}", tmp_path / f"err-{tag}"
+    rss_file = tmp_path / f"rss-{tag}"
 
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
 
-    with open(out, "wb") as fo, open(err, "wb") as fe:
-        p = subprocess.Popen([str(a) for a in args], env=env, stdin=subprocess.DEVNULL,
-                             stdout=fo, stderr=fe,
-                             preexec_fn=None if sanitized() else limit)
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-    stdout, stderr = out.read_text(), err.read_text()
-    assert p.returncode == check, f"{args} exited {p.returncode}\n{stdout}\n{stderr}"
-    assert "Sanitizer" not in stderr and "runtime error" not in stderr, stderr[-5000:]
-    return stdout, stderr, ru.ru_maxrss * 1024
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] +
+                       [str(a) for a in args], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True,
+                       preexec_fn=None if sanitized() else limit)
+    assert p.returncode == check, f"{args} exited {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr[-5000:]
+    return p.stdout, p.stderr, int(rss_file.read_text().split()[-1]) * 1024
 
 
 def debug_env(bucket):
@@ -148,3 +146,80 @@ def test_index_bomb_is_not_inflated(bucket, tmp_path, kind, bomb):
     assert used == 0
     assert rss < RSS_LIMIT, f"imgfs peaked at {rss >> 20} MiB"
     assert "not using the record index" in log and "more than" in log, log[-3000:]
+
+
+# ------------------------------------------ finding 4: record GET caps
+
+HUGE = 200 * MiB
+
+
+def put_huge_record(bucket):
+    """huge.raw: a small image whose record object is 200 MiB of JSON-ish
+    bytes (no record is that large: RECINDEX_MAX_RECORD is 81 MiB)."""
+    bucket.put("images/huge.raw", b"huge image")
+    body = b'{"name": "' + b"x" * (HUGE - 12) + b'"}'
+    bucket.put("metadata/huge.raw.json", body)
+    return len(body)
+
+
+def manifest(tmp_path, dests):
+    lines = ["apiVersion: images.lab.gilman.io/v1alpha1", "kind: ImageManifest",
+             "metadata:", "  name: lab", "spec:", "  images:"]
+    for i, d in enumerate(dests):
+        lines += [f"    - name: img{i}", "      source:",
+                  f"        url: https://example.org/{i}.raw",
+                  "        checksum: 'sha256:" + "0" * 64 + "'",
+                  f"      destination: '{d}'"]
+    m = tmp_path / "repo" / "images" / "images.yaml"
+    m.parent.mkdir(parents=True, exist_ok=True)
+    m.write_text("\n".join(lines) + "\n")
+    return m
+
+
+@pytest.mark.parametrize("with_index", [False, True])
+def test_huge_record_is_not_fetched(bucket, tmp_path, with_index):
+    fill(bucket)
+    size = put_huge_record(bucket)
+    if with_index:
+        run_measured(labctl("images", "index"), bucket.env, tmp_path)
+    problem = (f"metadata/huge.raw.json has {size} bytes, more than the 84934656 a "
+               "checksum record may have; not read")
+
+    items, _, err, rss = listing(bucket, tmp_path)
+    assert rss < RSS_LIMIT, f"labctl images list peaked at {rss >> 20} MiB"
+    assert not items["huge.raw"]["complete"]
+    assert items["huge.raw"]["problem"] == "invalid checksum record " + problem
+    assert problem in err
+    assert sorted(d for d, i in items.items() if i["complete"]) == sorted(expected_mount())
+
+    seen, _, log, rss = mounted(bucket, tmp_path)
+    assert rss < RSS_LIMIT, f"imgfs peaked at {rss >> 20} MiB"
+    assert set(seen) == expected_mount()
+    assert problem in log, log[-3000:]
+
+    # labctl sync reads one record at a time (no listing): the hard cap
+    m = manifest(tmp_path, ["huge.raw"])
+    out, err, rss = run_measured(labctl("images", "sync", "--dry-run", "--manifest", m),
+                                 bucket.env, tmp_path)
+    assert rss < RSS_LIMIT, f"labctl images sync peaked at {rss >> 20} MiB"
+    assert "metadata/huge.raw.json" in out and "more than" in out, out
+
+
+def test_get_all_stops_at_its_cap(bucket):
+    """s3_get_all refuses an object larger than its cap by the Content-Length,
+    before reading it."""
+    data = os.urandom(8 * MiB)
+    bucket.put("metadata/big.json", data)
+    env = dict(bucket.env, S3TOOL_STATS="1")
+    s3tool = binary("s3tool")
+    p = subprocess.run([s3tool, "get-all", "metadata/big.json", str(len(data))], env=env,
+                       capture_output=True)
+    assert p.returncode == 0 and p.stdout == data, p.stderr
+    p = subprocess.run([s3tool, "get-all", "metadata/big.json", str(len(data) - 1)], env=env,
+                       capture_output=True)
+    assert p.returncode == 2, p.stderr
+    err = p.stderr.decode()
+    assert ("GET metadata/big.json: the object has more than 8388607 bytes, the most "
+            "expected; not read") in err, err
+    got = int(re.search(r"bytes_in (\d+)", err).group(1))
+    assert got <= 512 * 1024, err  # at most one receive buffer, not the object
