@@ -339,7 +339,7 @@ out:
 /* ---- lookup ---- */
 
 /* "\"<32 hex>\"": what S3 servers send for an object written by one PUT
- * without SSE-KMS/SSE-C, the MD5 of its bytes. */
+ * without SSE-KMS/SSE-C, the MD5 of its bytes (that it is one is checked). */
 static int etag_is_md5(const char *etag)
 {
 	if (strlen(etag) != 34 || etag[0] != '"' || etag[33] != '"')
@@ -361,21 +361,30 @@ static int md5_matches(const char *data, size_t len, const char *etag)
 	return !strncasecmp(hex, etag + 1, 32);
 }
 
+/* The entry for key, whatever it holds. */
+static const struct recindex_entry *find(const struct recindex *ix, const char *key)
+{
+	struct recindex_entry k = {.key = (char *)key};
+	return ix->n ? bsearch(&k, ix->v, ix->n, sizeof(k), cmp_entry) : NULL;
+}
+
 const struct recindex_entry *recindex_lookup(const struct recindex *ix, const char *key,
                                              const char *etag)
 {
-	struct recindex_entry k = {.key = (char *)key};
 	const struct recindex_entry *en;
 	if (!ix || !ix->n || !etag || !*etag)
 		return NULL;
-	en = bsearch(&k, ix->v, ix->n, sizeof(k), cmp_entry);
+	en = find(ix, key);
 	if (!en || strcmp(en->etag, etag))
 		return NULL;
-	/* The ETag names the record the listing saw.  When it is the MD5 of
-	 * the bytes, check them too: an index written by anyone else cannot
-	 * then put other bytes under a current ETag. */
-	if (etag_is_md5(etag) && !md5_matches(en->json, en->len, etag)) {
-		log_debug("record index: the entry for %s does not hash to its ETag; ignored", key);
+	/* The ETag names the record the listing saw, but anyone who can write
+	 * the index can put other bytes under it: an entry is the record only
+	 * when its bytes hash to that ETag.  Other ETags (multipart "...-N",
+	 * SSE-C/KMS, a server's own) cannot be checked, so their records are
+	 * fetched. */
+	if (!etag_is_md5(etag) || !md5_matches(en->json, en->len, etag)) {
+		log_debug("record index: the entry for %s does not hash to its ETag %s; ignored",
+		          key, etag);
 		return NULL;
 	}
 	return en;
@@ -576,7 +585,7 @@ int recindex_rebuild(const struct s3_config *cfg, struct s3 *s, int create,
 	struct s3_object *metas = NULL;
 	struct recindex old = {0}, ix = {0};
 	struct recindex_get *todo = NULL;
-	size_t nmetas = 0, ntodo = 0, oldlen = 0, stale = 0;
+	size_t nmetas = 0, ntodo = 0, oldlen = 0, stale = 0, changed = 0;
 	char *gz = NULL;
 	size_t gzlen = 0;
 	int have_old = 0, rc = -1;
@@ -620,10 +629,16 @@ int recindex_rebuild(const struct s3_config *cfg, struct s3 *s, int create,
 	if (ntodo && recindex_get_many(cfg, s, todo, ntodo, e))
 		goto out;
 	for (size_t i = 0; i < ntodo; i++) {
+		const struct recindex_entry *was = find(&old, todo[i].key);
 		struct err ae = {0};
 		if (!todo[i].json)
 			continue;
 		res->fetched++;
+		/* fetched because it could not be checked (not an MD5 ETag), and
+		 * the index already holds these bytes: no reason to write it */
+		if (!was || strcmp(was->etag, todo[i].etag) || was->len != todo[i].len ||
+		    memcmp(was->json, todo[i].json, was->len))
+			changed++;
 		if (recindex_add(&ix, todo[i].key, todo[i].etag, todo[i].json, todo[i].len, &ae)) {
 			if (ae.code == ERR_IO) {
 				*e = ae;
@@ -636,7 +651,7 @@ int recindex_rebuild(const struct s3_config *cfg, struct s3 *s, int create,
 	res->records = ix.n;
 	/* the same entries as before: nothing to write (every kept entry is a
 	 * distinct key of the old index, and none of it was left out) */
-	if (have_old && !res->fetched && !stale && ix.n == old.n) {
+	if (have_old && !changed && !stale && ix.n == old.n) {
 		res->bytes = oldlen;
 		rc = 0;
 		goto out;

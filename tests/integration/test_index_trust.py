@@ -223,3 +223,76 @@ def test_get_all_stops_at_its_cap(bucket):
             "expected; not read") in err, err
     got = int(re.search(r"bytes_in (\d+)", err).group(1))
     assert got <= 512 * 1024, err  # at most one receive buffer, not the object
+
+
+# ------------------------------------- finding 7: only verified entries
+
+def put_multipart(bucket, key, data):
+    """One-part multipart upload: an ETag that is not the MD5 of the bytes
+    ("<hex>-1")."""
+    s3 = bucket.s3
+    up = s3.create_multipart_upload(Bucket=bucket.name, Key=key)["UploadId"]
+    part = s3.upload_part(Bucket=bucket.name, Key=key, UploadId=up, PartNumber=1, Body=data)
+    r = s3.complete_multipart_upload(
+        Bucket=bucket.name, Key=key, UploadId=up,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    listed = s3.list_objects_v2(Bucket=bucket.name, Prefix=key)["Contents"][0]["ETag"]
+    assert re.fullmatch(r'"[0-9a-f]{32}-1"', listed) and r["ETag"] == listed, (r, listed)
+    return listed
+
+
+def same_length(a, b):
+    """a and b (JSON texts) padded with blanks to one length."""
+    n = max(len(a), len(b))
+    return a.ljust(n), b.ljust(n)
+
+
+def test_entry_under_a_non_md5_etag_is_not_trusted(bucket, tmp_path):
+    """Records written by multipart upload have ETags that are not the MD5
+    of their bytes: an index entry under such an ETag cannot be checked, so
+    it is not used, even with the listed ETag and size."""
+    fill(bucket)
+    forged = {}
+    # badsize.raw: its record does not describe the object (size 1001); the
+    # forged entry holds one that does.  img05: renamed.
+    etag = bucket.s3.head_object(Bucket=bucket.name, Key="images/badsize.raw")["ETag"]
+    real, fake = same_length(json.dumps(record_for(b"x" * 1001, etag, "badsize")),
+                             json.dumps(record_for(b"x" * 1000, etag, "badsize")))
+    forged["metadata/badsize.raw.json"] = (real, fake)
+    rec = json.loads(bucket.get("metadata/d/img05.raw.json"))
+    real = json.dumps(rec)
+    rec["name"] = "forged"
+    real, fake = same_length(real, json.dumps(rec))
+    forged["metadata/d/img05.raw.json"] = (real, fake)
+    entries = []
+    for key, (real, fake) in forged.items():
+        mp_etag = put_multipart(bucket, key, real.encode())
+        entries.append({"key": key, "etag": mp_etag, "json": fake})
+    without, _, _, _ = listing(bucket, tmp_path)
+    assert not without["badsize.raw"]["complete"]
+    assert without["d/img05.raw"]["name"] == json.loads(real)["name"] != "forged"
+    mnt_without, _, _, _ = mounted(bucket, tmp_path)
+
+    # an index of every record as it is, but the two forged entries; the
+    # multipart records are fetched on every rebuild, which still finds the
+    # index up to date
+    run_measured(labctl("images", "index"), bucket.env, tmp_path)
+    out, _, _ = run_measured(labctl("images", "index"), bucket.env, tmp_path)
+    assert "already up to date" in out, out
+    doc = json.loads(gzip.decompress(bucket.get(RECORD_INDEX)))
+    doc["records"] = [e for e in doc["records"] if e["key"] not in forged] + entries
+    bucket.put(RECORD_INDEX, gzip.compress(json.dumps(doc).encode()))
+
+    items, used, _, _ = listing(bucket, tmp_path)
+    assert used == N_GOOD + 2 - 2  # all but the two multipart records
+    assert items == without
+    seen, used, _, _ = mounted(bucket, tmp_path)
+    assert used == N_GOOD + 2 - 2
+    assert seen == mnt_without
+    assert set(seen) == expected_mount()
+    # and a rebuild puts the real records back
+    out, _, _ = run_measured(labctl("images", "index"), bucket.env, tmp_path)
+    assert "written" in out, out
+    ix = {e["key"]: e for e in json.loads(gzip.decompress(bucket.get(RECORD_INDEX)))["records"]}
+    for key, (real, _) in forged.items():
+        assert ix[key]["json"] == real
