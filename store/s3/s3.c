@@ -35,10 +35,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RECV_BUFFER    (512 * 1024) /* CURLOPT_BUFFERSIZE: the most 7.88 allows */
-#define SEND_BUFFER    (256 * 1024) /* CURLOPT_UPLOAD_BUFFERSIZE: 64K..1M made no difference */
-#define ERRBODY_MAX    (64 * 1024)  /* error bodies kept for Code/Message */
-#define XMLBODY_MAX    (256 * 1024 * 1024) /* a listing page is ~0.3 MiB */
+#define RECV_BUFFER (512 * 1024) /* CURLOPT_BUFFERSIZE: the most 7.88 allows */
+#define SEND_BUFFER (256 * 1024) /* CURLOPT_UPLOAD_BUFFERSIZE: 64K..1M made no difference */
+#define ERRBODY_MAX (64 * 1024)  /* error bodies: the rest is not read */
+/* A 2xx XML answer (ListObjectsV2, ListMultipartUploads, DeleteObjects...)
+ * holds at most 1000 entries, each a key of at most 1024 bytes (6 KiB
+ * XML-escaped) and less than 1 KiB of other fields: under 8 MiB. */
+#define XMLBODY_MAX    (16 * 1024 * 1024)
 #define BACKOFF_BASE_S 0.25
 #define BACKOFF_CAP_S  8.0
 #define DELETE_BATCH   1000
@@ -162,6 +165,7 @@ struct get_state {
 	uint64_t max;           /* the most bytes the object may have (s3_get_all: off 0) */
 	int first_write;
 	int sink_failed, bad_range, too_big;
+	int past_range; /* the range was complete and more came: stopped there */
 	s3_sink_fn sink;
 	void *ud;
 	char etag[S3_ETAG_MAX]; /* of the first response: If-Match when resuming */
@@ -202,6 +206,7 @@ struct s3 {
 	/* per attempt */
 	struct resp resp;
 	struct buf errbody;
+	int errbody_cut; /* the error body was longer than ERRBODY_MAX: not read on */
 	struct req *cur;
 	size_t upload_pos;
 };
@@ -430,6 +435,7 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *ud)
 				             n - (size_t)(sp2 + 1 - line));
 		}
 		buf_reset(&s->errbody);
+		s->errbody_cut = 0;
 	} else if (header_is(line, n, "etag", &v, &vlen)) {
 		copy_trimmed(r->etag, sizeof(r->etag), v, vlen);
 	} else if (header_is(line, n, "content-length", &v, &vlen)) {
@@ -486,9 +492,13 @@ static size_t deliver(struct s3 *s, struct get_state *g, const char *data, size_
 		data += d;
 		n -= d;
 	}
-	if (g->len != UINT64_MAX && n > g->len - g->delivered)
-		n = (size_t)(g->len - g->delivered); /* more than asked: ignore the rest */
-	if (n > g->max - g->delivered) {             /* no or a wrong Content-Length */
+	if (g->len != UINT64_MAX && n > g->len - g->delivered) {
+		/* more than asked (a server that ignores Range sends the whole
+		 * object): take the range and stop reading */
+		n = (size_t)(g->len - g->delivered);
+		g->past_range = 1;
+	}
+	if (n > g->max - g->delivered) { /* no or a wrong Content-Length */
 		g->too_big = 1;
 		return 0;
 	}
@@ -499,7 +509,7 @@ static size_t deliver(struct s3 *s, struct get_state *g, const char *data, size_
 		}
 		g->delivered += n;
 	}
-	return total;
+	return g->past_range ? 0 : total;
 }
 
 static size_t on_write(char *data, size_t size, size_t nmemb, void *ud)
@@ -509,10 +519,14 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud)
 	size_t n = size * nmemb;
 	s->stats.bytes_in += n;
 	if (!ok_status(s->resp.status)) {
-		if (s->errbody.len < ERRBODY_MAX)
-			buf_append(&s->errbody, data,
-			           n < ERRBODY_MAX - s->errbody.len ? n
-			                                            : ERRBODY_MAX - s->errbody.len);
+		/* Code and Message come first; an error answer longer than this
+		 * is not read to its end (the connection is dropped) */
+		size_t room = ERRBODY_MAX - s->errbody.len;
+		buf_append(&s->errbody, data, n < room ? n : room);
+		if (n >= room) {
+			s->errbody_cut = 1;
+			return 0;
+		}
 		return n;
 	}
 	if (r->get)
@@ -844,6 +858,7 @@ static void get_headers(struct req *r, const char *if_match, char *range, size_t
 	g->first_write = 1;
 	g->skip = 0;
 	g->bad_range = 0;
+	g->past_range = 0;
 	if (g->len != UINT64_MAX) {
 		snprintf(range, cap, "bytes=%llu-%llu", (unsigned long long)start,
 		         (unsigned long long)(g->off + g->len - 1));
@@ -896,6 +911,7 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 		                                             : 1);
 		memset(&s->resp, 0, sizeof(s->resp));
 		buf_reset(&s->errbody);
+		s->errbody_cut = 0;
 		s->errbuf[0] = '\0';
 		s->upload_pos = 0;
 		s->stats.requests++;
@@ -904,6 +920,10 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 		curl_slist_free_all(hdrs);
 		buf_free(&url);
 		now = time_mono();
+		/* stopped on purpose: the range is complete, or an error answer is
+		 * longer than the part of it that is read */
+		if (c == CURLE_WRITE_ERROR && ((r->get && r->get->past_range) || s->errbody_cut))
+			c = CURLE_OK;
 
 		if (r->get && r->get->too_big) {
 			err_set(e, ERR_INVALID,

@@ -296,3 +296,102 @@ def test_entry_under_a_non_md5_etag_is_not_trusted(bucket, tmp_path):
     ix = {e["key"]: e for e in json.loads(gzip.decompress(bucket.get(RECORD_INDEX)))["records"]}
     for key, (real, _) in forged.items():
         assert ix[key]["json"] == real
+
+
+# ------------------------- response caps of the S3 client (store/s3/s3.c)
+
+class Flood:
+    """A server that answers everything with 64 MiB (a real S3 server will
+    not): a listing page, an error body, a whole object for a ranged GET."""
+
+    SIZE = 64 * MiB
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+        flood = self
+        self.sent = {}
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                if "list-type=2" in self.path:
+                    status, head = 200, b"<?xml version='1.0'?><ListBucketResult>"
+                    unit = b"<Contents><Key>k</Key><Size>1</Size></Contents>"
+                elif self.path.endswith("/err"):
+                    status, unit = 404, b" "
+                    head = (b"<?xml version='1.0'?><Error><Code>NoSuchKey</Code>"
+                            b"<Message>gone</Message></Error>")
+                else:
+                    status, head, unit = 200, b"", b"0123456789abcdef"
+                self.send_response(status)
+                self.send_header("Content-Length", str(flood.SIZE))
+                self.end_headers()
+                chunk = (head + unit * (MiB // len(unit)))[:MiB]
+                sent = 0
+                try:
+                    while sent < flood.SIZE:
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                        chunk = (unit * (MiB // len(unit) + 1))[:MiB]
+                except OSError:
+                    pass
+                flood.sent[self.path] = sent
+                self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("E2_", "AWS_", "SOPS_"))}
+        self.env.update(E2_ENDPOINT=f"http://127.0.0.1:{self.httpd.server_address[1]}",
+                        E2_BUCKET="b", E2_ACCESS_KEY="AK", E2_SECRET_KEY="SK",
+                        S3TOOL_STATS="1", IMGSTORE_MAX_ATTEMPTS="1")
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def flood():
+    f = Flood()
+    yield f
+    f.close()
+
+
+def s3tool_stats(flood, *args):
+    p = subprocess.run([binary("s3tool"), *args], env=flood.env, capture_output=True,
+                       timeout=120)
+    err = p.stderr.decode(errors="replace")
+    assert "Sanitizer" not in err and "runtime error" not in err, err
+    return p, err, int(re.search(r"bytes_in (\d+)", err).group(1))
+
+
+def test_listing_page_is_capped(flood):
+    """A listing page of 1000 keys is a few MiB; 16 MiB is the most read."""
+    p, err, got = s3tool_stats(flood, "ls", "images/")
+    assert p.returncode == 1, err
+    assert "ListObjectsV2 of bucket b (prefix 'images/'): response too large" in err, err
+    assert got <= 16 * MiB + 512 * 1024, err
+
+
+def test_error_body_is_capped(flood):
+    """Only the first 64 KiB of an error answer are read (Code, Message)."""
+    p, err, got = s3tool_stats(flood, "get", "err")
+    assert p.returncode == 1, err
+    assert "GET err: HTTP 404 NoSuchKey: gone" in err, err
+    assert got <= 64 * 1024 + 512 * 1024, err
+
+
+def test_ranged_get_stops_at_the_range(flood):
+    """A server that ignores Range sends the whole object: the client takes
+    the range it asked for and stops."""
+    p, err, got = s3tool_stats(flood, "get", "obj", "16", "100")
+    assert p.returncode == 0, err
+    assert p.stdout == (b"0123456789abcdef" * 8)[16:116]
+    assert got <= 1 * MiB, err
