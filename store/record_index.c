@@ -3,7 +3,6 @@
  * the bucket. */
 #include "store/record_index.h"
 
-#include "common/buf.h"
 #include "common/hex.h"
 #include "common/log.h"
 #include "store/record.h"

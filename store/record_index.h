@@ -3,10 +3,11 @@
  * reader of a large bucket makes one GET instead of one per record.
  *
  * It is only a cache.  A reader takes an entry only when its ETag equals the
- * ETag of the record key in a fresh metadata/ listing (and, for ETags that
- * are an MD5, when the entry's bytes hash to it); everything else is fetched
- * as without an index.  A missing, stale, corrupt or foreign index therefore
- * only costs time: it can never change a record or hide one.
+ * ETag of the record key in a fresh metadata/ listing, that ETag is an MD5
+ * and the entry's bytes hash to it; everything else is fetched as without an
+ * index.  A missing, stale, corrupt or foreign index therefore only costs
+ * time: it can never change a record or hide one.  Nor can it cost more
+ * memory than the listing allows (struct recindex_bound).
  *
  * Format (README.md, "The bucket"): gzip of the compact JSON
  *   {"version":1,"records":[{"key":"metadata/<dest>.json","etag":"\"...\"",

@@ -58,7 +58,9 @@ int s3_head(struct s3 *s, const char *key, struct s3_object *out, struct err *e)
  * The callback returns 0 to go on, non-zero to abort (error ERR_IO unless the
  * callback set e).  A retried GET resumes where the callback left off (with
  * If-Match on the first answer's ETag, so two versions are never mixed).  A
- * range that starts at or past the end delivers nothing and succeeds. */
+ * range that starts at or past the end delivers nothing and succeeds; an
+ * answer with more than the range (a server that ignores Range) is read up
+ * to the end of the range only. */
 typedef int (*s3_sink_fn)(void *ud, const void *data, size_t n);
 int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, const char *if_match,
            s3_sink_fn sink, void *ud, struct err *e);
