@@ -181,8 +181,8 @@ int state_load(struct cache *c, struct state **out)
 
 /* GET the records of todo in parallel (recindex_get_many); a record deleted
  * since the listing is left without json. */
-static int fetch_records(const struct s3_config *cfg, struct s3 *s, struct srec **todo, size_t n,
-                         struct err *e)
+static int fetch_records(const struct s3_config *cfg, struct s3 *s, const struct s3_object *metas,
+                         size_t nmetas, struct srec **todo, size_t n, struct err *e)
 {
 	struct recindex_get *v = calloc(n + 1, sizeof(*v));
 	char **keys = calloc(n + 1, sizeof(*keys));
@@ -192,11 +192,15 @@ static int fetch_records(const struct s3_config *cfg, struct s3 *s, struct srec 
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (!(keys[i] = record_meta_key(todo[i]->dest))) {
+		struct s3_object k = {0}, *m;
+		if (!(keys[i] = k.key = record_meta_key(todo[i]->dest))) {
 			err_set(e, ERR_IO, "out of memory");
 			goto out;
 		}
 		v[i].key = keys[i];
+		/* its listed size caps the GET (todo holds listed records only) */
+		m = bsearch(&k, metas, nmetas, sizeof(k), cmp_s3obj);
+		v[i].size = m ? m->size : 0;
 	}
 	if (recindex_get_many(cfg, s, v, n, e))
 		goto out;
@@ -220,12 +224,13 @@ out:
 /* Fill the records of todo that the record index holds unchanged (same ETag
  * as the listing); returns how many are left to fetch, compacted at the
  * front of todo.  Any trouble with the index only means more GETs. */
-static size_t take_from_index(struct s3 *s, struct srec **todo, size_t n)
+static size_t take_from_index(struct s3 *s, const struct s3_object *metas, size_t nmetas,
+                              struct srec **todo, size_t n)
 {
 	struct recindex ix = {0};
 	struct err e = {0};
 	size_t left = 0;
-	if (recindex_load(s, &ix, &e)) {
+	if (recindex_load(s, metas, nmetas, &ix, &e)) {
 		if (e.code == ERR_NOTFOUND)
 			log_debug("no record index (%s)", RECINDEX_KEY);
 		else
@@ -324,10 +329,10 @@ int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *p
 		}
 	}
 	if (ntodo > RECINDEX_MIN_USE)
-		ntodo = take_from_index(s, todo, ntodo);
+		ntodo = take_from_index(s, metas, nmetas, todo, ntodo);
 	if (ntodo) {
 		log_debug("fetching %zu checksum record(s)", ntodo);
-		if (fetch_records(cfg, s, todo, ntodo, e))
+		if (fetch_records(cfg, s, metas, nmetas, todo, ntodo, e))
 			goto out;
 	}
 	/* drop records that vanished between the listing and the GET */

@@ -64,9 +64,15 @@ static int read_record(struct s3 *s3, struct bucket_image *im, struct err *e)
 	int rc = -1;
 	if (!key)
 		return err_set(e, ERR_IO, "out of memory");
-	if (s3_get_all(s3, key, &json, &len, NULL, e)) {
+	/* no listing here: only the hard cap */
+	if (s3_get_all(s3, key, RECINDEX_MAX_RECORD, &json, &len, NULL, e)) {
 		if (e && e->code == ERR_NOTFOUND) {
 			judge_record(im, key, NULL, 0);
+			err_clear(e);
+			rc = 0;
+		} else if (e && e->code == ERR_INVALID) { /* too large */
+			snprintf(im->problem, sizeof(im->problem),
+			         "invalid checksum record %s: %.400s", key, e->msg);
 			err_clear(e);
 			rc = 0;
 		} else {
@@ -154,7 +160,7 @@ static int read_records(const struct s3_config *cfg, struct s3 *s3, struct bucke
 	}
 	if (nrec > RECINDEX_MIN_USE) {
 		struct err ie = {0};
-		if (recindex_load(s3, &ix, &ie) && ie.code != ERR_NOTFOUND)
+		if (recindex_load(s3, metas, nmetas, &ix, &ie) && ie.code != ERR_NOTFOUND)
 			log_warn("not using the record index: %s", ie.msg);
 	}
 	for (size_t i = 0; i < nrec; i++) {
@@ -164,14 +170,20 @@ static int read_records(const struct s3_config *cfg, struct s3 *s3, struct bucke
 			continue;
 		}
 		pick[nget] = i;
+		gets[nget].size = listed[i]->size;
 		gets[nget++].key = keys[i];
 	}
 	log_debug("%zu checksum record(s): %zu from %s, %zu to fetch", nrec, nrec - nget,
 	          RECINDEX_KEY, nget);
 	if (nget && recindex_get_many(cfg, s3, gets, nget, e))
 		goto out;
-	for (size_t j = 0; j < nget; j++)
-		judge_record(owner[pick[j]], keys[pick[j]], gets[j].json, gets[j].len);
+	for (size_t j = 0; j < nget; j++) {
+		if (!gets[j].json && gets[j].problem[0])
+			snprintf(owner[pick[j]]->problem, sizeof(owner[pick[j]]->problem),
+			         "invalid checksum record %s", gets[j].problem);
+		else
+			judge_record(owner[pick[j]], keys[pick[j]], gets[j].json, gets[j].len);
+	}
 	rc = 0;
 out:
 	for (size_t i = 0; i < nrec; i++)

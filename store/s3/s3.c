@@ -36,10 +36,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RECV_BUFFER    (512 * 1024) /* CURLOPT_BUFFERSIZE: the most 7.88 allows */
-#define SEND_BUFFER    (256 * 1024) /* CURLOPT_UPLOAD_BUFFERSIZE: 64K..1M made no difference */
-#define ERRBODY_MAX    (64 * 1024)  /* error bodies kept for Code/Message */
-#define XMLBODY_MAX    (256 * 1024 * 1024) /* a listing page is ~0.3 MiB */
+#define RECV_BUFFER (512 * 1024) /* CURLOPT_BUFFERSIZE: the most 7.88 allows */
+#define SEND_BUFFER (256 * 1024) /* CURLOPT_UPLOAD_BUFFERSIZE: 64K..1M made no difference */
+#define ERRBODY_MAX (64 * 1024)  /* error bodies: the rest is not read */
+/* A 2xx XML answer (ListObjectsV2, ListMultipartUploads, DeleteObjects...)
+ * holds at most 1000 entries, each a key of at most 1024 bytes (6 KiB
+ * XML-escaped) and less than 1 KiB of other fields: under 8 MiB. */
+#define XMLBODY_MAX    (16 * 1024 * 1024)
 #define BACKOFF_BASE_S 0.25
 #define BACKOFF_CAP_S  8.0
 #define DELETE_BATCH   1000
@@ -206,8 +209,10 @@ struct get_state {
 	uint64_t delivered;
 	uint64_t attempt_start; /* object offset this attempt asked for */
 	uint64_t skip;          /* bytes still to drop (a 200 to a ranged GET) */
+	uint64_t max;           /* the most bytes the object may have (s3_get_all: off 0) */
 	int first_write;
-	int sink_failed, bad_range;
+	int sink_failed, bad_range, too_big;
+	int past_range; /* the range was complete and more came: stopped there */
 	s3_sink_fn sink;
 	void *ud;
 	char etag[S3_ETAG_MAX]; /* of the first response: If-Match when resuming */
@@ -248,6 +253,7 @@ struct s3 {
 	/* per attempt */
 	struct resp resp;
 	struct buf errbody;
+	int errbody_cut; /* the error body was longer than ERRBODY_MAX: not read on */
 	struct req *cur;
 	size_t upload_pos;
 };
@@ -476,6 +482,7 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *ud)
 				             n - (size_t)(sp2 + 1 - line));
 		}
 		buf_reset(&s->errbody);
+		s->errbody_cut = 0;
 	} else if (header_is(line, n, "etag", &v, &vlen)) {
 		copy_trimmed(r->etag, sizeof(r->etag), v, vlen);
 	} else if (header_is(line, n, "content-length", &v, &vlen)) {
@@ -516,6 +523,15 @@ static size_t deliver(struct s3 *s, struct get_state *g, const char *data, size_
 			/* whole object although a range was asked: drop what comes before */
 			g->skip = g->attempt_start;
 		}
+		/* the size the server announces: refuse before reading any of it */
+		if (g->max != UINT64_MAX && s->resp.have_length) {
+			uint64_t start = s->resp.status == 206 ? g->attempt_start : 0;
+			if (s->resp.content_length > g->max ||
+			    start > g->max - s->resp.content_length) {
+				g->too_big = 1;
+				return 0;
+			}
+		}
 	}
 	if (g->skip) {
 		size_t d = g->skip < n ? (size_t)g->skip : n;
@@ -523,8 +539,16 @@ static size_t deliver(struct s3 *s, struct get_state *g, const char *data, size_
 		data += d;
 		n -= d;
 	}
-	if (g->len != UINT64_MAX && n > g->len - g->delivered)
-		n = (size_t)(g->len - g->delivered); /* more than asked: ignore the rest */
+	if (g->len != UINT64_MAX && n > g->len - g->delivered) {
+		/* more than asked (a server that ignores Range sends the whole
+		 * object): take the range and stop reading */
+		n = (size_t)(g->len - g->delivered);
+		g->past_range = 1;
+	}
+	if (n > g->max - g->delivered) { /* no or a wrong Content-Length */
+		g->too_big = 1;
+		return 0;
+	}
 	if (n) {
 		if (g->sink(g->ud, data, n)) {
 			g->sink_failed = 1;
@@ -532,7 +556,7 @@ static size_t deliver(struct s3 *s, struct get_state *g, const char *data, size_
 		}
 		g->delivered += n;
 	}
-	return total;
+	return g->past_range ? 0 : total;
 }
 
 static size_t on_write(char *data, size_t size, size_t nmemb, void *ud)
@@ -542,10 +566,14 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud)
 	size_t n = size * nmemb;
 	s->stats.bytes_in += n;
 	if (!ok_status(s->resp.status)) {
-		if (s->errbody.len < ERRBODY_MAX)
-			buf_append(&s->errbody, data,
-			           n < ERRBODY_MAX - s->errbody.len ? n
-			                                            : ERRBODY_MAX - s->errbody.len);
+		/* Code and Message come first; an error answer longer than this
+		 * is not read to its end (the connection is dropped) */
+		size_t room = ERRBODY_MAX - s->errbody.len;
+		buf_append(&s->errbody, data, n < room ? n : room);
+		if (n >= room) {
+			s->errbody_cut = 1;
+			return 0;
+		}
 		return n;
 	}
 	if (r->get)
@@ -877,6 +905,7 @@ static void get_headers(struct req *r, const char *if_match, char *range, size_t
 	g->first_write = 1;
 	g->skip = 0;
 	g->bad_range = 0;
+	g->past_range = 0;
 	if (g->len != UINT64_MAX) {
 		snprintf(range, cap, "bytes=%llu-%llu", (unsigned long long)start,
 		         (unsigned long long)(g->off + g->len - 1));
@@ -929,6 +958,7 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 		                                             : 1);
 		memset(&s->resp, 0, sizeof(s->resp));
 		buf_reset(&s->errbody);
+		s->errbody_cut = 0;
 		s->errbuf[0] = '\0';
 		s->upload_pos = 0;
 		s->stats.requests++;
@@ -937,7 +967,18 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 		curl_slist_free_all(hdrs);
 		buf_free(&url);
 		now = time_mono();
+		/* stopped on purpose: the range is complete, or an error answer is
+		 * longer than the part of it that is read */
+		if (c == CURLE_WRITE_ERROR && ((r->get && r->get->past_range) || s->errbody_cut))
+			c = CURLE_OK;
 
+		if (r->get && r->get->too_big) {
+			err_set(e, ERR_INVALID,
+			        "%s: the object has more than %llu bytes, the most expected; not "
+			        "read",
+			        r->what, (unsigned long long)r->get->max);
+			break;
+		}
 		if (r->get && r->get->sink_failed) {
 			if (!e || e->code == ERR_OK)
 				err_set(e, ERR_IO, "%s: the receiver stopped the transfer",
@@ -1029,7 +1070,7 @@ int s3_head(struct s3 *s, const char *key, struct s3_object *out, struct err *e)
 int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, const char *if_match,
            s3_sink_fn sink, void *ud, struct err *e)
 {
-	struct get_state g = {.off = off, .len = len, .sink = sink, .ud = ud};
+	struct get_state g = {.off = off, .len = len, .max = UINT64_MAX, .sink = sink, .ud = ud};
 	struct req r = {.method = "GET", .key = key, .get = &g};
 	char w[WHAT_MAX];
 	if (len == 0)
@@ -1083,11 +1124,11 @@ static int buf_sink(void *ud, const void *data, size_t n)
 	return buf_append(ud, data, n);
 }
 
-int s3_get_all(struct s3 *s, const char *key, char **data, size_t *len, char etag[S3_ETAG_MAX],
-               struct err *e)
+int s3_get_all(struct s3 *s, const char *key, size_t max, char **data, size_t *len,
+               char etag[S3_ETAG_MAX], struct err *e)
 {
 	struct buf b = BUF_INIT;
-	struct get_state g = {.off = 0, .len = UINT64_MAX, .sink = buf_sink, .ud = &b};
+	struct get_state g = {.off = 0, .len = UINT64_MAX, .max = max, .sink = buf_sink, .ud = &b};
 	struct req r = {.method = "GET", .key = key, .get = &g};
 	char w[WHAT_MAX];
 	*data = NULL;

@@ -65,16 +65,20 @@ int s3_head(struct s3 *s, const char *key, struct s3_object *out, struct err *e)
  * The callback returns 0 to go on, non-zero to abort (error ERR_IO unless the
  * callback set e).  A retried GET resumes where the callback left off (with
  * If-Match on the first answer's ETag, so two versions are never mixed).  A
- * range that starts at or past the end delivers nothing and succeeds. */
+ * range that starts at or past the end delivers nothing and succeeds; an
+ * answer with more than the range (a server that ignores Range) is read up
+ * to the end of the range only. */
 typedef int (*s3_sink_fn)(void *ud, const void *data, size_t n);
 int s3_get(struct s3 *s, const char *key, uint64_t off, uint64_t len, const char *if_match,
            s3_sink_fn sink, void *ud, struct err *e);
 /* GET a range into a caller buffer; *got = bytes received (short only at EOF). */
 int s3_get_range(struct s3 *s, const char *key, uint64_t off, size_t len, const char *if_match,
                  void *buf, size_t *got, struct err *e);
-/* Whole small object into a malloc'd, NUL-terminated buffer. */
-int s3_get_all(struct s3 *s, const char *key, char **data, size_t *len, char etag[S3_ETAG_MAX],
-               struct err *e);
+/* Whole small object into a malloc'd, NUL-terminated buffer.  An object of
+ * more than max bytes (by its Content-Length, or by what arrives) is not
+ * read: ERR_INVALID, and the transfer stops. */
+int s3_get_all(struct s3 *s, const char *key, size_t max, char **data, size_t *len,
+               char etag[S3_ETAG_MAX], struct err *e);
 
 /* PUT a buffer. etag_out may be NULL. */
 int s3_put(struct s3 *s, const char *key, const void *data, size_t n, const char *content_type,

@@ -3,6 +3,7 @@
  *   s3tool put KEY FILE                 upload FILE ('-': stdin) with one PUT; prints the ETag
  *   s3tool get KEY [OFF LEN] > out      stream the object (or [OFF, OFF+LEN)) to stdout
  *   s3tool get-if KEY ETAG [OFF LEN]    the same with If-Match: ETAG
+ *   s3tool get-all KEY MAX > out        the whole object in memory, if at most MAX bytes
  *   s3tool head KEY                     "SIZE ETAG MTIME"
  *   s3tool ls [PREFIX [DELIM]]          "SIZE ETAG KEY" lines, then "PRE PREFIX" lines
  *   s3tool rm KEY...                    DeleteObject (one key) / DeleteObjects ('-': keys on stdin)
@@ -38,8 +39,9 @@ static int usage(struct err *e)
 {
 	return err_set(e, ERR_USAGE,
 	               "usage: s3tool put KEY FILE | get KEY [OFF LEN] | get-if KEY ETAG [OFF LEN] "
-	               "| head KEY | ls [PREFIX [DELIM]] | rm KEY... | mpu-put KEY FILE PARTSIZE "
-	               "| mpu-create KEY | mpu-ls [PREFIX] | mpu-abort KEY ID");
+	               "| get-all KEY MAX | head KEY | ls [PREFIX [DELIM]] | rm KEY... "
+	               "| mpu-put KEY FILE PARTSIZE | mpu-create KEY | mpu-ls [PREFIX] "
+	               "| mpu-abort KEY ID");
 }
 
 /* A file's bytes: mmap'd when possible, else read (stdin). */
@@ -146,6 +148,19 @@ static int cmd_get(struct s3 *s, const char *key, const char *etag, int argc, ch
 	return s3_get(s, key, off, len, etag, to_stdout, NULL, e);
 }
 
+static int cmd_get_all(struct s3 *s, const char *key, const char *max, struct err *e)
+{
+	uint64_t m;
+	char *data = NULL;
+	size_t len = 0;
+	int rc;
+	if (parse_u64(max, &m, e) || s3_get_all(s, key, (size_t)m, &data, &len, NULL, e))
+		return -1;
+	rc = fwrite(data, 1, len, stdout) == len ? 0 : err_errno(e, "writing stdout");
+	free(data);
+	return rc;
+}
+
 static int cmd_mpu_put(struct s3 *s, const char *key, const char *file, const char *psize,
                        struct err *e)
 {
@@ -249,6 +264,8 @@ static int run(struct s3 *s, int argc, char **argv, struct err *e)
 		return cmd_get(s, argv[1], NULL, argc - 2, argv + 2, e);
 	if (!strcmp(cmd, "get-if") && argc >= 3)
 		return cmd_get(s, argv[1], argv[2], argc - 3, argv + 3, e);
+	if (!strcmp(cmd, "get-all") && argc == 3)
+		return cmd_get_all(s, argv[1], argv[2], e);
 	if (!strcmp(cmd, "head") && argc == 2) {
 		struct s3_object o;
 		if (s3_head(s, argv[1], &o, e))
