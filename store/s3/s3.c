@@ -1421,12 +1421,46 @@ out:
 
 /* ---------------------------------------------------------------- list */
 
+/* Where the next page of a truncated listing starts: the continuation token,
+ * or, from a server that says IsTruncated without one, after the greatest key
+ * or common prefix so far (StartAfter, as ListObjects v1 goes on from its
+ * last key without a NextMarker).  -1 with e set when that makes no progress. */
+static int list_next_page(struct s3_xml_list *acc, char **token, char **start_after, const char *w,
+                          struct err *e)
+{
+	const char *last = acc->nobjs ? acc->objs[acc->nobjs - 1].key : NULL;
+	char *dup;
+	if (acc->next_token && *acc->next_token) {
+		if (*token && !strcmp(*token, acc->next_token))
+			return err_set(e, ERR_SERVER,
+			               "%s: truncated listing without a new continuation token", w);
+		free(*token);
+		*token = acc->next_token;
+		acc->next_token = NULL;
+		free(*start_after);
+		*start_after = NULL;
+		return 0;
+	}
+	if (acc->nprefixes && (!last || strcmp(acc->prefixes[acc->nprefixes - 1], last) > 0))
+		last = acc->prefixes[acc->nprefixes - 1];
+	if (!last || (*start_after && strcmp(last, *start_after) <= 0))
+		return err_set(e, ERR_SERVER,
+		               "%s: truncated listing without a continuation token or new keys", w);
+	if (!(dup = strdup(last)))
+		return err_set(e, ERR_IO, "out of memory");
+	free(*token);
+	*token = NULL;
+	free(*start_after);
+	*start_after = dup;
+	return 0;
+}
+
 int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_object **objs,
             size_t *nobjs, char ***prefixes, size_t *nprefixes, struct err *e)
 {
 	struct s3_xml_list acc = {0};
 	struct buf resp = BUF_INIT;
-	char *token = NULL, w[WHAT_MAX];
+	char *token = NULL, *start_after = NULL, w[WHAT_MAX];
 	int rc = -1;
 	if (objs)
 		*objs = NULL;
@@ -1439,7 +1473,7 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 	snprintf(w, sizeof(w), "ListObjectsV2 of bucket %s (prefix '%s')", s->cfg.bucket,
 	         prefix ? prefix : "");
 	for (;;) {
-		struct sigv4_param params[4];
+		struct sigv4_param params[5];
 		struct req r = {.method = "GET", .params = params, .out = &resp, .what = w};
 		params[r.nparams++] = (struct sigv4_param){"list-type", "2"};
 		if (prefix && *prefix)
@@ -1448,6 +1482,8 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 			params[r.nparams++] = (struct sigv4_param){"delimiter", delimiter};
 		if (token)
 			params[r.nparams++] = (struct sigv4_param){"continuation-token", token};
+		if (start_after)
+			params[r.nparams++] = (struct sigv4_param){"start-after", start_after};
 		memcpy(r.payload_sha, SIGV4_EMPTY_SHA256, 65);
 		if (perform(s, &r, NULL, e))
 			goto out;
@@ -1457,15 +1493,8 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 		}
 		if (!acc.truncated)
 			break;
-		if (!acc.next_token || !*acc.next_token ||
-		    (token && !strcmp(token, acc.next_token))) {
-			err_set(e, ERR_SERVER,
-			        "%s: truncated listing without a new continuation token", w);
+		if (list_next_page(&acc, &token, &start_after, w, e))
 			goto out;
-		}
-		free(token);
-		token = acc.next_token;
-		acc.next_token = NULL;
 	}
 	if (objs) {
 		*objs = acc.objs;
@@ -1483,6 +1512,7 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 out:
 	s3_xml_list_free(&acc);
 	free(token);
+	free(start_after);
 	buf_free(&resp);
 	return rc;
 }
