@@ -1325,7 +1325,6 @@ int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
 		      s3_error_code_is(s, "NoSuchUpload")))
 			goto out;
 		err_clear(e);
-		etag[0] = '\0';
 	} else if (s3_xml_parse_complete(resp.data, resp.len, etag, &is_error, code, sizeof(code),
 	                                 msg, sizeof(msg), e)) {
 		if (is_error)
@@ -1334,14 +1333,19 @@ int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
 			err_prefix(e, "%s", w);
 		goto out;
 	}
-	if (!etag[0]) { /* some servers (radosgw) leave it out; HEAD has it */
+	/* Not the answer's ETag: radosgw 16.2 sends <ETag></ETag>, a retry after a
+	 * lost answer gets none, and what readers compare against is HEAD's. */
+	if (etag_out) {
 		if (s3_head(s, key, &obj, e)) {
 			err_prefix(e, "%s: reading the ETag back", w);
 			goto out;
 		}
-		memcpy(etag, obj.etag, S3_ETAG_MAX);
+		if (!obj.etag[0]) {
+			err_set(e, ERR_SERVER, "%s: the server sent no ETag", w);
+			goto out;
+		}
+		copy_etag(etag_out, obj.etag);
 	}
-	copy_etag(etag_out, etag);
 	rc = 0;
 out:
 	buf_free(&body);

@@ -85,6 +85,8 @@ int s3_mpu_create(struct s3 *s, const char *key, const char *content_type, char 
                   struct err *e);
 int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
                     const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e);
+/* etag_out (may be NULL: then no extra request) is the object's ETag read back
+ * with HEAD, never the Complete answer's, which may be empty (radosgw). */
 int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
                     const struct s3_part *parts, size_t nparts, char etag_out[S3_ETAG_MAX],
                     struct err *e);
