@@ -203,7 +203,8 @@ stop_procs() {
 
 RGW_BLOCK_GIB=${IMGSTORE_RADOSGW_BLOCK_GIB:-64} # sparse: takes what is written
 
-ceph_() { ceph -c "$ETC/ceph.conf" --connect-timeout 60 "$@"; }
+# (no manager runs: a command that needs one would wait for ever)
+ceph_() { timeout 120 ceph -c "$ETC/ceph.conf" --connect-timeout 60 "$@"; }
 
 rgw_write_config() {
 	local port=$1 mon=$(($1 + 1)) fsid
@@ -271,7 +272,7 @@ rgw_spawn() { # NAME COMMAND...: run in the foreground of its own group, record 
 
 rgw_fail() {
 	echo "local S3 (radosgw): $1; logs in $ETC/run/" >&2
-	tail -n 20 "$ETC"/run/*.out "$ETC"/run/*.log >&2 2>/dev/null || true
+	tail -n 20 "$ETC"/run/*.out "$ETC/run/client.rgw.a.log" >&2 2>/dev/null || true
 	stop_procs
 	exit 1
 }
@@ -303,17 +304,20 @@ radosgw_start() {
 				rgw_fail "creating the monitor failed"
 		elif [ ! -f "$DATA/mon/port" ] || [ "$(cat "$DATA/mon/port")" != "$mon" ]; then
 			# the monitor's address is in its store: move it to the new port
-			ceph-mon -i a -c "$ETC/ceph.conf" --extract-monmap "$ETC/monmap" >/dev/null 2>&1
-			monmaptool --rm a --addv a "[v2:127.0.0.1:$mon]" "$ETC/monmap" >/dev/null
-			ceph-mon -i a -c "$ETC/ceph.conf" --inject-monmap "$ETC/monmap" >/dev/null 2>&1 ||
-				rgw_fail "moving the monitor to port $mon failed"
+			{ ceph-mon -i a -c "$ETC/ceph.conf" --extract-monmap "$ETC/monmap" &&
+				monmaptool --rm a "$ETC/monmap" &&
+				monmaptool --addv a "[v2:127.0.0.1:$mon]" "$ETC/monmap" &&
+				ceph-mon -i a -c "$ETC/ceph.conf" --inject-monmap "$ETC/monmap"; } \
+				>"$ETC/run/monmap.out" 2>&1 || rgw_fail "moving the monitor to port $mon failed"
 		fi
 		echo "$mon" >"$DATA/mon/port"
 		rgw_spawn mon ceph-mon -f -i a -c "$ETC/ceph.conf"
 		if [ ! -f "$DATA/osd0/ready" ]; then
 			rm -rf "$DATA/osd0" && mkdir -p "$DATA/osd0"
 			uuid=$(cat /proc/sys/kernel/random/uuid)
-			id=$(ceph_ osd new "$uuid" 2>"$ETC/run/osd-new.out") || rgw_fail "ceph osd new failed"
+			# an earlier start that failed half-way may have registered osd.0
+			ceph_ osd rm 0 >/dev/null 2>&1 || true
+			id=$(ceph_ osd new "$uuid" 0 2>"$ETC/run/osd-new.out") || rgw_fail "ceph osd new failed"
 			[ "$id" = 0 ] || rgw_fail "ceph osd new gave id $id, not 0"
 			ceph-osd -i 0 --mkfs --osd-uuid "$uuid" -c "$ETC/ceph.conf" >"$ETC/run/osd-mkfs.out" 2>&1 ||
 				rgw_fail "creating the OSD failed"
