@@ -335,7 +335,7 @@ radosgw_start() {
 		radosgw_is_up "$port" || rgw_fail "radosgw did not come up on 127.0.0.1:$port"
 	fi
 	if [ ! -f "$DATA/rgw/user" ]; then
-		radosgw-admin -c "$ETC/ceph.conf" user create --uid=test --display-name=test \
+		timeout 120 radosgw-admin -c "$ETC/ceph.conf" user create --uid=test --display-name=test \
 			--access-key=test:tester --secret-key=testing >"$ETC/run/user.out" 2>&1 ||
 			rgw_fail "radosgw-admin user create failed"
 		touch "$DATA/rgw/user"
