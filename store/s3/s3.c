@@ -48,6 +48,7 @@
 #define DELETE_BATCH   1000
 #define WHAT_MAX       600
 #define SERVER_WORK_S  300L
+#define SKEW_MAX_S     900 /* S3 refuses requests signed further off than 15 min */
 
 /* ---------------------------------------------------------------- global */
 
@@ -201,6 +202,9 @@ struct resp {
 	char last_modified[64];
 	uint64_t range_start; /* Content-Range: bytes START-END/TOTAL */
 	int have_range;
+	double retry_after; /* Retry-After in seconds (503 SlowDown, 429), 0: none */
+	char region[64];    /* x-amz-bucket-region: where the bucket really is */
+	time_t date;        /* Date: the server's clock, 0: none */
 };
 
 /* State of a streaming GET across attempts. */
@@ -491,6 +495,23 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *ud)
 		r->have_length = 1;
 	} else if (header_is(line, n, "last-modified", &v, &vlen)) {
 		copy_trimmed(r->last_modified, sizeof(r->last_modified), v, vlen);
+	} else if (header_is(line, n, "retry-after", &v, &vlen)) {
+		char *end;
+		copy_trimmed(tmp, sizeof(tmp), v, vlen);
+		r->retry_after = strtod(tmp, &end); /* delta-seconds, or an HTTP date */
+		if (end == tmp || *end) {
+			time_t t = curl_getdate(tmp, NULL);
+			r->retry_after = t > 0 ? difftime(t, time(NULL)) : 0;
+		}
+		if (!(r->retry_after > 0))
+			r->retry_after = 0;
+	} else if (header_is(line, n, "x-amz-bucket-region", &v, &vlen)) {
+		copy_trimmed(r->region, sizeof(r->region), v, vlen);
+	} else if (header_is(line, n, "date", &v, &vlen)) {
+		copy_trimmed(tmp, sizeof(tmp), v, vlen);
+		r->date = curl_getdate(tmp, NULL);
+		if (r->date < 0)
+			r->date = 0;
 	} else if (header_is(line, n, "content-range", &v, &vlen)) {
 		copy_trimmed(tmp, sizeof(tmp), v, vlen);
 		if (!strncasecmp(tmp, "bytes ", 6)) {
@@ -764,44 +785,89 @@ static enum err_code status_code(long st)
 	return ERR_SERVER;
 }
 
-static const char *hint(struct s3 *s, long st, const char *code)
+/* The server's clock against ours, in a hint: S3 refuses a request signed
+ * more than SKEW_MAX_S off (RequestTimeTooSkewed; a bare 403 to a HEAD). */
+static void clock_hint(const struct s3 *s, char *out, size_t cap)
 {
-	(void)s;
-	if (!strcmp(code, "SignatureDoesNotMatch") || !strcmp(code, "InvalidAccessKeyId") ||
-	    !strcmp(code, "InvalidSecurity") || st == 401)
-		return "; check E2_ACCESS_KEY/E2_SECRET_KEY";
-	if (!strcmp(code, "AuthorizationHeaderMalformed") || !strcmp(code, "PermanentRedirect") ||
-	    st == 301 || st == 307)
-		return "; check E2_ENDPOINT/E2_REGION";
-	if (!strcmp(code, "AccessDenied"))
-		return "; check that the access key may use this bucket";
-	if (st == 403) /* HEAD: no body to tell which */
-		return "; check E2_ACCESS_KEY/E2_SECRET_KEY and that the key may use this bucket";
-	if (!strcmp(code, "NoSuchBucket"))
-		return "; check E2_BUCKET";
-	if (!strcmp(code, "RequestTimeTooSkewed"))
-		return "; check the system clock";
-	if (st == 412)
-		return " (precondition failed: the object changed)";
-	return "";
+	double d = s->resp.date ? difftime(s->resp.date, time(NULL)) : 0, a = d < 0 ? -d : d;
+	if (a < 60)
+		snprintf(out, cap, "; check the system clock");
+	else
+		snprintf(out, cap, "; check the system clock (the server's is %.0f %s %s)",
+		         a >= 120 ? a / 60 : a, a >= 120 ? "min" : "s", d > 0 ? "ahead" : "behind");
 }
 
-static void set_http_error(struct s3 *s, struct req *r, double elapsed, int retried, struct err *e)
+/* What to do about an error answer, into out (may be ""). */
+static void hint(struct s3 *s, long st, const char *code, char *out, size_t cap)
 {
-	char code[96] = "", msg[400] = "", tail[96] = "";
+	char region[64] = "", endpoint[128] = "";
+	const char *h = "";
+	/* a bucket in another region (301 PermanentRedirect, 400
+	 * AuthorizationHeaderMalformed): the server names it in a header or the body */
+	snprintf(region, sizeof(region), "%s", s->resp.region);
+	if (s->errbody.len) {
+		if (!region[0])
+			(void)s3_xml_error_field(s->errbody.data, s->errbody.len, "Region", region,
+			                         sizeof(region));
+		(void)s3_xml_error_field(s->errbody.data, s->errbody.len, "Endpoint", endpoint,
+		                         sizeof(endpoint));
+	}
+	if (region[0] && strcmp(region, s->cfg.region)) {
+		snprintf(out, cap,
+		         "; the bucket is in region %s: set E2_REGION=%s and E2_ENDPOINT to that "
+		         "region's endpoint%s%s%s",
+		         region, region, endpoint[0] ? " (the server names " : "", endpoint,
+		         endpoint[0] ? ")" : "");
+		return;
+	}
+	if (!strcmp(code, "RequestTimeTooSkewed") ||
+	    (st == 403 && !code[0] && s->resp.date &&
+	     (difftime(s->resp.date, time(NULL)) > SKEW_MAX_S ||
+	      difftime(s->resp.date, time(NULL)) < -SKEW_MAX_S))) {
+		clock_hint(s, out, cap);
+		return;
+	}
+	if (!strcmp(code, "SignatureDoesNotMatch") || !strcmp(code, "InvalidAccessKeyId") ||
+	    !strcmp(code, "InvalidSecurity") || st == 401)
+		h = "; check E2_ACCESS_KEY/E2_SECRET_KEY";
+	else if (!strcmp(code, "AuthorizationHeaderMalformed") ||
+	         !strcmp(code, "PermanentRedirect") || st == 301 || st == 307)
+		h = "; check E2_ENDPOINT/E2_REGION";
+	else if (!strcmp(code, "AccessDenied"))
+		h = "; check that the access key may use this bucket";
+	else if (st == 403) /* HEAD: no body to tell which */
+		h = "; check E2_ACCESS_KEY/E2_SECRET_KEY and that the key may use this bucket";
+	else if (!strcmp(code, "NoSuchBucket"))
+		h = "; check E2_BUCKET";
+	else if (st == 412)
+		h = " (precondition failed: the object changed)";
+	snprintf(out, cap, "%s", h);
+}
+
+/* retry_after > 0: the server asked for a wait beyond the retry budget. */
+static void set_http_error(struct s3 *s, struct req *r, double elapsed, int retried,
+                           double retry_after, struct err *e)
+{
+	char code[96] = "", msg[400] = "", tail[160] = "", hnt[400];
 	long st = s->resp.status;
 	if (s->errbody.len)
 		(void)s3_xml_error(s->errbody.data, s->errbody.len, code, sizeof(code), msg,
 		                   sizeof(msg));
-	if (retried)
+	hint(s, st, code, hnt, sizeof(hnt));
+	if (retry_after > 0)
+		snprintf(tail, sizeof(tail),
+		         " (the server asked to retry after %.0f s, beyond the retry budget; %d "
+		         "attempt%s in %.1f s)",
+		         retry_after, r->attempts, r->attempts == 1 ? "" : "s", elapsed);
+	else if (retried)
 		snprintf(tail, sizeof(tail), " (after %d attempts in %.1f s)", r->attempts,
 		         elapsed);
 	if (code[0])
 		err_set(e, status_code(st), "%s: HTTP %ld %s: %s%s%s", r->what, st, code,
-		        msg[0] ? msg : "(no message)", hint(s, st, code), tail);
+		        msg[0] ? msg : "(no message)", hnt, tail);
 	else
 		err_set(e, status_code(st), "%s: HTTP %ld%s%s%s%s", r->what, st,
-		        s->resp.reason[0] ? " " : "", s->resp.reason, hint(s, st, ""), tail);
+		        s->resp.reason[0] ? " " : "", s->resp.reason, hnt, tail);
 	if (e)
 		e->http_status = (int)st;
 }
@@ -1013,12 +1079,20 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 		}
 		wait = BACKOFF_BASE_S * (double)(1u << (attempt - 1 < 10 ? attempt - 1 : 10));
 		wait = rnd01(s) * (wait < BACKOFF_CAP_S ? wait : BACKOFF_CAP_S);
+		/* the server said when (503 SlowDown, 429): not sooner, and not at all
+		 * when that is past the budget */
+		if (c == CURLE_OK && o == OUT_RETRY && s->resp.retry_after > wait)
+			wait = s->resp.retry_after;
 		if (o == OUT_FAIL || attempt >= s->cfg.max_attempts || now + wait > deadline) {
+			/* out of budget before the time the server asked for: say so */
+			double asked = o == OUT_RETRY && attempt < s->cfg.max_attempts
+			                       ? s->resp.retry_after
+			                       : 0;
 			if (c != CURLE_OK)
 				set_net_error(s, r, c, now - t0, e);
 			else
 				set_http_error(s, r, now - t0, o == OUT_RETRY && r->attempts > 1,
-				               e);
+				               asked, e);
 			break;
 		}
 		if (c != CURLE_OK)
@@ -1339,7 +1413,6 @@ int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
 		      s3_error_code_is(s, "NoSuchUpload")))
 			goto out;
 		err_clear(e);
-		etag[0] = '\0';
 	} else if (s3_xml_parse_complete(resp.data, resp.len, etag, &is_error, code, sizeof(code),
 	                                 msg, sizeof(msg), e)) {
 		if (is_error)
@@ -1348,14 +1421,19 @@ int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
 			err_prefix(e, "%s", w);
 		goto out;
 	}
-	if (!etag[0]) { /* some servers (radosgw) leave it out; HEAD has it */
+	/* Not the answer's ETag: radosgw 16.2 sends <ETag></ETag>, a retry after a
+	 * lost answer gets none, and what readers compare against is HEAD's. */
+	if (etag_out) {
 		if (s3_head(s, key, &obj, e)) {
 			err_prefix(e, "%s: reading the ETag back", w);
 			goto out;
 		}
-		memcpy(etag, obj.etag, S3_ETAG_MAX);
+		if (!obj.etag[0]) {
+			err_set(e, ERR_SERVER, "%s: the server sent no ETag", w);
+			goto out;
+		}
+		copy_etag(etag_out, obj.etag);
 	}
-	copy_etag(etag_out, etag);
 	rc = 0;
 out:
 	buf_free(&body);
@@ -1469,12 +1547,46 @@ static void keep_prefixed(struct s3_xml_list *acc, size_t objs_from, size_t pref
 	acc->nprefixes = w;
 }
 
+/* Where the next page of a truncated listing starts: the continuation token,
+ * or, from a server that says IsTruncated without one, after the greatest key
+ * or common prefix so far (StartAfter, as ListObjects v1 goes on from its
+ * last key without a NextMarker).  -1 with e set when that makes no progress. */
+static int list_next_page(struct s3_xml_list *acc, char **token, char **start_after, const char *w,
+                          struct err *e)
+{
+	const char *last = acc->nobjs ? acc->objs[acc->nobjs - 1].key : NULL;
+	char *dup;
+	if (acc->next_token && *acc->next_token) {
+		if (*token && !strcmp(*token, acc->next_token))
+			return err_set(e, ERR_SERVER,
+			               "%s: truncated listing without a new continuation token", w);
+		free(*token);
+		*token = acc->next_token;
+		acc->next_token = NULL;
+		free(*start_after);
+		*start_after = NULL;
+		return 0;
+	}
+	if (acc->nprefixes && (!last || strcmp(acc->prefixes[acc->nprefixes - 1], last) > 0))
+		last = acc->prefixes[acc->nprefixes - 1];
+	if (!last || (*start_after && strcmp(last, *start_after) <= 0))
+		return err_set(e, ERR_SERVER,
+		               "%s: truncated listing without a continuation token or new keys", w);
+	if (!(dup = strdup(last)))
+		return err_set(e, ERR_IO, "out of memory");
+	free(*token);
+	*token = NULL;
+	free(*start_after);
+	*start_after = dup;
+	return 0;
+}
+
 int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_object **objs,
             size_t *nobjs, char ***prefixes, size_t *nprefixes, struct err *e)
 {
 	struct s3_xml_list acc = {0};
 	struct buf resp = BUF_INIT;
-	char *token = NULL, w[WHAT_MAX];
+	char *token = NULL, *start_after = NULL, w[WHAT_MAX];
 	int rc = -1;
 	if (objs)
 		*objs = NULL;
@@ -1487,7 +1599,7 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 	snprintf(w, sizeof(w), "ListObjectsV2 of bucket %s (prefix '%s')", s->cfg.bucket,
 	         prefix ? prefix : "");
 	for (;;) {
-		struct sigv4_param params[4];
+		struct sigv4_param params[5];
 		struct req r = {.method = "GET", .params = params, .out = &resp, .what = w};
 		size_t objs_from = acc.nobjs, prefixes_from = acc.nprefixes; /* this page's */
 		params[r.nparams++] = (struct sigv4_param){"list-type", "2"};
@@ -1497,6 +1609,8 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 			params[r.nparams++] = (struct sigv4_param){"delimiter", delimiter};
 		if (token)
 			params[r.nparams++] = (struct sigv4_param){"continuation-token", token};
+		if (start_after)
+			params[r.nparams++] = (struct sigv4_param){"start-after", start_after};
 		memcpy(r.payload_sha, SIGV4_EMPTY_SHA256, 65);
 		if (perform(s, &r, NULL, e))
 			goto out;
@@ -1507,15 +1621,8 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 		keep_prefixed(&acc, objs_from, prefixes_from, prefix);
 		if (!acc.truncated)
 			break;
-		if (!acc.next_token || !*acc.next_token ||
-		    (token && !strcmp(token, acc.next_token))) {
-			err_set(e, ERR_SERVER,
-			        "%s: truncated listing without a new continuation token", w);
+		if (list_next_page(&acc, &token, &start_after, w, e))
 			goto out;
-		}
-		free(token);
-		token = acc.next_token;
-		acc.next_token = NULL;
 	}
 	if (objs) {
 		*objs = acc.objs;
@@ -1533,6 +1640,7 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
 out:
 	s3_xml_list_free(&acc);
 	free(token);
+	free(start_after);
 	buf_free(&resp);
 	return rc;
 }

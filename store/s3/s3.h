@@ -48,12 +48,15 @@ int s3_payload_unsigned(const struct s3 *s);
  * makes "server down" fail fast): IMGSTORE_RETRY_BUDGET (seconds),
  * IMGSTORE_MAX_ATTEMPTS, IMGSTORE_LOW_SPEED_TIMEOUT (seconds, >= 1).
  * Retries: 5xx, 429, 408, timeouts, resets and refused connections, with
- * exponential backoff and full jitter, at most max_attempts and within
- * retry_budget_s; a GET that made progress starts both afresh (a budget is
- * for being stuck, not for a long download).  Other 4xx are not retried.
+ * exponential backoff and full jitter (never sooner than a Retry-After
+ * header asks), at most max_attempts and within retry_budget_s; a GET that
+ * made progress starts both afresh (a budget is for being stuck, not for a
+ * long download).  Other 4xx are not retried.
  * Errors: 404 ERR_NOTFOUND, 401/403 ERR_AUTH, 412 ERR_PRECONDITION,
  * network and still-failing 5xx/429 ERR_NET, other answers ERR_SERVER;
- * e->http_status holds the status; the text carries S3's Code and Message. */
+ * e->http_status holds the status; the text carries S3's Code and Message,
+ * and what to do: the region a 301/400 names (x-amz-bucket-region or
+ * <Region>), the clock when the server's Date is off (RequestTimeTooSkewed). */
 struct s3 *s3_open(const struct s3_config *cfg, struct err *e);
 void s3_close(struct s3 *s);
 
@@ -93,6 +96,8 @@ int s3_mpu_create(struct s3 *s, const char *key, const char *content_type, char 
                   struct err *e);
 int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
                     const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e);
+/* etag_out (may be NULL: then no extra request) is the object's ETag read back
+ * with HEAD, never the Complete answer's, which may be empty (radosgw). */
 int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
                     const struct s3_part *parts, size_t nparts, char etag_out[S3_ETAG_MAX],
                     struct err *e);

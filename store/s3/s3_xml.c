@@ -109,6 +109,14 @@ int s3_xml_error(const char *xml, size_t n, char *code, size_t code_cap, char *m
 	return rc;
 }
 
+int s3_xml_error_field(const char *xml, size_t n, const char *name, char *out, size_t cap)
+{
+	xmlDocPtr doc = parse(xml, n);
+	int rc = child_copy(root_named(doc, "Error"), name, out, cap);
+	xmlFreeDoc(doc);
+	return rc;
+}
+
 /* a <Key>/<ETag>/... element: ETag and Size are optional for robustness */
 static int parse_object(xmlNodePtr c, struct s3_object *o)
 {
@@ -174,6 +182,12 @@ int s3_xml_parse_list(const char *xml, size_t n, struct s3_xml_list *acc, struct
 			char *p = child_text(c, "Prefix");
 			if (!p)
 				continue;
+			/* a page that goes on after a common prefix (StartAfter) may
+			 * roll the keys under it up into it again */
+			if (acc->nprefixes && !strcmp(acc->prefixes[acc->nprefixes - 1], p)) {
+				free(p);
+				continue;
+			}
 			if (grow((void **)&acc->prefixes, &acc->cap_prefixes, acc->nprefixes + 1,
 			         sizeof(*acc->prefixes))) {
 				free(p);

@@ -19,7 +19,12 @@
  * the message are replaced, so it can go into an error text as is. */
 int s3_xml_error(const char *xml, size_t n, char *code, size_t code_cap, char *msg, size_t msg_cap);
 
-/* ListObjectsV2 pages accumulate here. */
+/* The text of <Error>'s child `name` (Region, Endpoint, ...): 0 when
+ * present, -1 otherwise (out is then ""). */
+int s3_xml_error_field(const char *xml, size_t n, const char *name, char *out, size_t cap);
+
+/* ListObjectsV2 pages accumulate here (a common prefix that repeats the
+ * last one is dropped: see s3_list's StartAfter). */
 struct s3_xml_list {
 	struct s3_object *objs;
 	size_t nobjs, cap_objs;

@@ -1,8 +1,10 @@
 """Shared fixtures for the integration tests.
 
-Everything here is real: a Swift + s3api server on loopback (deploy/local-s3.sh),
-the built labctl/imgfs binaries, boto3 as an independent S3 client to check
-what landed in the bucket.
+Everything here is real: a Swift + s3api server on loopback (deploy/local-s3.sh;
+IMGSTORE_S3_SERVER=radosgw runs Ceph's radosgw instead), the built labctl/imgfs
+binaries, boto3 as an independent S3 client to check what landed in the bucket.
+Every test that uses the server (the s3server fixture, directly or through
+`bucket`) carries the `s3` marker: `-m s3` runs just those.
 """
 import os
 import random
@@ -21,6 +23,8 @@ TEST_DATA = ROOT / "tests" / "data"
 LOCAL_S3 = ROOT / "deploy" / "local-s3.sh"
 ACCESS_KEY = "test:tester"
 SECRET_KEY = "testing"
+# which local S3 server the session runs (deploy/local-s3.sh): swift or radosgw
+S3_SERVER = os.environ.get("IMGSTORE_S3_SERVER") or "swift"
 # labctl's record index (a cache of every checksum record, README "The bucket"):
 # written next to images/ and metadata/ whenever labctl changed the bucket
 RECORD_INDEX = "index/records.json.gz"
@@ -53,14 +57,19 @@ def free_port_block(count=5):
 
 
 class S3Server:
-    def __init__(self, workdir, port):
+    # ports PORT.. that deploy/local-s3.sh uses for each server
+    PORTS = {"swift": 5, "radosgw": 10}
+
+    def __init__(self, workdir, port, kind=S3_SERVER):
         self.dir = workdir
         self.port = port
+        self.kind = kind
         self.endpoint = f"http://127.0.0.1:{port}"
 
     def start(self):
         subprocess.run([str(LOCAL_S3), "start", str(self.dir), str(self.port), "imgstore"],
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL,
+                       env=dict(os.environ, IMGSTORE_S3_SERVER=self.kind))
 
     def stop(self):
         subprocess.run([str(LOCAL_S3), "stop", str(self.dir)], check=False,
@@ -76,10 +85,18 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3server(tmp_path_factory):
-    server = S3Server(tmp_path_factory.mktemp("s3"), free_port_block())
+    if S3_SERVER not in S3Server.PORTS:
+        pytest.fail(f"IMGSTORE_S3_SERVER={S3_SERVER}: swift or radosgw")
+    server = S3Server(tmp_path_factory.mktemp("s3"), free_port_block(S3Server.PORTS[S3_SERVER]))
     server.start()
     yield server
     server.stop()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "s3server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.s3)
 
 
 def clean_env():

@@ -144,6 +144,47 @@ static void test_build(void)
 	buf_free(&b);
 }
 
+/* Dialects (issue 18): what other servers put in these documents. */
+static void test_dialects(void)
+{
+	/* AWS: a 400 for the wrong signing region names the right one */
+	const char *region = "<Error><Code>AuthorizationHeaderMalformed</Code><Message>m</Message>"
+	                     "<Region>eu-west-1</Region></Error>";
+	/* radosgw 16.2: CompleteMultipartUpload with an empty ETag */
+	const char *rgw = "<CompleteMultipartUploadResult " NS "><Location>l</Location>"
+	                  "<Bucket>b</Bucket><Key>k</Key><ETag></ETag>"
+	                  "</CompleteMultipartUploadResult>";
+	/* a page after StartAfter=a/ that rolls a/x up into a/ again */
+	const char *p1 = "<ListBucketResult " NS "><IsTruncated>true</IsTruncated>"
+	                 "<CommonPrefixes><Prefix>a/</Prefix></CommonPrefixes>"
+	                 "</ListBucketResult>";
+	const char *p2 = "<ListBucketResult " NS "><IsTruncated>false</IsTruncated>"
+	                 "<Contents><Key>b</Key></Contents>"
+	                 "<CommonPrefixes><Prefix>a/</Prefix></CommonPrefixes>"
+	                 "<CommonPrefixes><Prefix>c/</Prefix></CommonPrefixes>"
+	                 "</ListBucketResult>";
+	char out[64], etag[S3_ETAG_MAX] = "stale", code[64], msg[64];
+	int is_error = 0;
+	struct s3_xml_list acc = {0};
+	struct err e = {0};
+	CHECK(s3_xml_error_field(region, strlen(region), "Region", out, sizeof(out)) == 0);
+	CHECK_STR(out, "eu-west-1");
+	CHECK(s3_xml_error_field(region, strlen(region), "Endpoint", out, sizeof(out)) == -1);
+	CHECK_STR(out, "");
+	CHECK(s3_xml_error_field("<x/>", 4, "Region", out, sizeof(out)) == -1);
+	CHECK(s3_xml_parse_complete(rgw, strlen(rgw), etag, &is_error, code, sizeof(code), msg,
+	                            sizeof(msg), &e) == 0);
+	CHECK_STR(etag, "");
+	CHECK(s3_xml_parse_list(p1, strlen(p1), &acc, &e) == 0);
+	CHECK(s3_xml_parse_list(p2, strlen(p2), &acc, &e) == 0);
+	CHECK(acc.nobjs == 1 && acc.nprefixes == 2);
+	if (acc.nprefixes == 2) {
+		CHECK_STR(acc.prefixes[0], "a/");
+		CHECK_STR(acc.prefixes[1], "c/");
+	}
+	s3_xml_list_free(&acc);
+}
+
 int main(void)
 {
 	test_error();
@@ -152,5 +193,6 @@ int main(void)
 	test_mpu();
 	test_delete();
 	test_build();
+	test_dialects();
 	return check_report("s3_xml");
 }
