@@ -2,6 +2,7 @@
 
 #include "common/log.h"
 #include "common/timefmt.h"
+#include "store/record_index.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -568,7 +569,7 @@ static int record_is(struct pipeline *p, const char *json, struct err *ge)
 	char *data = NULL;
 	size_t len = 0;
 	int rc;
-	if (s3_get_all(p->s3, p->meta_key, &data, &len, NULL, ge)) {
+	if (s3_get_all(p->s3, p->meta_key, RECINDEX_MAX_RECORD, &data, &len, NULL, ge)) {
 		if (ge->code != ERR_NOTFOUND)
 			return -1;
 		err_clear(ge);
@@ -604,7 +605,7 @@ static int unrecorded(struct pipeline *p, const struct record *r, const char *js
 		        ge.code ? ge.msg : "replaced by another upload meanwhile");
 		goto out;
 	}
-	if (s3_get_all(p->s3, p->meta_key, &data, &len, NULL, &ge)) {
+	if (s3_get_all(p->s3, p->meta_key, RECINDEX_MAX_RECORD, &data, &len, NULL, &ge)) {
 		if (ge.code == ERR_NOTFOUND)
 			err_set(e, ERR_IO,
 			        "%s; %s holds the new bytes without a checksum record: it is not "
