@@ -445,44 +445,6 @@ static int errno_of(const struct err *e)
 	return EIO;
 }
 
-/* The object of an open version was replaced (412): when the node now has
- * a version with the same checksum and block map (by-sha256/<hex>, whose
- * bytes moved from images/ to versions/<hex>), those are the same bytes:
- * the read is served from there.  NULL otherwise. */
-static struct version *same_bytes_now(struct imgfs *fs, const struct fh *h)
-{
-	struct version *v = NULL, *cur;
-	pthread_rwlock_rdlock(&fs->lock);
-	cur = h->node->live ? h->node->ver : NULL;
-	if (cur && cur != h->ver && cur->verified && h->ver->verified &&
-	    cur->size == h->ver->size && !strcmp(cur->checksum, h->ver->checksum) &&
-	    !memcmp(cur->map_digest, h->ver->map_digest, sizeof(cur->map_digest)))
-		v = version_ref(cur);
-	pthread_rwlock_unlock(&fs->lock);
-	return v;
-}
-
-static int read_following(struct imgfs *fs, struct fh *h, uint64_t off, size_t size, char *buf,
-                          size_t *got, struct err *e)
-{
-	struct version *v;
-	struct reader_stream *st;
-	int rc;
-	if (!reader_read(h->ver->img, h->st, off, size, buf, got, e))
-		return 0;
-	if (e->code != ERR_PRECONDITION || !(v = same_bytes_now(fs, h)))
-		return -1;
-	if (!(st = reader_stream_new())) {
-		version_unref(v);
-		return -1;
-	}
-	err_clear(e);
-	rc = reader_read(v->img, st, off, size, buf, got, e);
-	reader_stream_free(st);
-	version_unref(v);
-	return rc;
-}
-
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
@@ -511,7 +473,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			size = h->len - (size_t)off;
 		memcpy(buf, h->data + off, size);
 		fuse_reply_buf(req, buf, size);
-	} else if (read_following(FS(req), h, (uint64_t)off, size, buf, &got, &e)) {
+	} else if (reader_read(h->ver->img, h->st, (uint64_t)off, size, buf, &got, &e)) {
 		log_debug("read %s at %lld: %s", h->ver->key, (long long)off, e.msg);
 		fuse_reply_err(req, errno_of(&e));
 	} else {

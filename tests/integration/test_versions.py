@@ -1,7 +1,6 @@
 """Image history (issue 13): before an image is replaced by different bytes,
 labctl keeps the previous bytes and record as a version (server-side copy);
 imgfs publishes every kept version under /.imgstore/by-sha256/."""
-import errno
 import json
 import os
 
@@ -146,38 +145,6 @@ def test_record_index_holds_version_records(bucket, tmp_path):
     vkey = f"metadata/versions/{sha256(old)}.json"
     assert sorted(keys) == sorted(["metadata/v.raw.json", vkey])
     assert json.loads(keys[vkey]["json"])["destination"] == "v.raw"
-
-
-def test_open_by_sha256_file_follows_to_the_version(bucket, tmp_path, imgfs):  # noqa: F811
-    old, new = pattern(16 * MiB, 41), pattern(16 * MiB, 42)
-    upload(bucket, tmp_path, "v.raw", old)
-    m = imgfs(extra=["--refresh", "0"])
-    by = m.path / ".imgstore/by-sha256"
-    fd = os.open(by / sha256(old), os.O_RDONLY)
-    try:
-        assert os.pread(fd, 4096, 0) == old[:4096]
-        upload(bucket, tmp_path, "v.raw", new)
-        m.sighup()
-        wait_for(lambda: (by / sha256(new)).exists(), what="the new by-sha256 name")
-        # blocks never read before: images/v.raw has other bytes now (412),
-        # the same bytes are at versions/<old>.  The server's listing may
-        # lag behind the upload: until a refresh sees the version, EIO (never
-        # other bytes); then the same open file reads on.
-        def reads_old():
-            try:
-                got = os.pread(fd, 128 * 1024, 12 * MiB)
-            except OSError as e:
-                assert e.errno == errno.EIO
-                m.sighup()
-                return False
-            assert got == old[12 * MiB:12 * MiB + 128 * 1024]
-            return True
-        wait_for(reads_old, timeout=60, what="the open file to read from the version")
-        for off in (8 * MiB + 5, 15 * MiB, 2 * MiB):
-            assert os.pread(fd, 128 * 1024, off) == old[off:off + 128 * 1024], off
-    finally:
-        os.close(fd)
-    assert "changed in the bucket" in m.logtext()
 
 
 def test_list_versions(bucket, tmp_path):
