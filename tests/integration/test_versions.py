@@ -165,3 +165,17 @@ def test_list_versions(bucket, tmp_path):
     assert allv[1]["size"] == len(old) and allv[1]["complete"] is True
     table = run(labctl("images", "list", "--versions"), env=bucket.env, check=0).stdout
     assert "previous version" in table
+
+
+def test_prune_leaves_previous_versions_alone(bucket, tmp_path):
+    from test_labctl_prune import manifest
+    old, new = pattern(MiB, 61), pattern(MiB, 62)
+    upload(bucket, tmp_path, "keep.raw", old)
+    upload(bucket, tmp_path, "keep.raw", new)
+    before = bucket.keys()
+    assert before == sorted(["images/keep.raw", "metadata/keep.raw.json"] +
+                            version_keys(sha256(old)))
+    m = manifest(tmp_path, ["keep.raw"])
+    run(labctl("images", "prune", "--manifest", m), env=bucket.env, check=0)
+    assert bucket.keys() == before
+    check_version(bucket, "keep.raw", old)
