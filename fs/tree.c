@@ -26,6 +26,21 @@
 #define NAME_MAX_LEN 255
 #define IMAGE_PREFIX "images/"
 
+/* Kept versions (docs/design.md): versions/<hex> with its record at
+ * metadata/versions/<hex>.json.  In the state, a version is an sobj keyed
+ * "versions/<hex>" whose srec dest is "versions/<hex>" (record_meta_key of
+ * that is the record's key); it is published only under by-sha256. */
+static int is_version_key(const char *key)
+{
+	return !strncmp(key, RECORD_VERSIONS_PREFIX, strlen(RECORD_VERSIONS_PREFIX));
+}
+
+/* The srec dest of an object of the state. */
+static const char *obj_dest(const char *key)
+{
+	return is_version_key(key) ? key : key + strlen(IMAGE_PREFIX);
+}
+
 /* ---- state ---- */
 
 void state_free(struct state *st)
@@ -123,7 +138,8 @@ static struct state *state_parse(const char *text, size_t len)
 		json_t *o = json_array_get(imgs, i);
 		const char *key = json_string_value(json_object_get(o, "key"));
 		struct sobj *so = &st->imgs[st->nimgs];
-		if (!key || strncmp(key, IMAGE_PREFIX, strlen(IMAGE_PREFIX)) ||
+		if (!key ||
+		    (strncmp(key, IMAGE_PREFIX, strlen(IMAGE_PREFIX)) && !is_version_key(key)) ||
 		    !(so->key = strdup(key)))
 			goto bad;
 		st->nimgs++;
@@ -263,11 +279,20 @@ static int has_suffix(const char *s, const char *suf)
 	return ls >= lf && !strcmp(s + ls - lf, suf);
 }
 
+/* While state_fetch builds recs (not sorted yet): is dest there? */
+static int has_dest(const struct state *st, const char *dest)
+{
+	for (size_t i = 0; i < st->nrecs; i++)
+		if (!strcmp(st->recs[i].dest, dest))
+			return 1;
+	return 0;
+}
+
 int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *prev,
                 struct state **out, struct err *e)
 {
-	struct s3_object *imgs = NULL, *metas = NULL;
-	size_t nimgs = 0, nmetas = 0, ntodo = 0;
+	struct s3_object *imgs = NULL, *metas = NULL, *vobjs = NULL;
+	size_t nimgs = 0, nmetas = 0, nvobjs = 0, ntodo = 0, nclash = 0;
 	struct srec **todo = NULL;
 	struct state *st = calloc(1, sizeof(*st));
 	int rc = -1;
@@ -276,13 +301,14 @@ int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *p
 	if (!st)
 		return err_set(e, ERR_IO, "out of memory");
 	if (s3_list(s, "images/", NULL, &imgs, &nimgs, NULL, NULL, e) ||
-	    s3_list(s, "metadata/", NULL, &metas, &nmetas, NULL, NULL, e)) {
+	    s3_list(s, "metadata/", NULL, &metas, &nmetas, NULL, NULL, e) ||
+	    s3_list(s, RECORD_VERSIONS_PREFIX, NULL, &vobjs, &nvobjs, NULL, NULL, e)) {
 		err_prefix(e, "listing the bucket");
 		goto out;
 	}
-	st->imgs = calloc(nimgs + 1, sizeof(*st->imgs));
-	st->recs = calloc(nimgs + 1, sizeof(*st->recs));
-	todo = calloc(nimgs + 1, sizeof(*todo));
+	st->imgs = calloc(nimgs + nvobjs + 1, sizeof(*st->imgs));
+	st->recs = calloc(nimgs + nvobjs + 1, sizeof(*st->recs));
+	todo = calloc(nimgs + nvobjs + 1, sizeof(*todo));
 	if (!st->imgs || !st->recs || !todo) {
 		err_set(e, ERR_IO, "out of memory");
 		goto out;
@@ -290,17 +316,23 @@ int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *p
 	/* metadata keys, sorted, to find each image's record */
 	if (nmetas)
 		qsort(metas, nmetas, sizeof(*metas), cmp_s3obj);
-	for (size_t i = 0; i < nimgs; i++) {
-		const struct s3_object *o = &imgs[i];
+	for (size_t i = 0; i < nimgs + nvobjs; i++) {
+		const struct s3_object *o = i < nimgs ? &imgs[i] : &vobjs[i - nimgs];
 		struct sobj *so;
 		struct s3_object mk = {0}, *m;
 		const char *dest;
 		const struct srec *old;
-		if (!has_image_prefix(o->key))
+		if (i < nimgs ? !has_image_prefix(o->key) : !is_version_key(o->key))
 			continue; /* s3_list drops those; the name is made from the rest */
-		dest = o->key + strlen(IMAGE_PREFIX);
+		dest = obj_dest(o->key);
 		if (!*dest || has_suffix(o->key, "/"))
 			continue; /* "directory" markers */
+		/* images/versions/<x> has its record where versions/<x> has its
+		 * own: the one record key cannot serve both; the image wins */
+		if (i >= nimgs && nclash && has_dest(st, dest))
+			continue;
+		if (i < nimgs && is_version_key(dest))
+			nclash++;
 		so = &st->imgs[st->nimgs];
 		if (!(so->key = strdup(o->key)))
 			goto oom;
@@ -360,6 +392,7 @@ out:
 	free(todo);
 	s3_objects_free(imgs, nimgs);
 	s3_objects_free(metas, nmetas);
+	s3_objects_free(vobjs, nvobjs);
 	state_free(st);
 	return rc;
 }
@@ -674,7 +707,7 @@ static int is_valid_record(const struct sobj *o, const struct srec *sr, struct r
                            int log_it)
 {
 	struct err e = {0};
-	const char *dest = o->key + strlen(IMAGE_PREFIX);
+	const char *dest = obj_dest(o->key);
 	if (!sr) {
 		if (log_it)
 			log_info("%s: no checksum record (metadata/%s.json); not shown", dest,
@@ -692,6 +725,16 @@ static int is_valid_record(const struct sobj *o, const struct srec *sr, struct r
 		record_free(rec);
 		return 0;
 	}
+	/* a version is published under its name: its record must claim it */
+	if (is_version_key(o->key) &&
+	    (strncmp(rec->checksum, "sha256:", 7) ||
+	     strcmp(rec->checksum + 7, o->key + strlen(RECORD_VERSIONS_PREFIX)))) {
+		if (log_it)
+			log_warn("%s: its record's checksum is %s, not its name; not shown", o->key,
+			         rec->checksum);
+		record_free(rec);
+		return 0;
+	}
 	return 1;
 }
 
@@ -704,7 +747,7 @@ static int same_listing(const struct state *prev, const struct sobj *o, const st
 	if (!prev || !prev->nimgs)
 		return 0;
 	po = bsearch(&k, prev->imgs, prev->nimgs, sizeof(k), cmp_sobj);
-	pr = state_find_rec(prev, o->key + strlen(IMAGE_PREFIX));
+	pr = state_find_rec(prev, obj_dest(o->key));
 	if (!po || strcmp(po->etag, o->etag) || po->size != o->size || !pr != !sr)
 		return 0;
 	return !sr || !strcmp(pr->meta_etag, sr->meta_etag);
@@ -783,7 +826,7 @@ static char **dir_prefixes(const struct state *st, struct version **vers, size_t
 		return NULL;
 	for (size_t i = 0; i < st->nimgs; i++) {
 		const char *dest = st->imgs[i].key + strlen(IMAGE_PREFIX);
-		if (!vers[i])
+		if (!vers[i] || is_version_key(st->imgs[i].key))
 			continue;
 		for (const char *p = strchr(dest, '/'); p; p = strchr(p + 1, '/')) {
 			if (cnt == cap) {
@@ -847,8 +890,7 @@ static int publish_by_sha256(struct imgfs *fs, struct version **vers, size_t nve
 			             cmp_str))
 				log_warn("by-sha256/%s: claimed by records that disagree (%s and "
 				         "%s: different sizes or block maps); not published",
-				         hex, vers[i]->key + strlen(IMAGE_PREFIX),
-				         odd->key + strlen(IMAGE_PREFIX));
+				         hex, obj_dest(vers[i]->key), obj_dest(odd->key));
 			continue;
 		}
 		snprintf(path, sizeof(path), "%s/%s/%s", IMGFS_CTL_DIR, IMGFS_BYSHA_DIR, hex);
@@ -871,7 +913,7 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 	struct invals iv = {0};
 	struct version **vers = calloc(st->nimgs + 1, sizeof(*vers));
 	char **dirs = NULL;
-	size_t nvers = 0, nunv = 0, ndirs = 0;
+	size_t nvers = 0, nunv = 0, ndirs = 0, nimages = 0;
 	uint64_t total = 0;
 	int rc = -1;
 
@@ -883,6 +925,22 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 		const struct sobj *o = &st->imgs[i];
 		const char *dest = o->key + strlen(IMAGE_PREFIX);
 		struct node *n;
+		if (is_version_key(o->key)) {
+			/* published only under by-sha256, and only verified */
+			const struct srec *sr = state_find_rec(st, o->key);
+			char path[128];
+			snprintf(path, sizeof(path), "%s/%s/%s", IMGFS_CTL_DIR, IMGFS_BYSHA_DIR,
+			         o->key + strlen(RECORD_VERSIONS_PREFIX));
+			n = by_path(fs, path);
+			if (n && n->kind != N_FILE)
+				n = NULL;
+			vers[i] = pick_version(fs, n, o, sr, initial || !same_listing(prev, o, sr));
+			if (vers[i] && !vers[i]->verified) {
+				version_unref(vers[i]);
+				vers[i] = NULL;
+			}
+			continue;
+		}
 		if (!valid_dest(dest)) {
 			if (initial)
 				log_warn("%s: not a usable path in the mount; skipped", o->key);
@@ -919,6 +977,10 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 		vers[i] = NULL;
 		if (!v)
 			continue;
+		if (is_version_key(st->imgs[i].key)) {
+			vers[nvers++] = v; /* for by-sha256 only */
+			continue;
+		}
 		dest = st->imgs[i].key + strlen(IMAGE_PREFIX);
 		if (ndirs && bsearch(&dest, dirs, ndirs, sizeof(*dirs), cmp_str)) {
 			if (initial)
@@ -928,6 +990,7 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 			continue;
 		}
 		vers[nvers++] = v;
+		nimages++;
 		if (set_file(fs, dest, v, 0, &iv))
 			goto oom;
 		total += v->size;
@@ -966,7 +1029,7 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 		fs->root->mtime = fs->start_time;
 	fs->ctl->mtime = fs->bysha->mtime = fs->stats->mtime = fs->start_time;
 	fs->total_bytes = total;
-	fs->nimages = nvers;
+	fs->nimages = nimages;
 	fs->nunverified = nunv;
 	rc = 0;
 	goto out;

@@ -48,13 +48,18 @@ static int check_checksum(const char *s, struct err *e)
 	return 0;
 }
 
-static int check_uploaded_at(const char *s, struct err *e)
+static int check_time(const char *field, const char *s, struct err *e)
 {
 	time_t t;
 	if (strlen(s) >= sizeof(((struct record *)0)->uploaded_at) || time_parse_rfc3339(s, &t))
-		return bad_field(e, "uploadedAt",
+		return bad_field(e, field,
 		                 "expected an RFC 3339 UTC time such as \"2024-12-20T10:00:00Z\"");
 	return 0;
+}
+
+static int check_uploaded_at(const char *s, struct err *e)
+{
+	return check_time("uploadedAt", s, e);
 }
 
 static int check_etag(const char *s, struct err *e)
@@ -94,6 +99,10 @@ int record_validate(const struct record *r, struct err *e)
 		return bad_field(e, "source.url", "expected a non-empty string");
 	if (r->nblocks && !r->hashes)
 		return bad_field(e, "blocks.hashes", "missing");
+	if (r->destination && !*r->destination)
+		return bad_field(e, "destination", "expected a non-empty string");
+	if (r->replaced_at[0] && check_time("replacedAt", r->replaced_at, e))
+		return -1;
 	return 0;
 }
 
@@ -191,6 +200,26 @@ static int parse_blocks(json_t *root, struct record *r, struct err *e)
 	return 0;
 }
 
+/* "destination" and "replacedAt": optional, present on a previous version's record */
+static int parse_version_fields(json_t *root, struct record *r, struct err *e)
+{
+	json_t *v = json_object_get(root, "destination");
+	if (v && !json_is_null(v)) {
+		if (!json_is_string(v) || !*json_string_value(v))
+			return bad_field(e, "destination", "expected a non-empty string");
+		if (!(r->destination = strdup(json_string_value(v))))
+			return err_set(e, ERR_IO, "out of memory");
+	}
+	v = json_object_get(root, "replacedAt");
+	if (v && !json_is_null(v)) {
+		if (!json_is_string(v) || check_time("replacedAt", json_string_value(v), e))
+			return json_is_string(v) ? -1
+			                         : bad_field(e, "replacedAt", "expected a string");
+		strcpy(r->replaced_at, json_string_value(v));
+	}
+	return 0;
+}
+
 int record_parse(const char *json, size_t len, struct record *out, struct err *e)
 {
 	json_error_t jerr;
@@ -243,6 +272,8 @@ int record_parse(const char *json, size_t len, struct record *out, struct err *e
 	strcpy(out->etag, s);
 
 	if (parse_blocks(root, out, e))
+		goto out;
+	if (parse_version_fields(root, out, e))
 		goto out;
 	rc = 0;
 out:
@@ -300,6 +331,10 @@ char *record_to_json(const struct record *r, struct err *e)
 	hashes = NULL;
 	put(root, "blocks", blocks, &failed);
 	blocks = NULL;
+	if (r->destination)
+		put(root, "destination", json_string(r->destination), &failed);
+	if (r->replaced_at[0])
+		put(root, "replacedAt", json_string(r->replaced_at), &failed);
 	if (!failed)
 		text = json_dumps(root, JSON_INDENT(2));
 out:
@@ -318,6 +353,7 @@ void record_free(struct record *r)
 	free(r->name);
 	free(r->source_url);
 	free(r->hashes);
+	free(r->destination);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -575,4 +611,14 @@ char *record_image_key(const char *destination)
 char *record_meta_key(const char *destination)
 {
 	return concat3("metadata/", destination, ".json");
+}
+
+char *record_version_key(const char *hex)
+{
+	return concat3(RECORD_VERSIONS_PREFIX, hex, "");
+}
+
+char *record_version_meta_key(const char *hex)
+{
+	return concat3(RECORD_VERSION_META_PREFIX, hex, ".json");
 }

@@ -32,6 +32,10 @@ struct record {
 	uint32_t block_size;
 	size_t nblocks;
 	unsigned char (*hashes)[32]; /* SHA-256 of each block; the last may be short */
+	/* a previous version's record (metadata/versions/<hex>.json) only: the
+	 * image it was, and when it was replaced; NULL / "" otherwise */
+	char *destination;
+	char replaced_at[32];
 };
 
 /* Parse and validate the JSON (types, hex lengths, nblocks == ceil(size/bs)). */
@@ -70,5 +74,11 @@ void blockmap_free(struct blockmap *b);
 /* The key names of an image: "images/<dest>" and "metadata/<dest>.json" (malloc'd). */
 char *record_image_key(const char *destination);
 char *record_meta_key(const char *destination);
+/* A previous version's: "versions/<sha256-hex>" and
+ * "metadata/versions/<sha256-hex>.json" (malloc'd). */
+#define RECORD_VERSIONS_PREFIX     "versions/"
+#define RECORD_VERSION_META_PREFIX "metadata/versions/"
+char *record_version_key(const char *hex);
+char *record_version_meta_key(const char *hex);
 
 #endif

@@ -150,7 +150,15 @@ static int do_prune(const struct common_opts *common, const struct manifest *m,
 	}
 	for (size_t i = 0; i < nmetas; i++) {
 		char buf[2048];
-		const char *dest = record_destination(metas[i].key, buf, sizeof(buf));
+		const char *dest;
+		/* previous versions' records: only retention may let them go,
+		 * and prune does not apply it yet (docs/design.md) */
+		if (!strncmp(metas[i].key, RECORD_VERSION_META_PREFIX,
+		             strlen(RECORD_VERSION_META_PREFIX))) {
+			log_debug("leaving %s alone: a previous version's record", metas[i].key);
+			continue;
+		}
+		dest = record_destination(metas[i].key, buf, sizeof(buf));
 		if (!dest) {
 			log_warn("leaving %s alone: not a checksum record name", metas[i].key);
 			continue;

@@ -33,6 +33,7 @@ struct pipeline {
 	struct s3_config cfg;
 	char *key;
 	char *meta_key;
+	char *destination;
 	char *name;
 	char *source_url;
 	char *expected;
@@ -300,12 +301,13 @@ struct pipeline *pipeline_new(const struct pipeline_opts *o, struct err *e)
 		goto fail;
 	p->key = record_image_key(o->destination);
 	p->meta_key = record_meta_key(o->destination);
+	p->destination = strdup(o->destination);
 	p->name = strdup(o->name ? o->name : o->destination);
 	p->source_url = o->source_url ? strdup(o->source_url) : NULL;
 	p->expected = o->expected ? strdup(o->expected) : NULL;
 	p->whole = hash_new(o->alg);
-	if (!p->key || !p->meta_key || !p->name || (o->source_url && !p->source_url) ||
-	    (o->expected && !p->expected) || !p->whole) {
+	if (!p->key || !p->meta_key || !p->destination || !p->name ||
+	    (o->source_url && !p->source_url) || (o->expected && !p->expected) || !p->whole) {
 		err_set(e, ERR_IO, "out of memory");
 		goto fail;
 	}
@@ -691,6 +693,138 @@ out:
 	return rc;
 }
 
+/* The version at vkey/vmeta is there with a record that describes it. */
+static int version_exists(struct pipeline *p, const char *vkey, const char *vmeta)
+{
+	struct s3_object obj = {0};
+	struct record vr = {0};
+	struct err ge = {0};
+	char *data = NULL;
+	size_t len = 0;
+	int rc = 0;
+	if (s3_get_all(p->s3, vmeta, &data, &len, NULL, &ge) || record_parse(data, len, &vr, &ge) ||
+	    s3_head(p->s3, vkey, &obj, &ge) || record_matches_object(&vr, obj.size, obj.etag, &ge))
+		goto out;
+	rc = 1;
+out:
+	free(data);
+	free(obj.key);
+	record_free(&vr);
+	return rc;
+}
+
+/* Before the object is replaced by bytes with another checksum (new_sum):
+ * keep its previous bytes and record as a version (DESIGN.md, docs/design.md)
+ * with a server-side copy, so that what an overlay or a running VM stands on
+ * stays readable by its by-sha256 name.  Nothing to keep when there is no
+ * image, no record that describes it, or the same bytes; a record that is
+ * not sha256 has no by-sha256 name to keep (logged).  A failure to keep it
+ * fails the upload: the image is not replaced. */
+static int keep_previous(struct pipeline *p, const char *new_sum, struct err *e)
+{
+	struct s3_object cur = {0}, after = {0};
+	struct record prev = {0};
+	struct err ge = {0};
+	enum hash_alg alg;
+	char hex[HASH_MAX_HEX], *data = NULL, *vkey = NULL, *vmeta = NULL, *json = NULL;
+	size_t len = 0;
+	int rc = -1, multipart;
+
+	if (s3_head(p->s3, p->key, &cur, &ge)) {
+		if (ge.code != ERR_NOTFOUND) {
+			*e = ge;
+			err_prefix(e, "checking the previous %s before replacing it", p->key);
+			goto out;
+		}
+		rc = 0; /* nothing there yet */
+		goto out;
+	}
+	if (s3_get_all(p->s3, p->meta_key, &data, &len, NULL, &ge)) {
+		if (ge.code != ERR_NOTFOUND) {
+			*e = ge;
+			err_prefix(e, "reading the previous record %s before replacing it",
+			           p->meta_key);
+			goto out;
+		}
+		log_info("%s: no previous version kept: it has no record", p->key);
+		rc = 0;
+		goto out;
+	}
+	if (record_parse(data, len, &prev, &ge) ||
+	    record_matches_object(&prev, cur.size, cur.etag, &ge)) {
+		log_info("%s: no previous version kept: its record does not describe it (%s)",
+		         p->key, ge.msg);
+		rc = 0;
+		goto out;
+	}
+	if (!strcmp(prev.checksum, new_sum)) {
+		rc = 0; /* the same bytes again */
+		goto out;
+	}
+	if (hash_checksum_parse(prev.checksum, &alg, hex) || alg != HASH_SHA256) {
+		log_info("%s: no previous version kept: its record's checksum %s is not a sha256 "
+		         "one, so it has no by-sha256 name",
+		         p->key, prev.checksum);
+		rc = 0;
+		goto out;
+	}
+	vkey = record_version_key(hex);
+	vmeta = record_version_meta_key(hex);
+	if (!vkey || !vmeta) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	if (version_exists(p, vkey, vmeta)) {
+		log_debug("%s: its previous version is kept already at %s", p->key, vkey);
+		rc = 0;
+		goto out;
+	}
+	/* Swift's s3api refuses x-amz-copy-source-if-match on a multipart
+	 * object's ETag ("...-N"): for those, the object is checked after the
+	 * copy instead (readers verify every block of a version anyway). */
+	multipart = strchr(cur.etag, '-') != NULL;
+	if (s3_copy(p->s3, p->key, multipart ? NULL : cur.etag, cur.size, vkey, prev.etag, e)) {
+		err_prefix(e, "keeping the previous version of %s (it is not replaced)", p->key);
+		goto out;
+	}
+	if (multipart &&
+	    (s3_head(p->s3, p->key, &after, e) || !record_etag_equal(after.etag, cur.etag))) {
+		if (!e->code)
+			err_set(e, ERR_PRECONDITION,
+			        "%s was replaced by another upload while its previous version was "
+			        "kept",
+			        p->key);
+		err_prefix(e, "keeping the previous version of %s (it is not replaced)", p->key);
+		goto out;
+	}
+	free(prev.destination);
+	prev.destination = strdup(p->destination);
+	time_format_rfc3339(time(NULL), prev.replaced_at);
+	if (!prev.destination) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	json = record_to_json(&prev, e);
+	if (!json || s3_put(p->s3, vmeta, json, strlen(json), "application/json", NULL, e)) {
+		err_prefix(e,
+		           "writing %s, the record of the previous version of %s (it is not "
+		           "replaced)",
+		           vmeta, p->key);
+		goto out;
+	}
+	log_info("%s: previous version %s kept at %s", p->key, prev.checksum, vkey);
+	rc = 0;
+out:
+	free(json);
+	free(vkey);
+	free(vmeta);
+	free(data);
+	free(cur.key);
+	free(after.key);
+	record_free(&prev);
+	return rc;
+}
+
 int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 {
 	struct record r = {0};
@@ -714,7 +848,8 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 			}
 			hash_blocks(data, len, p->hashes);
 		}
-		if (make_record(p, len, &r, e) || verify(p, &r, e))
+		if (make_record(p, len, &r, e) || verify(p, &r, e) ||
+		    keep_previous(p, r.checksum, e))
 			goto out;
 		if (s3_put(p->s3, p->key, data, len, "application/octet-stream", etag, e)) {
 			err_prefix(e, "uploading %s", p->key);
@@ -725,7 +860,8 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 			goto out;
 		if (wait_parts(p, e))
 			goto out;
-		if (make_record(p, p->submitted, &r, e) || verify(p, &r, e))
+		if (make_record(p, p->submitted, &r, e) || verify(p, &r, e) ||
+		    keep_previous(p, r.checksum, e))
 			goto out;
 		nparts = p->next_part - 1;
 		for (int i = 0; i < nparts; i++)
@@ -835,6 +971,7 @@ void pipeline_free(struct pipeline *p)
 	free(p->hashes);
 	free(p->key);
 	free(p->meta_key);
+	free(p->destination);
 	free(p->name);
 	free(p->source_url);
 	free(p->expected);

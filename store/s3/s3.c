@@ -1644,3 +1644,140 @@ out:
 	buf_free(&resp);
 	return rc;
 }
+
+/* ---------------------------------------------------------------- copy */
+
+/* One copy request: CopyObject (upload_id NULL) or UploadPartCopy of
+ * [off, off+len).  The answer is parsed even under a 200: a copy can fail
+ * after the server has started answering. */
+static int copy_request(struct s3 *s, const char *source, const char *if_match, const char *dst_key,
+                        const char *upload_id, int number, uint64_t off, uint64_t len,
+                        char etag[S3_ETAG_MAX], struct err *e)
+{
+	char num[16], range[64], w[WHAT_MAX], code[96] = "", msg[400] = "";
+	struct sigv4_param params[] = {{"partNumber", num}, {"uploadId", upload_id}};
+	struct buf resp = BUF_INIT;
+	struct req r = {.method = "PUT", .key = dst_key, .out = &resp, .server_work = 1};
+	int is_error = 0, rc = -1;
+
+	if (upload_id) {
+		snprintf(num, sizeof(num), "%d", number);
+		snprintf(range, sizeof(range), "bytes=%llu-%llu", (unsigned long long)off,
+		         (unsigned long long)(off + len - 1));
+		r.params = params;
+		r.nparams = 2;
+		r.extra[r.nextra++] = (struct sigv4_header){"x-amz-copy-source-range", range};
+		snprintf(w, sizeof(w), "UploadPartCopy %d of %s", number, dst_key);
+	} else {
+		snprintf(w, sizeof(w), "CopyObject to %s", dst_key);
+	}
+	r.what = w;
+	memcpy(r.payload_sha, SIGV4_EMPTY_SHA256, 65);
+	r.extra[r.nextra++] = (struct sigv4_header){"x-amz-copy-source", source};
+	if (if_match && *if_match)
+		r.extra[r.nextra++] = (struct sigv4_header){"x-amz-copy-source-if-match", if_match};
+	if (perform(s, &r, NULL, e))
+		goto out;
+	if (s3_xml_parse_copy(resp.data, resp.len,
+	                      upload_id ? "CopyPartResult" : "CopyObjectResult", etag, &is_error,
+	                      code, sizeof(code), msg, sizeof(msg), e)) {
+		if (is_error)
+			err_set(e, ERR_SERVER, "%s: %s: %s", w, code, msg);
+		else
+			err_prefix(e, "%s", w);
+		goto out;
+	}
+	rc = 0;
+out:
+	buf_free(&resp);
+	return rc;
+}
+
+/* Parts of UploadPartCopy: large enough that 10,000 of them reach 5 TiB. */
+#define COPY_PART_SIZE (1024ull * 1024 * 1024)
+
+static int copy_multipart(struct s3 *s, const char *source, const char *if_match, uint64_t size,
+                          const char *dst_key, char etag[S3_ETAG_MAX], struct err *e)
+{
+	struct s3_part *parts = NULL;
+	char *upload_id = NULL;
+	size_t nparts = (size_t)((size + COPY_PART_SIZE - 1) / COPY_PART_SIZE);
+	int rc = -1;
+
+	parts = calloc(nparts, sizeof(*parts));
+	if (!parts) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	if (s3_mpu_create(s, dst_key, "application/octet-stream", &upload_id, e))
+		goto out;
+	for (size_t i = 0; i < nparts; i++) {
+		uint64_t off = i * COPY_PART_SIZE;
+		uint64_t len = size - off < COPY_PART_SIZE ? size - off : COPY_PART_SIZE;
+		parts[i].number = (int)i + 1;
+		if (copy_request(s, source, if_match, dst_key, upload_id, (int)i + 1, off, len,
+		                 parts[i].etag, e))
+			goto out;
+		if (!parts[i].etag[0]) {
+			err_set(e, ERR_SERVER, "UploadPartCopy %zu of %s: the server sent no ETag",
+			        i + 1, dst_key);
+			goto out;
+		}
+	}
+	if (s3_mpu_complete(s, dst_key, upload_id, parts, nparts, etag, e))
+		goto out;
+	free(upload_id);
+	upload_id = NULL;
+	rc = 0;
+out:
+	if (upload_id) {
+		struct err ae = {0};
+		if (s3_mpu_abort(s, dst_key, upload_id, &ae))
+			log_warn("could not abort the copy upload to %s: %s", dst_key, ae.msg);
+	}
+	free(upload_id);
+	free(parts);
+	return rc;
+}
+
+int s3_copy(struct s3 *s, const char *src_key, const char *if_match, uint64_t size,
+            const char *dst_key, char etag_out[S3_ETAG_MAX], struct err *e)
+{
+	struct buf source = BUF_INIT;
+	struct s3_object obj = {0};
+	char etag[S3_ETAG_MAX] = "";
+	int rc = -1;
+
+	if (buf_append(&source, "/", 1) ||
+	    sigv4_uri_encode(&source, s->cfg.bucket, strlen(s->cfg.bucket), 0) ||
+	    buf_append(&source, "/", 1) || sigv4_uri_encode(&source, src_key, strlen(src_key), 1)) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	if (size > S3_COPY_MAX_SINGLE
+	            ? copy_multipart(s, source.data, if_match, size, dst_key, etag, e)
+	            : copy_request(s, source.data, if_match, dst_key, NULL, 0, 0, 0, etag, e)) {
+		err_prefix(e, "copying %s to %s", src_key, dst_key);
+		goto out;
+	}
+	/* The ETag readers will see is the HEAD's: some servers leave it out of
+	 * the answer, others quote it differently. */
+	if (s3_head(s, dst_key, &obj, e)) {
+		err_prefix(e, "copying %s to %s: reading the copy back", src_key, dst_key);
+		goto out;
+	}
+	if (obj.size != size || !obj.etag[0]) {
+		rc = err_set(e, ERR_SERVER,
+		             "copying %s to %s: the copy has %llu bytes and ETag '%s' (%llu "
+		             "bytes expected)",
+		             src_key, dst_key, (unsigned long long)obj.size, obj.etag,
+		             (unsigned long long)size);
+		goto out;
+	}
+	copy_etag(etag_out, obj.etag);
+	rc = 0;
+out:
+	free(obj.key);
+	buf_free(&source);
+	return rc;
+}

@@ -111,6 +111,16 @@ int s3_mpu_list(struct s3 *s, const char *prefix, struct s3_upload **out, size_t
 int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_object **objs,
             size_t *nobjs, char ***prefixes, size_t *nprefixes, struct err *e);
 
+/* Server-side copy of src_key to dst_key in the same bucket (no bytes
+ * travel): CopyObject, or UploadPartCopy in ranges when size (the source's,
+ * from a HEAD) is above 5 GiB.  if_match (the source's ETag, quotes
+ * included) may be NULL; a changed source gives ERR_PRECONDITION.  An
+ * <Error> body under a 200 is a failure.  etag_out (may be NULL) receives
+ * the copy's ETag, read back with a HEAD when the answer lacks it. */
+#define S3_COPY_MAX_SINGLE (5ull * 1024 * 1024 * 1024)
+int s3_copy(struct s3 *s, const char *src_key, const char *if_match, uint64_t size,
+            const char *dst_key, char etag_out[S3_ETAG_MAX], struct err *e);
+
 /* Counters for stats and tests (per connection). */
 struct s3_stats {
 	uint64_t requests;

@@ -379,3 +379,26 @@ int s3_xml_build_complete(struct buf *out, const struct s3_part *parts, size_t n
 			return -1;
 	return buf_appends(out, "</CompleteMultipartUpload>");
 }
+
+int s3_xml_parse_copy(const char *xml, size_t n, const char *root, char etag[S3_ETAG_MAX],
+                      int *is_error, char *code, size_t code_cap, char *msg, size_t msg_cap,
+                      struct err *e)
+{
+	xmlDocPtr doc = parse(xml, n);
+	xmlNodePtr r = root_named(doc, root);
+	int rc = -1;
+	*is_error = 0;
+	etag[0] = '\0';
+	if (r) {
+		child_copy(r, "ETag", etag, S3_ETAG_MAX);
+		rc = 0;
+	} else if ((r = root_named(doc, "Error"))) {
+		*is_error = 1;
+		child_copy(r, "Code", code, code_cap);
+		child_copy(r, "Message", msg, msg_cap);
+	} else {
+		bad_xml(e, root);
+	}
+	xmlFreeDoc(doc);
+	return rc;
+}

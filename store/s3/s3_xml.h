@@ -69,4 +69,11 @@ int s3_xml_build_delete(struct buf *out, char *const *keys, size_t n);
 /* <CompleteMultipartUpload><Part><PartNumber/><ETag/></Part>...</...> */
 int s3_xml_build_complete(struct buf *out, const struct s3_part *parts, size_t n);
 
+/* CopyObjectResult / CopyPartResult (root names the element): like
+ * s3_xml_parse_complete, a copy can fail after its 200 (an <Error> body);
+ * the ETag may be absent (some servers leave it out). */
+int s3_xml_parse_copy(const char *xml, size_t n, const char *root, char etag[S3_ETAG_MAX],
+                      int *is_error, char *code, size_t code_cap, char *msg, size_t msg_cap,
+                      struct err *e);
+
 #endif

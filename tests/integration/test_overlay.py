@@ -222,11 +222,14 @@ def test_refuse_other_backing_then_rebase(lab):
 def test_rebase_refused_when_old_base_is_gone(lab):
     lab.overlay("--only", "alpine-wireguard")
     out = lab.outdir / "alpine-wireguard.qcow2"
-    # the base re-uploaded under the same name: the old bytes are gone
+    # the base re-uploaded under the same name, and its kept version let go
+    # (as prune does once retention allows): the old bytes are gone
     v2 = vmkit.base_image(lab.tmp / "base-v2.qcow2", size=8 * MiB, region_off=1 * MiB,
                           region_len=4 * MiB, marker_off=6 * MiB, seed=b"v2")
     v2_sha = vmkit.sha256_file(v2.path)
     upload(lab.bucket, v2.path, BASE)
+    for k in (f"versions/{lab.base_sha}", f"metadata/versions/{lab.base_sha}.json"):
+        lab.bucket.s3.delete_object(Bucket=lab.bucket.name, Key=k)
     lab.mount.refresh(want=f".imgstore/by-sha256/{v2_sha}",
                       gone=f".imgstore/by-sha256/{lab.base_sha}")
     lab.images[0]["checksum"] = "sha256:" + v2_sha

@@ -499,13 +499,15 @@ def test_failed_record_put_keeps_the_new_image(bucket, proxy, tmp_path, kind):
     src.write_bytes(old)
     run(upload_cmd(src, "d/x.raw"), env=bucket.env, check=0)
     src.write_bytes(new)
-    proxy.fail_put_prefix = "metadata/"
+    proxy.fail_put_prefix = "metadata/d/"  # the record, not the version's
     p = run(upload_cmd(src, "d/x.raw"), env=via(bucket, proxy), check=1)
     assert_no_sanitizer(p.stderr)
     assert ("images/d/x.raw holds the new bytes without a checksum record: it is not "
             "served; upload or sync it again") in p.stderr, p.stderr
-    # the bytes that replaced the old ones stay; no record claims them
-    assert bucket.keys() == ["images/d/x.raw"]
+    # the bytes that replaced the old ones stay; no record claims them (the
+    # old ones were kept as a version first)
+    h = hashlib.sha256(old).hexdigest()
+    assert bucket.keys() == ["images/d/x.raw", f"metadata/versions/{h}.json", f"versions/{h}"]
     assert bucket.get("images/d/x.raw") == new
     got = listing(bucket)["d/x.raw"]
     assert got["complete"] is False

@@ -452,9 +452,52 @@ static void test_zero_blocks(void)
 	free(data);
 }
 
+/* A previous version's record: "destination" and "replacedAt" round-trip
+ * (after "blocks"), are optional, and are checked like the rest. */
+static void test_version_fields(void)
+{
+	struct record r, r2;
+	struct err e = {0};
+	char *text, *bad;
+	const char *tail = "\n}";
+
+	CHECK(record_parse(golden, strlen(golden), &r, &e) == 0);
+	CHECK(r.destination == NULL && r.replaced_at[0] == '\0');
+	r.destination = strdup("talos/talos.raw");
+	strcpy(r.replaced_at, "2025-01-02T03:04:05Z");
+	text = record_to_json(&r, &e);
+	CHECK(text && strstr(text, "\"destination\": \"talos/talos.raw\"") &&
+	      strstr(text, "\"replacedAt\": \"2025-01-02T03:04:05Z\""));
+	CHECK(text && strstr(text, "\"blocks\"") < strstr(text, "\"destination\""));
+	CHECK(text && record_parse(text, strlen(text), &r2, &e) == 0);
+	CHECK_STR(r2.destination, "talos/talos.raw");
+	CHECK_STR(r2.replaced_at, "2025-01-02T03:04:05Z");
+	record_free(&r2);
+	free(text);
+	strcpy(r.replaced_at, "yesterday");
+	CHECK(record_to_json(&r, &e) == NULL && strstr(e.msg, "replacedAt"));
+	record_free(&r);
+
+	/* bad values in a parsed record */
+	const char *cases[] = {",\"destination\": \"\"", ",\"destination\": 3",
+	                       ",\"replacedAt\": \"2025-13-40T00:00:00Z\"", ",\"replacedAt\": 1"};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t n = strlen(golden) - strlen("\n}");
+		bad = malloc(n + strlen(cases[i]) + strlen(tail) + 1);
+		memcpy(bad, golden, n);
+		strcpy(bad + n, cases[i]);
+		strcat(bad, tail);
+		e = (struct err){0};
+		CHECK(record_parse(bad, strlen(bad), &r, &e) == -1 && e.code == ERR_INVALID);
+		CHECK(strstr(e.msg, i < 2 ? "destination" : "replacedAt") != NULL);
+		free(bad);
+	}
+}
+
 int main(void)
 {
 	test_round_trip();
+	test_version_fields();
 	test_validation();
 	test_matches();
 	test_blockmap();
