@@ -160,7 +160,7 @@ static int scan_versions(struct s3 *s3, struct bucket_image **imgs, size_t *n, s
 			err_set(e, ERR_IO, "out of memory");
 			goto out;
 		}
-		ok = !s3_get_all(s3, mkey, &data, &len, NULL, &ge) &&
+		ok = !s3_get_all(s3, mkey, RECINDEX_MAX_RECORD, &data, &len, NULL, &ge) &&
 		     !record_parse(data, len, &im.rec, &ge) &&
 		     !record_matches_object(&im.rec, objs[i].size, objs[i].etag, &ge) &&
 		     im.rec.destination && im.rec.replaced_at[0] &&

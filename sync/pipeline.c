@@ -702,8 +702,9 @@ static int version_exists(struct pipeline *p, const char *vkey, const char *vmet
 	char *data = NULL;
 	size_t len = 0;
 	int rc = 0;
-	if (s3_get_all(p->s3, vmeta, &data, &len, NULL, &ge) || record_parse(data, len, &vr, &ge) ||
-	    s3_head(p->s3, vkey, &obj, &ge) || record_matches_object(&vr, obj.size, obj.etag, &ge))
+	if (s3_get_all(p->s3, vmeta, RECINDEX_MAX_RECORD, &data, &len, NULL, &ge) ||
+	    record_parse(data, len, &vr, &ge) || s3_head(p->s3, vkey, &obj, &ge) ||
+	    record_matches_object(&vr, obj.size, obj.etag, &ge))
 		goto out;
 	rc = 1;
 out:
@@ -739,7 +740,7 @@ static int keep_previous(struct pipeline *p, const char *new_sum, struct err *e)
 		rc = 0; /* nothing there yet */
 		goto out;
 	}
-	if (s3_get_all(p->s3, p->meta_key, &data, &len, NULL, &ge)) {
+	if (s3_get_all(p->s3, p->meta_key, RECINDEX_MAX_RECORD, &data, &len, NULL, &ge)) {
 		if (ge.code != ERR_NOTFOUND) {
 			*e = ge;
 			err_prefix(e, "reading the previous record %s before replacing it",
