@@ -38,7 +38,19 @@ if [ -n "$refs" ]; then
 	exit 1
 fi
 
-# 5. integration tests against the optimized build, then the quick ones again
+# 5. the parsers of untrusted input under libFuzzer (tests/fuzz/README.md): each
+#    target for IMGSTORE_FUZZ_SECONDS (default 25; 0 skips) on a temporary copy
+#    of its seeds; a crash, leak, timeout or invariant failure fails the script
+#    and prints the input
+fuzz_seconds=${IMGSTORE_FUZZ_SECONDS:-25}
+if [ "$fuzz_seconds" != 0 ]; then
+	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true \
+		-Db_lundef=false -Dwerror=true >/dev/null
+	ninja -C build-fuzz fuzz
+	tests/fuzz/smoke.sh build-fuzz -max_total_time="$fuzz_seconds"
+fi
+
+# 6. integration tests against the optimized build, then the quick ones again
 #    against the sanitizer build (labctl and the imgfs daemon under ASan/UBSan:
 #    an error or a leak aborts the program, which fails the test)
 markers=()
