@@ -1239,7 +1239,29 @@ struct walk {
 	/* scalars' line spans, to tell comment lines from block scalar text */
 	size_t (*spans)[2];
 	size_t nspans;
+	unsigned char *seen; /* per node of doc: walked already (see first_visit) */
 };
+
+/* A node reached a second time came through a YAML alias (*name).  sops
+ * writes none (it expands them), and following them could recurse forever
+ * (an alias inside its own anchor) or without bound (aliases of aliases). */
+static int first_visit(unsigned char *seen, yaml_document_t *d, yaml_node_t *n, struct err *e)
+{
+	size_t i = (size_t)(n - d->nodes.start);
+	if (seen[i])
+		return err_set(e, ERR_INVALID,
+		               "line %zu: the value anchored here is used again through a YAML "
+		               "alias (*name), which is not supported: write it out each time",
+		               n->start_mark.line + 1);
+	seen[i] = 1;
+	return 0;
+}
+
+/* A fresh `seen` for first_visit: one byte per node of d. */
+static unsigned char *seen_new(const yaml_document_t *d)
+{
+	return calloc((size_t)(d->nodes.top - d->nodes.start) + 1, 1);
+}
 
 static char *path_aad(char *const *path, const size_t *plen, int depth)
 {
@@ -1378,6 +1400,8 @@ static int walk_node(struct walk *w, yaml_node_t *node, int in_list, int top, si
 {
 	if (!node)
 		return 0;
+	if (first_visit(w->seen, w->doc, node, w->e))
+		return -1;
 	switch (node->type) {
 	case YAML_SCALAR_NODE:
 		if (w->want_containers && node->end_mark.line > node->start_mark.line) {
@@ -1566,6 +1590,11 @@ int sops_decrypt(const struct sops_file *f, const unsigned char key[SOPS_DATA_KE
 		yaml_node_t *root = yaml_document_get_root_node(&f->docs[d]);
 		w.doc = &f->docs[d];
 		w.depth = 0;
+		free(w.seen);
+		if (!(w.seen = seen_new(w.doc))) {
+			err_set(e, ERR_IO, "out of memory");
+			goto out;
+		}
 		if (root && root->type != YAML_MAPPING_NODE) {
 			err_set(e, ERR_INVALID, "document %zu: the top level is not a map", d + 1);
 			goto out;
@@ -1612,6 +1641,7 @@ out:
 		free(w.cont[i].aad);
 	free(w.cont);
 	free(w.spans);
+	free(w.seen);
 	if (rc)
 		sops_tree_free(out);
 	return rc;
@@ -1666,6 +1696,7 @@ struct encw {
 	size_t plen[SOPS_MAX_DEPTH];
 	int depth;
 	struct err *e;
+	unsigned char *seen; /* see first_visit */
 };
 
 static int emit(struct encw *w, yaml_event_t *ev)
@@ -1758,6 +1789,8 @@ static int enc_node(struct encw *w, yaml_node_t *node, int top)
 {
 	if (!node)
 		return emit_scalar(w, "", 0, YAML_PLAIN_SCALAR_STYLE);
+	if (first_visit(w->seen, w->doc, node, w->e))
+		return -1;
 	switch (node->type) {
 	case YAML_SCALAR_NODE: return enc_leaf(w, node);
 	case YAML_SEQUENCE_NODE: {
@@ -1914,6 +1947,10 @@ int sops_encrypt(const char *plain, size_t len, const char *name, const struct s
 	w.em = &em;
 	w.key = key;
 	w.e = e;
+	if (!(w.seen = seen_new(&doc))) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
 	if (!(w.mac = hash_new(HASH_SHA512))) {
 		err_set(e, ERR_IO, "out of memory");
 		goto out;
@@ -2032,6 +2069,7 @@ out:
 	OPENSSL_cleanse(key, sizeof(key));
 	OPENSSL_cleanse(digest, sizeof(digest));
 	hash_free(w.mac);
+	free(w.seen);
 	if (em_ok)
 		yaml_emitter_delete(&em);
 	if (doc_ok) {

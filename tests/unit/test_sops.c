@@ -305,6 +305,61 @@ static void test_bad_files(void)
 	}
 }
 
+/* YAML aliases: sops writes none, and following one can recurse forever (an
+ * alias inside its own anchor) or blow up (aliases of aliases).  Both the
+ * decryptor and the encryptor refuse them, quickly (values in the clear, so
+ * that the alias is what stops the walk).  Reproduced with fuzz_sops; the
+ * inputs are seeds in tests/fuzz/corpus/sops/alias_*.yaml. */
+static void test_aliases(void)
+{
+	static const char meta[] = "sops:\n  lastmodified: '2020-01-01T00:00:00Z'\n  mac: x\n";
+	static const char *const docs[] = {
+	        "a: &x [*x]\n",
+	        "a: &x {b: *x}\n",
+	        "a_unencrypted: &v x\nb_unencrypted: *v\n",
+	        "a_unencrypted: &a [x,x,x,x,x,x,x,x,x,x]\n"
+	        "b_unencrypted: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+	        "c_unencrypted: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+	        "d_unencrypted: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+	        "e_unencrypted: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+	        "f_unencrypted: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+	        "g_unencrypted: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n"
+	        "h_unencrypted: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g,*g]\n",
+	};
+	static const unsigned char key[32];
+	char rcpt[AGE_RECIPIENT_MAX], id[AGE_IDENTITY_MAX];
+	const char *ages[1] = {rcpt};
+	struct sops_encrypt_opts o = {0};
+	struct err e;
+	size_t i;
+	CHECK(age_keygen(id, rcpt, &e) == 0);
+	OPENSSL_cleanse(id, sizeof(id));
+	o.age = ages;
+	o.nage = 1;
+	for (i = 0; i < sizeof(docs) / sizeof(*docs); i++) {
+		struct buf text = BUF_INIT, out = BUF_INIT;
+		struct sops_file *f = NULL;
+		struct sops_tree t;
+		buf_appends(&text, docs[i]);
+		buf_appends(&text, meta);
+		CHECK(sops_parse(text.data, text.len, "alias.yaml", &f, &e) == 0);
+		if (f) {
+			CHECK(sops_decrypt(f, key, 0, &t, &e) == -1 && e.code == ERR_INVALID &&
+			      strstr(e.msg, "line 1") && strstr(e.msg, "YAML alias"));
+			if (!strstr(e.msg, "YAML alias"))
+				fprintf(stderr, "decrypt, case %zu: %s\n", i, e.msg);
+			sops_file_free(f);
+		}
+		CHECK(sops_encrypt(docs[i], strlen(docs[i]), "plain.yaml", &o, &out, &e) == -1 &&
+		      e.code == ERR_INVALID && strstr(e.msg, "plain.yaml") &&
+		      strstr(e.msg, "line 1") && strstr(e.msg, "YAML alias") && out.len == 0);
+		if (!strstr(e.msg, "YAML alias"))
+			fprintf(stderr, "encrypt, case %zu: %s\n", i, e.msg);
+		buf_free(&out);
+		buf_free(&text);
+	}
+}
+
 /* age: the three age vectors open with their identity files. */
 static void test_age_vectors(void)
 {
@@ -926,6 +981,7 @@ int main(void)
 	if (!have_age_cli)
 		printf("sops: SKIPPED the age CLI check of the encryptor: age is not installed\n");
 	test_credentials();
+	test_aliases();
 	json_decref(expected);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
 	if (system(cmd)) {
