@@ -1,5 +1,5 @@
 /* libFuzzer target: any bytes -> sops_parse, then the data key through age
- * (never gpg) and sops_decrypt with the MAC check.
+ * (never gpg) and sops_decrypt with the MAC check; or sops_encrypt.
  *
  * Keys: the fuzz identity (fuzz_keys.h; the seeds in corpus/sops are
  * encrypted to it), and, when the directory FUZZ_SOPS_VECTORS
@@ -8,9 +8,13 @@
  * past the AES layer and into the MAC check.  Without a key, the all-zero key
  * runs the refusal paths.
  *
+ * Input that starts with PLAIN_MARK and is not a SOPS file is a plaintext for
+ * sops_encrypt.
+ *
  * Invariants: a refusal says why and returns nothing; what decrypts with the
  * comments also decrypts without them, with the same leaves and MAC; what
- * decrypts with a key does not with another one. */
+ * decrypts with a key does not with another one; what sops_encrypt writes
+ * decrypts. */
 #include "store/secrets/sops.h"
 
 #include "common/file.h"
@@ -23,6 +27,7 @@
 #include <string.h>
 
 #define MAX_VECTORS 64
+#define PLAIN_MARK  "# plaintext\n"
 
 static struct buf identities = BUF_INIT;
 static struct {
@@ -157,6 +162,36 @@ static int decrypt(const struct sops_file *f, const unsigned char key[SOPS_DATA_
 	return rc;
 }
 
+/* A plaintext (a comment line PLAIN_MARK first: encrypting costs more than all
+ * the rest, so only the inputs that ask for it): what sops_encrypt writes
+ * opens with our decryptor, MAC and all. */
+static void encrypt_roundtrip(const uint8_t *data, size_t size)
+{
+	const char *rcpt[1] = {FUZZ_AGE_RECIPIENT};
+	struct sops_encrypt_opts o = {.age = rcpt, .nage = 1, .now = 1734688800};
+	struct sops_keys k = {.age_key_text = FUZZ_AGE_IDENTITY, .no_gpg = 1};
+	struct buf out = BUF_INIT;
+	struct sops_file *f = NULL;
+	struct sops_tree t;
+	unsigned char key[SOPS_DATA_KEY_LEN];
+	struct err e;
+
+	if (sops_encrypt((const char *)data, size, "plain.yaml", &o, &out, &e)) {
+		if (e.code != ERR_INVALID || out.len)
+			abort();
+		return;
+	}
+	if (sops_parse(out.data, out.len, "enc.yaml", &f, &e) ||
+	    sops_data_key(f, &k, key, NULL, 0, &e) || sops_decrypt(f, key, 0, &t, &e)) {
+		fprintf(stderr, "fuzz_sops: our own encryption does not open: %s\n", e.msg);
+		abort();
+	}
+	check_tree(&t);
+	sops_tree_free(&t);
+	sops_file_free(f);
+	buf_free(&out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const unsigned char zero[SOPS_DATA_KEY_LEN];
@@ -170,6 +205,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (sops_parse((const char *)data, size, "fuzz.yaml", &f, &e)) {
 		if (f || (e.code != ERR_INVALID && e.code != ERR_IO))
 			abort();
+		if (size >= strlen(PLAIN_MARK) && !memcmp(data, PLAIN_MARK, strlen(PLAIN_MARK)))
+			encrypt_roundtrip(data, size);
 		return 0;
 	}
 	if (!sops_file_age_recipients(f) || !sops_file_pgp_fingerprints(f) ||
