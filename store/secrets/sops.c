@@ -41,6 +41,9 @@ extern char **environ;
 #define GPG_ERR_MAX    (64u << 10)
 #define DEFAULT_SUFFIX "_unencrypted"
 #define ENC_PREFIX     "ENC[AES256_GCM,data:"
+/* ToBytes() of a number: Go's 'f' format can be long ("0.", 323 zeros and
+ * "5" for 5e-324; 309 digits and a sign for -1.79e308). */
+#define CANON_MAX 400
 
 enum rule_kind { RULE_UNENC_SUFFIX, RULE_ENC_SUFFIX, RULE_UNENC_REGEX, RULE_ENC_REGEX };
 
@@ -1300,7 +1303,7 @@ static int walk_leaf(struct walk *w, yaml_node_t *node, int in_list)
 	size_t slen = node->data.scalar.length;
 	int plain = node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
 	enum kind kd = K_STR;
-	char canon[64];
+	char canon[CANON_MAX];
 	struct sops_leaf l;
 	int enc, use_canon = 0;
 	memset(&l, 0, sizeof(l));
@@ -1745,7 +1748,7 @@ static int enc_leaf(struct encw *w, yaml_node_t *node)
 	size_t slen = node->data.scalar.length;
 	int plain = node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
 	enum kind kd = K_STR;
-	char canon[64], *aad = NULL;
+	char canon[CANON_MAX], *aad = NULL;
 	const char *type = "str", *pt = s;
 	size_t ptlen = slen, i;
 	struct buf v = BUF_INIT;

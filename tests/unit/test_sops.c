@@ -360,6 +360,62 @@ static void test_aliases(void)
 	}
 }
 
+/* Floats far from 1 are long in Go's 'f' format, the form sops encrypts and
+ * hashes (1e70: "1" and 70 zeros; 5e-324: "0.", 323 zeros, "5").  Each must
+ * be written and read whole: a truncated one decrypts to another number (or
+ * not at all), and breaks the MAC of files sops wrote.  Found by fuzz_sops
+ * (tests/fuzz/corpus/sops/long_float.yaml). */
+static void test_long_floats(void)
+{
+	static const char plain[] = "big: 1e70\ntiny: 5e-324\nneg: -1.7976931348623157e308\n"
+	                            "clear_unencrypted: 1e70\n";
+	char rcpt[AGE_RECIPIENT_MAX], id[AGE_IDENTITY_MAX], big[72], tiny[330];
+	const char *ages[1] = {rcpt};
+	struct sops_encrypt_opts o = {0};
+	struct sops_keys k = {0};
+	struct buf out = BUF_INIT;
+	struct sops_file *f = NULL;
+	struct sops_tree t;
+	unsigned char key[32];
+	const struct sops_leaf *l;
+	struct err e;
+	CHECK(age_keygen(id, rcpt, &e) == 0);
+	o.age = ages;
+	o.nage = 1;
+	k.age_key_text = id;
+	k.no_gpg = 1;
+	memset(big, '0', sizeof(big));
+	big[0] = '1';
+	big[71] = '\0';
+	memset(tiny, '0', sizeof(tiny));
+	tiny[1] = '.';
+	tiny[325] = '5';
+	tiny[326] = '\0';
+	CHECK(sops_encrypt(plain, strlen(plain), "floats.yaml", &o, &out, &e) == 0);
+	CHECK(out.len && sops_parse(out.data, out.len, "floats.yaml", &f, &e) == 0);
+	if (f && sops_data_key(f, &k, key, NULL, 0, &e) == 0) {
+		CHECK(sops_decrypt(f, key, 0, &t, &e) == 0);
+		if (t.n) {
+			CHECK((l = sops_tree_get(&t, "big")) && !strcmp(l->type, "float") &&
+			      !strcmp(l->value, big));
+			CHECK((l = sops_tree_get(&t, "tiny")) && !strcmp(l->type, "float") &&
+			      !strcmp(l->value, tiny));
+			CHECK((l = sops_tree_get(&t, "neg")) && l->value_len == 310 &&
+			      !strncmp(l->value, "-17976931348623157", 18));
+			CHECK((l = sops_tree_get(&t, "clear_unencrypted")) &&
+			      !strcmp(l->value, "1e70"));
+		} else {
+			fprintf(stderr, "long floats: %s\n", e.msg);
+		}
+		sops_tree_free(&t);
+	} else {
+		CHECK(!"the data key of our own file");
+	}
+	OPENSSL_cleanse(id, sizeof(id));
+	sops_file_free(f);
+	buf_free(&out);
+}
+
 /* age: the three age vectors open with their identity files. */
 static void test_age_vectors(void)
 {
@@ -982,6 +1038,7 @@ int main(void)
 		printf("sops: SKIPPED the age CLI check of the encryptor: age is not installed\n");
 	test_credentials();
 	test_aliases();
+	test_long_floats();
 	json_decref(expected);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
 	if (system(cmd)) {
