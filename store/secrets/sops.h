@@ -17,7 +17,8 @@
  *     A missing or wrong MAC refuses the file.
  *
  * Not supported (clear errors): Shamir key groups (more than one group),
- * cloud KMS keys alone, *_comment_regex rules, INI and dotenv files.
+ * cloud KMS keys alone, *_comment_regex rules, INI and dotenv files, YAML
+ * aliases (*name) in the data (sops expands them when it writes a file).
  *
  * Decrypted values and the data key live only in memory and are wiped
  * (OPENSSL_cleanse) when freed.  No message names a value or a key. */

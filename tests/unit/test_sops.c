@@ -305,6 +305,117 @@ static void test_bad_files(void)
 	}
 }
 
+/* YAML aliases: sops writes none, and following one can recurse forever (an
+ * alias inside its own anchor) or blow up (aliases of aliases).  Both the
+ * decryptor and the encryptor refuse them, quickly (values in the clear, so
+ * that the alias is what stops the walk).  Reproduced with fuzz_sops; the
+ * inputs are seeds in tests/fuzz/corpus/sops/alias_*.yaml. */
+static void test_aliases(void)
+{
+	static const char meta[] = "sops:\n  lastmodified: '2020-01-01T00:00:00Z'\n  mac: x\n";
+	static const char *const docs[] = {
+	        "a: &x [*x]\n",
+	        "a: &x {b: *x}\n",
+	        "a_unencrypted: &v x\nb_unencrypted: *v\n",
+	        "a_unencrypted: &a [x,x,x,x,x,x,x,x,x,x]\n"
+	        "b_unencrypted: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+	        "c_unencrypted: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+	        "d_unencrypted: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+	        "e_unencrypted: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+	        "f_unencrypted: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+	        "g_unencrypted: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n"
+	        "h_unencrypted: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g,*g]\n",
+	};
+	static const unsigned char key[32];
+	char rcpt[AGE_RECIPIENT_MAX], id[AGE_IDENTITY_MAX];
+	const char *ages[1] = {rcpt};
+	struct sops_encrypt_opts o = {0};
+	struct err e;
+	size_t i;
+	CHECK(age_keygen(id, rcpt, &e) == 0);
+	OPENSSL_cleanse(id, sizeof(id));
+	o.age = ages;
+	o.nage = 1;
+	for (i = 0; i < sizeof(docs) / sizeof(*docs); i++) {
+		struct buf text = BUF_INIT, out = BUF_INIT;
+		struct sops_file *f = NULL;
+		struct sops_tree t;
+		buf_appends(&text, docs[i]);
+		buf_appends(&text, meta);
+		CHECK(sops_parse(text.data, text.len, "alias.yaml", &f, &e) == 0);
+		if (f) {
+			CHECK(sops_decrypt(f, key, 0, &t, &e) == -1 && e.code == ERR_INVALID &&
+			      strstr(e.msg, "line 1") && strstr(e.msg, "YAML alias"));
+			if (!strstr(e.msg, "YAML alias"))
+				fprintf(stderr, "decrypt, case %zu: %s\n", i, e.msg);
+			sops_file_free(f);
+		}
+		CHECK(sops_encrypt(docs[i], strlen(docs[i]), "plain.yaml", &o, &out, &e) == -1 &&
+		      e.code == ERR_INVALID && strstr(e.msg, "plain.yaml") &&
+		      strstr(e.msg, "line 1") && strstr(e.msg, "YAML alias") && out.len == 0);
+		if (!strstr(e.msg, "YAML alias"))
+			fprintf(stderr, "encrypt, case %zu: %s\n", i, e.msg);
+		buf_free(&out);
+		buf_free(&text);
+	}
+}
+
+/* Floats far from 1 are long in Go's 'f' format, the form sops encrypts and
+ * hashes (1e70: "1" and 70 zeros; 5e-324: "0.", 323 zeros, "5").  Each must
+ * be written and read whole: a truncated one decrypts to another number (or
+ * not at all), and breaks the MAC of files sops wrote.  Found by fuzz_sops
+ * (tests/fuzz/corpus/sops/long_float.yaml). */
+static void test_long_floats(void)
+{
+	static const char plain[] = "big: 1e70\ntiny: 5e-324\nneg: -1.7976931348623157e308\n"
+	                            "clear_unencrypted: 1e70\n";
+	char rcpt[AGE_RECIPIENT_MAX], id[AGE_IDENTITY_MAX], big[72], tiny[330];
+	const char *ages[1] = {rcpt};
+	struct sops_encrypt_opts o = {0};
+	struct sops_keys k = {0};
+	struct buf out = BUF_INIT;
+	struct sops_file *f = NULL;
+	struct sops_tree t;
+	unsigned char key[32];
+	const struct sops_leaf *l;
+	struct err e;
+	CHECK(age_keygen(id, rcpt, &e) == 0);
+	o.age = ages;
+	o.nage = 1;
+	k.age_key_text = id;
+	k.no_gpg = 1;
+	memset(big, '0', sizeof(big));
+	big[0] = '1';
+	big[71] = '\0';
+	memset(tiny, '0', sizeof(tiny));
+	tiny[1] = '.';
+	tiny[325] = '5';
+	tiny[326] = '\0';
+	CHECK(sops_encrypt(plain, strlen(plain), "floats.yaml", &o, &out, &e) == 0);
+	CHECK(out.len && sops_parse(out.data, out.len, "floats.yaml", &f, &e) == 0);
+	if (f && sops_data_key(f, &k, key, NULL, 0, &e) == 0) {
+		CHECK(sops_decrypt(f, key, 0, &t, &e) == 0);
+		if (t.n) {
+			CHECK((l = sops_tree_get(&t, "big")) && !strcmp(l->type, "float") &&
+			      !strcmp(l->value, big));
+			CHECK((l = sops_tree_get(&t, "tiny")) && !strcmp(l->type, "float") &&
+			      !strcmp(l->value, tiny));
+			CHECK((l = sops_tree_get(&t, "neg")) && l->value_len == 310 &&
+			      !strncmp(l->value, "-17976931348623157", 18));
+			CHECK((l = sops_tree_get(&t, "clear_unencrypted")) &&
+			      !strcmp(l->value, "1e70"));
+		} else {
+			fprintf(stderr, "long floats: %s\n", e.msg);
+		}
+		sops_tree_free(&t);
+	} else {
+		CHECK(!"the data key of our own file");
+	}
+	OPENSSL_cleanse(id, sizeof(id));
+	sops_file_free(f);
+	buf_free(&out);
+}
+
 /* age: the three age vectors open with their identity files. */
 static void test_age_vectors(void)
 {
@@ -926,6 +1037,8 @@ int main(void)
 	if (!have_age_cli)
 		printf("sops: SKIPPED the age CLI check of the encryptor: age is not installed\n");
 	test_credentials();
+	test_aliases();
+	test_long_floats();
 	json_decref(expected);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
 	if (system(cmd)) {
