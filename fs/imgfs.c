@@ -429,7 +429,8 @@ static int refresh(struct imgfs *fs, struct s3 **conn, int initial, struct err *
 		atomic_store(&fs->bucket_ok, 0);
 		return -1;
 	}
-	atomic_store(&fs->bucket_ok, 1);
+	if (!atomic_exchange(&fs->bucket_ok, 1) && !initial)
+		log_info("the bucket %s answers again: the listing is refreshed", fs->cfg.bucket);
 	if (tree_apply(fs, st, fs->state, initial, e)) {
 		state_free(st);
 		return -1;

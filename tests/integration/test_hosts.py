@@ -136,3 +136,78 @@ def test_mount_t_unknown_option_fails_and_names_it(bucket, tmp_path):
         bucket.env)
     assert p.returncode not in (0, 99), p.stderr
     assert "bogus_opt" in p.stderr
+
+
+# ---------------------------------------------------------------- --version
+
+LABCTL_COMMANDS = [[], ["images"], ["credentials"]] + [
+    ["images", c] for c in ("validate", "sync", "list", "prune", "upload", "overlay", "index")
+] + [["credentials", c] for c in ("encrypt", "check")]
+
+
+@pytest.mark.parametrize("cmd", LABCTL_COMMANDS, ids=lambda c: " ".join(c) or "labctl")
+def test_version_on_every_labctl_command(cmd):
+    p = run([binary("labctl"), *cmd, "--version"], env=clean_env(), check=0)
+    assert p.stdout.startswith("labctl ") and p.stdout.count("\n") == 1, p.stdout
+    assert p.stderr == ""
+
+
+def test_version_imgfs():
+    p = run([binary("imgfs"), "--version"], env=clean_env(), check=0)
+    assert p.stdout.startswith("imgfs ") and p.stdout.count("\n") == 1
+
+
+# ---------------------------------------------------------------- logging
+
+def test_labctl_log_flags_global_and_per_subcommand(bucket):
+    env = bucket.env
+    del env["IMGSTORE_LOG"]
+    base = run([binary("labctl"), "images", "list"], env=env, check=0)
+    for args in (["-v", "images", "list"], ["images", "list", "-v"],
+                 ["--log-level", "debug", "images", "list"],
+                 ["images", "list", "--log-level=debug"], ["--verbose", "images", "list"]):
+        p = run([binary("labctl"), *args], env=env, check=0)
+        assert "labctl: debug: " in p.stderr, (args, p.stderr)
+    assert "debug" not in base.stderr
+    for args in (["--log-level", "loud", "images", "list"],
+                 ["images", "list", "--log-level", "loud"]):
+        p = run([binary("labctl"), *args], env=env, check=2)
+        assert "'loud'" in p.stderr
+
+
+def journald_run(tmp_path, args, env, match=True):
+    """Run with stderr to a file; JOURNAL_STREAM names that file (systemd's
+    <st_dev>:<st_ino>) or, with match=False, another one."""
+    log = tmp_path / "stderr.log"
+    other = tmp_path / "other"
+    other.write_text("")
+    with open(log, "wb") as f:
+        st = os.fstat(f.fileno()) if match else os.stat(other)
+        env = dict(env, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        p = subprocess.run([str(a) for a in args], env=env, stderr=f, stdout=subprocess.PIPE,
+                           timeout=120)
+    return p.returncode, log.read_text().splitlines()
+
+
+def test_journald_priority_prefixes(bucket, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = bucket.env
+    env["E2_ENDPOINT"] = "http://127.0.0.1:1"  # nobody answers: an error (<3>)
+    args = [binary("imgfs"), "-f", "-v", "--timeout", "1", "--cache-dir", tmp_path / "c",
+            mnt]
+    code, lines = journald_run(tmp_path, args, env)
+    assert code == 1
+    assert lines and all(l[:3] in ("<3>", "<4>", "<6>", "<7>") for l in lines), lines
+    assert any(l.startswith("<3>imgfs: ") for l in lines), lines
+    # labctl: info lines are <6>, warnings <4>
+    env = bucket.env
+    env["E2_ENDPOINT"] = env["E2_ENDPOINT"].replace("127.0.0.1", "localhost")
+    code, lines = journald_run(tmp_path, [binary("labctl"), "-v", "images", "list"], env)
+    assert code == 0
+    assert any(l.startswith("<7>") for l in lines), lines
+    assert all(l[:3] in ("<3>", "<4>", "<6>", "<7>") for l in lines), lines
+    # not our stream: no prefix
+    code, lines = journald_run(tmp_path, args, dict(bucket.env, E2_ENDPOINT="http://127.0.0.1:1"),
+                               match=False)
+    assert code == 1 and lines and not any(l.startswith("<") for l in lines), lines
