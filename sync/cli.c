@@ -8,6 +8,8 @@
 #include <string.h>
 
 static const struct optdef help_opts[] = {OPT_DEF_HELP, OPT_DEF_END};
+/* every command that reaches the bucket takes these; the others ignore them */
+static const struct optdef bucket_opts[] = {CRED_OPTDEF_ENDPOINT, CRED_OPTDEF_BUCKET, OPT_DEF_END};
 
 #ifndef IMGSTORE_VERSION
 #define IMGSTORE_VERSION "unknown"
@@ -92,7 +94,8 @@ static int on_opt(void *ud, int id, const char *value, struct err *e)
 int cli_parse(const struct cmd_spec *spec, int argc, char **argv, struct common_opts *common,
               opt_fn fn, void *ud, struct err *e)
 {
-	const struct optdef *const tables[] = {spec->opts, help_opts, cli_global_opts, NULL};
+	const struct optdef *const tables[] = {spec->opts, bucket_opts, help_opts, cli_global_opts,
+	                                       NULL};
 	struct parse_ctx c = {spec, common, fn, ud, 0};
 	const struct opt_parser p = {tables, "h" CLI_GLOBAL_SHORTS, on_opt, NULL, &c};
 	struct err pe = {0};
