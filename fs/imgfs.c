@@ -410,12 +410,14 @@ static int parse_args(int argc, char **argv, struct cli *c, struct imgfs_opts *o
 
 /* ---- refresh ---- */
 
+static char *g_state_meta; /* IMGFS_STATE_META + endpoint and bucket */
+
 static void persist(struct imgfs *fs, const struct state *st, const struct state *prev)
 {
 	struct err e = {0};
 	if (prev && prev->text && !strcmp(prev->text, st->text))
 		return;
-	if (cache_meta_put(fs->cache, IMGFS_STATE_META, st->text, strlen(st->text), &e))
+	if (cache_meta_put(fs->cache, g_state_meta, st->text, strlen(st->text), &e))
 		log_warn("saving the listing in the cache: %s", e.msg);
 }
 
@@ -598,7 +600,13 @@ static int start(struct imgfs *fs, struct cli *c, struct err *e)
 		goto out;
 
 	/* the first listing; the cached one when the bucket does not answer */
-	state_load(fs->cache, &prev);
+	if (asprintf(&g_state_meta, "%s%s %s", IMGFS_STATE_META, fs->cfg.endpoint, fs->cfg.bucket) <
+	    0) {
+		g_state_meta = NULL;
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	state_load(fs->cache, g_state_meta, &prev);
 	fs->state = prev;
 	if (refresh(fs, &conn, 1, e)) {
 		/* only an unreachable bucket falls back; a refused or missing
@@ -634,6 +642,8 @@ static void stop_all(struct imgfs *fs)
 	s3_config_free(&fs->cfg);
 	free(fs->o.cache_dir);
 	fs->o.cache_dir = NULL;
+	free(g_state_meta);
+	g_state_meta = NULL;
 }
 
 int main(int argc, char **argv)

@@ -307,3 +307,28 @@ def test_session_token_is_a_signed_header(bucket):
         assert proxy.seen and not any("X-Amz-Security-Token" in h for h in proxy.seen)
     finally:
         proxy.close()
+
+
+# ---------------------------------------------------------------- saved listing
+
+def test_saved_listing_is_per_bucket(bucket, s3server, tmp_path):
+    from conftest import Bucket
+    other = Bucket(s3server)
+    put_raw(bucket, "only-in-a.raw", pattern(MiB, seed=18))
+    put_raw(other, "only-in-b.raw", pattern(MiB, seed=19))
+    cache = tmp_path / "cache"  # shared, like the default cache directory
+    proxy = RecordingProxy(s3server.endpoint)
+    envs = {}
+    try:
+        for name, b in (("a", bucket), ("b", other)):
+            envs[name] = dict(b.env, E2_ENDPOINT=proxy.url)
+            with Mount(envs[name], tmp_path / f"mnt-{name}", cache, ["--refresh", "0"]) as m:
+                assert sorted(os.listdir(m.path)) == [".imgstore", f"only-in-{name}.raw"]
+    finally:
+        proxy.close()
+    # the endpoint no longer answers: each bucket gets its own saved listing
+    for name in ("a", "b"):
+        with Mount(envs[name], tmp_path / f"off-{name}", cache,
+                   ["--refresh", "0", "--timeout", "2"]) as m:
+            assert sorted(os.listdir(m.path)) == [".imgstore", f"only-in-{name}.raw"]
+            assert "serving the listing cached" in m.logtext()
