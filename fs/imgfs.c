@@ -49,8 +49,9 @@ static const char usage_text[] =
         "usage: imgfs [--endpoint URL] [--bucket NAME] [--credentials PATH]\n"
         "             [--sops-age-key-file PATH] [--ca-bundle FILE]\n"
         "             [--cache-dir DIR] [--cache-size SIZE] [--refresh SECONDS]\n"
-        "             [--timeout SECONDS] [--allow-unverified] [-f] [-o FUSE_OPTION[,...]]\n"
-        "             MOUNTPOINT\n"
+        "             [--timeout SECONDS] [--allow-unverified] [-f] [-v|-q|--log-level L]\n"
+        "             [-o OPTION[=VALUE][,...]] MOUNTPOINT\n"
+        "       imgfs SOURCE MOUNTPOINT -o OPTION[=VALUE][,...]   (mount -t fuse.imgfs)\n"
         "\n"
         "Mount images/ of the bucket read-only at MOUNTPOINT.  Blocks are fetched when\n"
         "read, checked against the image's checksum record and kept in a block cache.\n"
@@ -68,7 +69,13 @@ static const char usage_text[] =
         "  --timeout SECONDS       how long an uncached read may retry before EIO (default 30)\n"
         "  --allow-unverified      also serve images that have no valid checksum record\n"
         "  -f                      stay in the foreground (log to stderr)\n"
-        "  -o OPTION[,...]         FUSE mount options (e.g. allow_other)\n"
+        "  -v, --verbose           log debug lines too;  -q, --quiet  warnings and errors only\n"
+        "  --log-level LEVEL       error, warn, info (default) or debug\n"
+        "  -o OPTION[,...]         any long option above as name=value with '_' for '-'\n"
+        "                          (cache_size=50G), FUSE options (allow_other), and\n"
+        "                          mount(8)'s generic ones (_netdev, nofail...: ignored)\n"
+        "  SOURCE                  the bucket (wins over E2_BUCKET); 'imgfs': from the\n"
+        "                          configuration\n"
         "  --help, --version\n"
         "\n"
         "Inside the mount: /.imgstore/stats (JSON counters), /.imgstore/by-sha256/<hex>,\n"
@@ -159,8 +166,10 @@ static void detach_stdio(void)
 struct cli {
 	struct cred_opts cred; /* --endpoint, --bucket, --credentials, ... */
 	const char *cache_dir;
+	const char *source; /* the fstab form's SOURCE (mount.fuse3) */
 	const char *mountpoint;
-	char *fuse_opts; /* comma-joined -o values */
+	char *mount_opts; /* copies of the -o values, split in place */
+	char *fuse_opts;  /* comma-joined -o values */
 	struct imgfs_opts *o;
 };
 
@@ -211,6 +220,7 @@ enum {
 	OPT_TIMEOUT,
 	OPT_ALLOW_UNVERIFIED,
 	OPT_VERSION,
+	OPT_LOG_LEVEL,
 };
 
 /* Every long option, by name (usage_text describes them): the command line
@@ -228,10 +238,81 @@ static const struct optdef imgfs_optdefs[] = {
         {"timeout", OPT_TIMEOUT, 1, "SECONDS", NULL},
         {"allow-unverified", OPT_ALLOW_UNVERIFIED, 0, NULL, NULL},
         {"foreground", 'f', 0, NULL, NULL},
+        {"verbose", 'v', 0, NULL, NULL},
+        {"quiet", 'q', 0, NULL, NULL},
+        {"log-level", OPT_LOG_LEVEL, 1, "LEVEL", NULL},
         OPT_DEF_HELP,
         {"version", OPT_VERSION, 0, NULL, NULL},
         OPT_DEF_END,
 };
+
+static int imgfs_opt(void *ud, int id, const char *v, struct err *e);
+
+/* mount(8)'s generic options: mount.fuse3 passes them on, and the mount is
+ * read-only whatever they say. */
+static int generic_mount_opt(const char *name)
+{
+	static const char *const names[] = {
+	        "rw",       "ro",         "dev",         "nodev",         "suid",     "nosuid",
+	        "exec",     "noexec",     "atime",       "noatime",       "relatime", "norelatime",
+	        "diratime", "nodiratime", "strictatime", "nostrictatime", "lazytime", "nolazytime",
+	        "sync",     "async",      "_netdev",     "nofail",        "noauto",   "auto",
+	        "user",     "nouser",     "users",       "owner",         "group",    "defaults",
+	        NULL};
+	if (!strncmp(name, "x-systemd.", 10) || !strncmp(name, "comment=", 8))
+		return 1;
+	for (const char *const *n = names; *n; n++)
+		if (!strcmp(name, *n))
+			return 1;
+	return 0;
+}
+
+/* -o OPTION[=VALUE][,...] (the form mount.fuse3 runs): imgfs's own long
+ * options with '_' for '-', mount(8)'s generic options (ignored), and the
+ * rest for libfuse, which names any it does not know. */
+static int mount_opts(struct cli *c, const char *list, struct err *e)
+{
+	static const struct optdef *const tables[] = {imgfs_optdefs, NULL};
+	char *copy, *item, *save = NULL;
+	size_t n = strlen(list) + 1, used = 0;
+
+	/* the values stay referenced (cache_dir...): keep every copy */
+	for (const char *p = c->mount_opts; p && *p; p += strlen(p) + 1)
+		used += strlen(p) + 1;
+	if (!(copy = realloc(c->mount_opts, used + n + 1)))
+		return err_set(e, ERR_USAGE, "out of memory");
+	c->mount_opts = copy;
+	item = copy + used;
+	memcpy(item, list, n);
+	item[n] = '\0';
+	for (char *tok = strtok_r(item, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char name[64], *eq = strchr(tok, '=');
+		size_t len = eq ? (size_t)(eq - tok) : strlen(tok);
+		const struct optdef *d;
+		if (generic_mount_opt(tok))
+			continue;
+		if (len == 0 || len >= sizeof(name))
+			return err_set(e, ERR_USAGE, "-o: malformed option '%.200s'", tok);
+		for (size_t i = 0; i < len; i++)
+			name[i] = tok[i] == '_' ? '-' : tok[i];
+		name[len] = '\0';
+		d = opt_find(tables, name);
+		if (!d || d->id == 'h' || d->id == OPT_VERSION || d->id == 'f') {
+			/* a FUSE option (allow_other...): libfuse checks it */
+			if (append_opt(&c->fuse_opts, tok))
+				return err_set(e, ERR_USAGE, "out of memory");
+			continue;
+		}
+		if (d->has_arg && (!eq || !eq[1]))
+			return err_set(e, ERR_USAGE, "-o %.*s: a value is needed (%.*s=%s)",
+			               (int)len, tok, (int)len, tok, d->metavar);
+		if (!d->has_arg && eq)
+			return err_set(e, ERR_USAGE, "-o %.*s: takes no value", (int)len, tok);
+		if (imgfs_opt(c, d->id, eq ? eq + 1 : NULL, e))
+			return err_prefix(e, "-o %.200s", tok);
+	}
+	return 0;
+}
 
 /* One option, whichever way it was given: 0, 1 to stop (--help,
  * --version), -1 with e set. */
@@ -264,10 +345,18 @@ static int imgfs_opt(void *ud, int id, const char *v, struct err *e)
 		return 0;
 	case OPT_ALLOW_UNVERIFIED: o->allow_unverified = 1; return 0;
 	case 'f': o->foreground = 1; return 0;
-	case 'o':
-		if (append_opt(&c->fuse_opts, v))
-			return err_set(e, ERR_USAGE, "out of memory");
+	case 'v': log_set_level(LOG_LVL_DEBUG); return 0;
+	case 'q': log_set_level(LOG_LVL_WARN); return 0;
+	case OPT_LOG_LEVEL: {
+		enum log_level l;
+		if (log_parse_level(v, &l))
+			return err_set(e, ERR_USAGE,
+			               "--log-level: '%s' is not one of error, warn, info, debug",
+			               v);
+		log_set_level(l);
 		return 0;
+	}
+	case 'o': return mount_opts(c, v, e);
 	case 'h': fputs(usage_text, stdout); return 1;
 	case OPT_VERSION: printf("imgfs %s\n", IMGSTORE_VERSION); return 1;
 	}
@@ -277,9 +366,30 @@ static int imgfs_opt(void *ud, int id, const char *v, struct err *e)
 static int imgfs_arg(void *ud, const char *arg, struct err *e)
 {
 	struct cli *c = ud;
-	if (c->mountpoint)
+	if (c->source)
 		return err_set(e, ERR_USAGE, "unexpected argument '%s'", arg);
+	if (c->mountpoint)
+		c->source = c->mountpoint; /* imgfs SOURCE MOUNTPOINT */
 	c->mountpoint = arg;
+	return 0;
+}
+
+/* The FUSE options, checked before anything is fetched or forked: libfuse
+ * parses them when a session is made (and names an unknown one on stderr). */
+static int fuse_opts_check(const struct cli *c)
+{
+	static const struct fuse_lowlevel_ops none;
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_session *se = NULL;
+	if (!c->fuse_opts)
+		return 0;
+	if (!fuse_opt_add_arg(&args, "imgfs") && !fuse_opt_add_arg(&args, "-o") &&
+	    !fuse_opt_add_arg(&args, c->fuse_opts))
+		se = fuse_session_new(&args, &none, sizeof(none), NULL);
+	fuse_opt_free_args(&args);
+	if (!se)
+		return usage_error("invalid FUSE options (-o %s)", c->fuse_opts);
+	fuse_session_destroy(se);
 	return 0;
 }
 
@@ -287,7 +397,7 @@ static int imgfs_arg(void *ud, const char *arg, struct err *e)
 static int parse_args(int argc, char **argv, struct cli *c, struct imgfs_opts *o)
 {
 	const struct optdef *const tables[] = {imgfs_optdefs, NULL};
-	const struct opt_parser p = {tables, "fo:h", imgfs_opt, imgfs_arg, c};
+	const struct opt_parser p = {tables, "fo:hvq", imgfs_opt, imgfs_arg, c};
 	struct err e = {0};
 	int rc;
 
@@ -300,17 +410,23 @@ static int parse_args(int argc, char **argv, struct cli *c, struct imgfs_opts *o
 		return rc > 0 ? -1 : usage_error("%s", e.msg);
 	if (!c->mountpoint)
 		return usage_error("%s", "missing MOUNTPOINT");
-	return 0;
+	/* SOURCE names the bucket ("imgfs": the configuration does); an
+	 * explicit --bucket / -o bucket= is more specific still */
+	if (c->source && strcmp(c->source, "imgfs") && !c->cred.bucket)
+		c->cred.bucket = c->source;
+	return fuse_opts_check(c);
 }
 
 /* ---- refresh ---- */
+
+static char *g_state_meta; /* IMGFS_STATE_META + endpoint and bucket */
 
 static void persist(struct imgfs *fs, const struct state *st, const struct state *prev)
 {
 	struct err e = {0};
 	if (prev && prev->text && !strcmp(prev->text, st->text))
 		return;
-	if (cache_meta_put(fs->cache, IMGFS_STATE_META, st->text, strlen(st->text), &e))
+	if (cache_meta_put(fs->cache, g_state_meta, st->text, strlen(st->text), &e))
 		log_warn("saving the listing in the cache: %s", e.msg);
 }
 
@@ -324,7 +440,8 @@ static int refresh(struct imgfs *fs, struct s3 **conn, int initial, struct err *
 		atomic_store(&fs->bucket_ok, 0);
 		return -1;
 	}
-	atomic_store(&fs->bucket_ok, 1);
+	if (!atomic_exchange(&fs->bucket_ok, 1) && !initial)
+		log_info("the bucket %s answers again: the listing is refreshed", fs->cfg.bucket);
 	if (tree_apply(fs, st, fs->state, initial, e)) {
 		state_free(st);
 		return -1;
@@ -621,7 +738,13 @@ static int start(struct imgfs *fs, struct cli *c, struct err *e)
 		goto out;
 
 	/* the first listing; the cached one when the bucket does not answer */
-	state_load(fs->cache, &prev);
+	if (asprintf(&g_state_meta, "%s%s %s", IMGFS_STATE_META, fs->cfg.endpoint, fs->cfg.bucket) <
+	    0) {
+		g_state_meta = NULL;
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	state_load(fs->cache, g_state_meta, &prev);
 	fs->state = prev;
 	if (refresh(fs, &conn, 1, e)) {
 		/* only an unreachable bucket falls back; a refused or missing
@@ -657,6 +780,8 @@ static void stop_all(struct imgfs *fs)
 	s3_config_free(&fs->cfg);
 	free(fs->o.cache_dir);
 	fs->o.cache_dir = NULL;
+	free(g_state_meta);
+	g_state_meta = NULL;
 }
 
 int main(int argc, char **argv)
@@ -673,8 +798,11 @@ int main(int argc, char **argv)
 
 	log_init("imgfs", LOG_LVL_INFO);
 	code = parse_args(argc, argv, &c, &fs->o);
-	if (code)
+	if (code) {
+		free(c.fuse_opts);
+		free(c.mount_opts);
 		return code < 0 ? 0 : code;
+	}
 	/* Block buffers (1 MiB) stay on malloc's heap (below the mmap
 	 * threshold), and up to 16 MiB of freed heap is kept instead of handed
 	 * back: as mappings of their own every block cost 256 page faults and a
@@ -686,6 +814,8 @@ int main(int argc, char **argv)
 
 	if (!(mp = prepare_mountpoint(c.mountpoint, &e))) {
 		log_error("%s", e.msg);
+		free(c.fuse_opts);
+		free(c.mount_opts);
 		return 1;
 	}
 	fs->o.mountpoint = mp;
@@ -793,6 +923,7 @@ done:
 	fuse_opt_free_args(&args);
 	free(mopts);
 	free(c.fuse_opts);
+	free(c.mount_opts);
 	stop_all(fs);
 	if (g_efd >= 0)
 		close(g_efd);

@@ -18,7 +18,9 @@
 #include <sys/types.h>
 #include <time.h>
 
-#define IMGFS_STATE_META "imgfs.state.v1" /* cache_meta name of the listing state */
+/* cache_meta name of the listing state: this prefix, then "<endpoint> <bucket>", so
+ * that buckets sharing a cache directory never see each other's listing */
+#define IMGFS_STATE_META "imgfs.state.v2 "
 #define IMGFS_CTL_DIR    ".imgstore"
 #define IMGFS_BYSHA_DIR  "by-sha256"
 #define IMGFS_STATS_FILE "stats"
@@ -52,7 +54,8 @@ struct state {
 
 void state_free(struct state *st);
 /* From the cache (1 found, 0 none, -1 unreadable: logged, treated as none). */
-int state_load(struct cache *c, struct state **out);
+/* The listing saved under cache meta `name` (one per endpoint and bucket). */
+int state_load(struct cache *c, const char *name, struct state **out);
 /* List the bucket; records whose metadata object is unchanged since `prev`
  * are reused, the others fetched (in parallel). */
 int state_fetch(const struct s3_config *cfg, struct s3 *s, const struct state *prev,

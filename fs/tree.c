@@ -172,14 +172,14 @@ bad:
 	return NULL;
 }
 
-int state_load(struct cache *c, struct state **out)
+int state_load(struct cache *c, const char *name, struct state **out)
 {
 	char *data = NULL;
 	size_t len = 0;
 	struct err e = {0};
 	int rc;
 	*out = NULL;
-	rc = cache_meta_get(c, IMGFS_STATE_META, &data, &len, &e);
+	rc = cache_meta_get(c, name, &data, &len, &e);
 	if (rc < 0) {
 		log_warn("reading the cached listing: %s", e.msg);
 		return -1;

@@ -9,6 +9,38 @@
 #include <string.h>
 
 static const struct optdef help_opts[] = {OPT_DEF_HELP, OPT_DEF_END};
+/* every command that reaches the bucket takes these; the others ignore them */
+static const struct optdef bucket_opts[] = {CRED_OPTDEF_ENDPOINT, CRED_OPTDEF_BUCKET, OPT_DEF_END};
+
+#ifndef IMGSTORE_VERSION
+#define IMGSTORE_VERSION "unknown"
+#endif
+
+const struct optdef cli_global_opts[] = {
+        {"version", CLI_OPT_VERSION, 0, NULL, "show the version and exit"},
+        {"verbose", 'v', 0, NULL, "-v: log debug lines too"},
+        {"quiet", 'q', 0, NULL, "-q: log warnings and errors only"},
+        {"log-level", CLI_OPT_LOG_LEVEL, 1, "LEVEL", "error, warn, info (default) or debug"},
+        OPT_DEF_END,
+};
+
+int cli_global_opt(int id, const char *value, struct err *e)
+{
+	enum log_level l;
+	switch (id) {
+	case CLI_OPT_VERSION: printf("labctl %s\n", IMGSTORE_VERSION); return 1;
+	case 'v': log_set_level(LOG_LVL_DEBUG); return 0;
+	case 'q': log_set_level(LOG_LVL_WARN); return 0;
+	case CLI_OPT_LOG_LEVEL:
+		if (log_parse_level(value, &l))
+			return err_set(e, ERR_USAGE,
+			               "--log-level: '%s' is not one of error, warn, info, debug",
+			               value);
+		log_set_level(l);
+		return 0;
+	}
+	return -2;
+}
 
 void cli_help(const struct cmd_spec *spec, FILE *out)
 {
@@ -22,6 +54,8 @@ void cli_help(const struct cmd_spec *spec, FILE *out)
 			snprintf(left, sizeof(left), "--%s", o->name);
 		fprintf(out, "  %-28s %s\n", left, o->help);
 	}
+	for (const struct optdef *o = cli_global_opts; o->name; o++)
+		fprintf(out, "  --%-26s %s\n", o->has_arg ? "log-level LEVEL" : o->name, o->help);
 	fprintf(out, "  %-28s %s\n", "-h, --help", help_opts[0].help);
 	fprintf(out, "\nExit status: 0 success, 1 the work failed, 2 usage error or invalid "
 	             "manifest.\n");
@@ -38,10 +72,13 @@ struct parse_ctx {
 static int on_opt(void *ud, int id, const char *value, struct err *e)
 {
 	struct parse_ctx *c = ud;
+	int g;
 	if (id == 'h') {
 		cli_help(c->spec, stdout);
 		return 1;
 	}
+	if ((g = cli_global_opt(id, value, e)) != -2)
+		return g;
 	if (id == OPT_MANIFEST) {
 		c->common->manifest = value;
 		return 0;
@@ -58,9 +95,10 @@ static int on_opt(void *ud, int id, const char *value, struct err *e)
 int cli_parse(const struct cmd_spec *spec, int argc, char **argv, struct common_opts *common,
               opt_fn fn, void *ud, struct err *e)
 {
-	const struct optdef *const tables[] = {spec->opts, help_opts, NULL};
+	const struct optdef *const tables[] = {spec->opts, bucket_opts, help_opts, cli_global_opts,
+	                                       NULL};
 	struct parse_ctx c = {spec, common, fn, ud, 0};
-	const struct opt_parser p = {tables, "h", on_opt, NULL, &c};
+	const struct opt_parser p = {tables, "h" CLI_GLOBAL_SHORTS, on_opt, NULL, &c};
 	struct err pe = {0};
 	int rc = opt_parse(&p, argc, argv, &pe);
 	if (rc < 0 && !c.failed)

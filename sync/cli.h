@@ -25,6 +25,18 @@ enum { OPT_MANIFEST = 0x2000 };
 	}
 #define CLI_OPT_END OPT_DEF_END
 
+/* Options every labctl command and subcommand takes (CLI.md "Both
+ * programs"): --version, -v/--verbose, -q/--quiet, --log-level LEVEL.  A
+ * parser adds the table and "vq" to its short options and hands these ids to
+ * cli_global_opt first. */
+enum { CLI_OPT_VERSION = 0x2100, CLI_OPT_LOG_LEVEL };
+extern const struct optdef cli_global_opts[];
+#define CLI_GLOBAL_SHORTS "vq"
+
+/* 1: handled, stop (--version printed), 0: handled, -1: bad value (e set),
+ * -2: not a global option. */
+int cli_global_opt(int id, const char *value, struct err *e);
+
 struct cmd_spec {
 	const char *name;    /* "images upload" */
 	const char *usage;   /* the synopsis after the name */

@@ -8,6 +8,7 @@
 #include "store/secrets/credentials.h"
 #include "store/secrets/sops.h"
 #include "store/secrets/sops_config.h"
+#include "sync/cli.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -142,6 +143,9 @@ struct encrypt_args {
 static int encrypt_opt(void *ud, int id, const char *v, struct err *e)
 {
 	struct encrypt_args *a = ud;
+	int g = cli_global_opt(id, v, e);
+	if (g != -2)
+		return g;
 	switch (id) {
 	/* v points into argv, which add_list may cut into pieces */
 	case OPT_AGE:
@@ -161,9 +165,9 @@ static int encrypt_opt(void *ud, int id, const char *v, struct err *e)
 
 static int cmd_encrypt(int argc, char **argv)
 {
-	const struct optdef *const tables[] = {encrypt_opts, NULL};
+	const struct optdef *const tables[] = {encrypt_opts, cli_global_opts, NULL};
 	struct encrypt_args a = {.in = "-"};
-	const struct opt_parser p = {tables, "h", encrypt_opt, NULL, &a};
+	const struct opt_parser p = {tables, "h" CLI_GLOBAL_SHORTS, encrypt_opt, NULL, &a};
 	char *envdup[2] = {NULL, NULL};
 	struct sops_encrypt_opts o;
 	struct sops_creation_rule rule = {0};
@@ -256,6 +260,9 @@ static const struct optdef check_opts[] = {
 
 static int check_opt(void *ud, int id, const char *v, struct err *e)
 {
+	int g = cli_global_opt(id, v, e);
+	if (g != -2)
+		return g;
 	if (cred_opt_set(ud, id, v))
 		return 0;
 	if (id == 'h') {
@@ -269,9 +276,9 @@ static int cmd_check(int argc, char **argv)
 {
 	static const char *const envs[] = {"E2_ENDPOINT", "E2_BUCKET", "E2_ACCESS_KEY",
 	                                   "E2_SECRET_KEY", "E2_REGION"};
-	const struct optdef *const tables[] = {check_opts, NULL};
+	const struct optdef *const tables[] = {check_opts, cli_global_opts, NULL};
 	struct cred_opts co = {0};
-	const struct opt_parser p = {tables, "h", check_opt, NULL, &co};
+	const struct opt_parser p = {tables, "h" CLI_GLOBAL_SHORTS, check_opt, NULL, &co};
 	const char *path, *keyfile;
 	struct cred_file cf;
 	struct s3_config cfg;
@@ -337,6 +344,8 @@ int cmd_credentials(int argc, char **argv)
 		help_main(stdout);
 		return 0;
 	}
+	if (!strcmp(argv[1], "--version"))
+		return cli_global_opt(CLI_OPT_VERSION, NULL, NULL) == 1 ? 0 : 1;
 	if (!strcmp(argv[1], "encrypt"))
 		return cmd_encrypt(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "check"))

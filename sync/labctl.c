@@ -3,6 +3,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "store/s3/s3.h"
+#include "sync/cli.h"
 #include "sync/cmd_credentials.h"
 #include "sync/commands.h"
 
@@ -71,6 +72,10 @@ static int images_main(int argc, char **argv)
 		images_help(stdout);
 		return 0;
 	}
+	if (!strcmp(argv[1], "--version")) {
+		printf("labctl %s\n", IMGSTORE_VERSION);
+		return 0;
+	}
 	for (const struct command *c = image_cmds; c->name; c++)
 		if (!strcmp(argv[1], c->name))
 			return c->fn(argc - 1, argv + 1);
@@ -79,11 +84,47 @@ static int images_main(int argc, char **argv)
 	return 2;
 }
 
+/* The global options before the command (labctl -v images sync ...): the
+ * number of arguments they take, 0 when argv[i] is none, -1 on error (printed). */
+static int global_opt(int argc, char **argv, int i)
+{
+	struct err e = {0};
+	const char *a = argv[i], *v = NULL;
+	int id, n = 1, g;
+	if (!strcmp(a, "-v") || !strcmp(a, "--verbose"))
+		id = 'v';
+	else if (!strcmp(a, "-q") || !strcmp(a, "--quiet"))
+		id = 'q';
+	else if (!strncmp(a, "--log-level=", 12))
+		id = CLI_OPT_LOG_LEVEL, v = a + 12;
+	else if (!strcmp(a, "--log-level")) {
+		id = CLI_OPT_LOG_LEVEL, n = 2;
+		if (i + 1 >= argc) {
+			fprintf(stderr, "labctl: option '--log-level' needs a value\n");
+			return -1;
+		}
+		v = argv[i + 1];
+	} else
+		return 0;
+	if ((g = cli_global_opt(id, v, &e)) < 0) {
+		fprintf(stderr, "labctl: %s\n", e.msg);
+		return -1;
+	}
+	return n;
+}
+
 int main(int argc, char **argv)
 {
 	struct err e = {0};
-	int rc;
+	int rc, n;
 	log_init("labctl", LOG_LVL_INFO);
+	while (argc > 1 && (n = global_opt(argc, argv, 1)) != 0) {
+		if (n < 0)
+			return 2;
+		/* drop them: the command sees its own name as argv[1] */
+		memmove(argv + 1, argv + 1 + n, (size_t)(argc - 1 - n + 1) * sizeof(*argv));
+		argc -= n;
+	}
 	/* a peer closing a connection (or `labctl ... | head`) is an error to
 	 * report, not a reason to die: libcurl runs with CURLOPT_NOSIGNAL */
 	signal(SIGPIPE, SIG_IGN);

@@ -165,7 +165,8 @@ int s3_config_copy(struct s3_config *dst, const struct s3_config *src, struct er
 	}
 	if (dup_field(&dst->endpoint, src->endpoint) || dup_field(&dst->bucket, src->bucket) ||
 	    dup_field(&dst->access_key, src->access_key) || dup_field(&dst->region, src->region) ||
-	    dup_field(&dst->ca_bundle, src->ca_bundle))
+	    dup_field(&dst->ca_bundle, src->ca_bundle) ||
+	    dup_field(&dst->session_token, src->session_token))
 		goto oom;
 	return 0;
 oom:
@@ -189,6 +190,7 @@ void s3_config_free(struct s3_config *cfg)
 	}
 	free_secret(&cfg->region);
 	free_secret(&cfg->ca_bundle);
+	free_secret(&cfg->session_token);
 }
 
 /* ------------------------------------------------------------ connection */
@@ -667,7 +669,7 @@ static int build_request(struct s3 *s, struct req *r, struct buf *url, struct cu
 {
 	struct buf uri = BUF_INIT, cq = BUF_INIT, uq = BUF_INIT, creq = BUF_INIT, sts = BUF_INIT,
 	           sh = BUF_INIT, auth = BUF_INIT;
-	struct sigv4_header h[3 + 4];
+	struct sigv4_header h[4 + 4];
 	char amz_date[17], sig[65];
 	size_t nh = 0, i;
 	int rc = -1;
@@ -682,6 +684,8 @@ static int build_request(struct s3 *s, struct req *r, struct buf *url, struct cu
 	h[nh++] = (struct sigv4_header){"x-amz-date", amz_date};
 	for (i = 0; i < r->nextra; i++)
 		h[nh++] = r->extra[i];
+	if (s->cfg.session_token && *s->cfg.session_token) /* signed, as STS requires */
+		h[nh++] = (struct sigv4_header){"x-amz-security-token", s->cfg.session_token};
 	if (sigv4_canonical_request(r->method, uri.data, cq.data, h, nh, r->payload_sha, &creq,
 	                            &sh) ||
 	    sigv4_string_to_sign(amz_date, s->cfg.region, "s3", creq.data, creq.len, &sts))

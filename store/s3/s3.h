@@ -19,6 +19,7 @@ struct s3_config {
 	char *secret_key;           /* secret: never logged; inside `shared` when that is set */
 	char *region;               /* default "us-east-1" */
 	char *ca_bundle;            /* extra CA file, or NULL */
+	char *session_token;        /* secret: STS/OIDC token, sent as X-Amz-Security-Token */
 	double retry_budget_s;      /* total time one call may spend retrying; default 30 */
 	int max_attempts;           /* per call; default 5 */
 	double connect_timeout_s;   /* default 10 */

@@ -196,6 +196,23 @@ static const char *env_nonempty(const char *name)
 	return v && *v ? v : NULL;
 }
 
+/* An E2_* variable, else its AWS twin(s) (CLI.md "Both programs"). */
+static const char *env_either(const char *e2, const char *aws, const char *aws2)
+{
+	const char *v = env_nonempty(e2);
+	if (!v && aws)
+		v = env_nonempty(aws);
+	if (!v && aws2)
+		v = env_nonempty(aws2);
+	return v;
+}
+
+#define ENV_ENDPOINT env_either("E2_ENDPOINT", "AWS_ENDPOINT_URL", NULL)
+#define ENV_BUCKET   env_nonempty("E2_BUCKET")
+#define ENV_ACCESS   env_either("E2_ACCESS_KEY", "AWS_ACCESS_KEY_ID", NULL)
+#define ENV_SECRET   env_either("E2_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", NULL)
+#define ENV_REGION   env_either("E2_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+
 static int set_field(char **dst, const char *a, const char *b, const char *c)
 {
 	const char *v = a ? a : b ? b : c;
@@ -224,12 +241,16 @@ int credentials_merge(const struct cred_opts *o, const struct cred_file *cf, str
 		cf = &none;
 	memset(out, 0, sizeof(*out));
 	if (set_field(&out->endpoint, o && o->endpoint && *o->endpoint ? o->endpoint : NULL,
-	              env_nonempty("E2_ENDPOINT"), cf->endpoint) ||
-	    set_field(&out->bucket, o && o->bucket && *o->bucket ? o->bucket : NULL,
-	              env_nonempty("E2_BUCKET"), cf->bucket) ||
-	    set_field(&out->access_key, env_nonempty("E2_ACCESS_KEY"), cf->access_key, NULL) ||
-	    set_field(&out->secret_key, env_nonempty("E2_SECRET_KEY"), cf->secret_key, NULL) ||
-	    set_field(&out->region, env_nonempty("E2_REGION"), cf->region, "us-east-1") ||
+	              ENV_ENDPOINT, cf->endpoint) ||
+	    set_field(&out->bucket, o && o->bucket && *o->bucket ? o->bucket : NULL, ENV_BUCKET,
+	              cf->bucket) ||
+	    set_field(&out->access_key, ENV_ACCESS, cf->access_key, NULL) ||
+	    set_field(&out->secret_key, ENV_SECRET, cf->secret_key, NULL) ||
+	    set_field(&out->region, ENV_REGION, cf->region, "us-east-1") ||
+	    /* a session token goes with the environment's keys, not the file's */
+	    set_field(&out->session_token,
+	              !env_nonempty("E2_ACCESS_KEY") ? env_nonempty("AWS_SESSION_TOKEN") : NULL,
+	              NULL, NULL) ||
 	    set_field(&out->ca_bundle, o && o->ca_bundle && *o->ca_bundle ? o->ca_bundle : NULL,
 	              NULL, NULL)) {
 		err_set(e, ERR_IO, "out of memory");
@@ -279,9 +300,9 @@ int credentials_resolve(const struct cred_opts *o, struct s3_config *out, struct
 	const char *path =
 	        o && o->credentials_path && *o->credentials_path ? o->credentials_path : NULL;
 	int have_file = 0, rc;
-	int complete = (o && o->endpoint && *o->endpoint ? 1 : !!env_nonempty("E2_ENDPOINT")) &&
-	               (o && o->bucket && *o->bucket ? 1 : !!env_nonempty("E2_BUCKET")) &&
-	               env_nonempty("E2_ACCESS_KEY") && env_nonempty("E2_SECRET_KEY");
+	int complete = (o && o->endpoint && *o->endpoint ? 1 : !!ENV_ENDPOINT) &&
+	               (o && o->bucket && *o->bucket ? 1 : !!ENV_BUCKET) && ENV_ACCESS &&
+	               ENV_SECRET;
 	memset(out, 0, sizeof(*out));
 	if (path && !complete) {
 		if (credentials_load_file(path, o->age_key_file, &cf, e))

@@ -301,12 +301,12 @@ def test_help_and_version():
     ["--cache-size", "lots"], ["--cache-size", "-5G"], ["--cache-size", "10X"],
     ["--cache-size", ""], ["--timeout", "soon"], ["--timeout", "-1"], ["--timeout", "1.5"],
     ["--timeout", "0"], ["--refresh", "often"], ["--refresh", "10s"], ["--bogus"], [],
-    ["a", "b"],
+    ["a", "b", "c"],  # two are the fstab form: SOURCE MOUNTPOINT
 ])
 def test_usage_errors_exit_2(bucket, tmp_path, args):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    p = run([binary("imgfs"), *args] + ([str(mnt)] if args and args != ["a", "b"] else []),
+    p = run([binary("imgfs"), *args] + ([str(mnt)] if args and args != ["a", "b", "c"] else []),
             env=bucket.env, check=2)
     assert "imgfs" in p.stderr and p.stderr.strip()
     assert not os.path.ismount(mnt)
