@@ -870,7 +870,7 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 				err_set(e, ERR_IO, "%s: part %d missing", p->key, i + 1);
 				goto out;
 			}
-		if (s3_mpu_complete(p->s3, p->key, p->upload_id, p->parts, nparts, NULL, e)) {
+		if (s3_mpu_complete(p->s3, p->key, p->upload_id, p->parts, nparts, etag, e)) {
 			err_prefix(e, "completing the upload of %s", p->key);
 			goto out;
 		}

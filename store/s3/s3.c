@@ -1398,7 +1398,7 @@ int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
 	                .nparams = 1,
 	                .out = &resp,
 	                .server_work = 1};
-	char w[WHAT_MAX], etag[S3_ETAG_MAX], code[96] = "", msg[400] = "";
+	char w[WHAT_MAX], etag[S3_ETAG_MAX] = "", code[96] = "", msg[400] = "";
 	int is_error = 0, rc = -1;
 	struct s3_object obj;
 	snprintf(w, sizeof(w), "CompleteMultipartUpload %s (%zu parts)", key, nparts);
@@ -1425,9 +1425,14 @@ int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
 			err_prefix(e, "%s", w);
 		goto out;
 	}
-	/* Not the answer's ETag: radosgw 16.2 sends <ETag></ETag>, a retry after a
-	 * lost answer gets none, and what readers compare against is HEAD's. */
-	if (etag_out) {
+	/* The answer's ETag is this upload's own: a HEAD may already see another
+	 * upload that replaced it, and a caller that checks for such a race
+	 * needs ours.  Only when the answer has none (radosgw 16.2 sends
+	 * <ETag></ETag>; a retry after a lost answer gets no body) is it read
+	 * back with HEAD. */
+	if (etag_out && etag[0] && !is_error) {
+		copy_etag(etag_out, etag);
+	} else if (etag_out) {
 		if (s3_head(s, key, &obj, e)) {
 			err_prefix(e, "%s: reading the ETag back", w);
 			goto out;

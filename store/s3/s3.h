@@ -97,8 +97,9 @@ int s3_mpu_create(struct s3 *s, const char *key, const char *content_type, char 
                   struct err *e);
 int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
                     const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e);
-/* etag_out (may be NULL: then no extra request) is the object's ETag read back
- * with HEAD, never the Complete answer's, which may be empty (radosgw). */
+/* etag_out (may be NULL) is the ETag the Complete answer gave this upload;
+ * only when the answer has none (radosgw 16.2's <ETag></ETag>, a retried
+ * request) is it read back with HEAD. */
 int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
                     const struct s3_part *parts, size_t nparts, char etag_out[S3_ETAG_MAX],
                     struct err *e);

@@ -181,19 +181,22 @@ def test_ready_only_once_the_mount_serves_the_first_listing(bucket, tmp_path, da
 
 def test_status_says_when_the_bucket_is_unreachable_and_cached_data_is_served(
         bucket, tmp_path, daemon, notify):
+    from faultproxy import FaultProxy
     data = upload(bucket, tmp_path, "img.raw", 2 * MiB)
     mnt, cache = tmp_path / "mnt", tmp_path / "cache"
-    first = daemon.start(bucket.env, mnt, cache)
+    # through a proxy that can go away: the saved listing belongs to the
+    # endpoint and bucket, so the second start must name the same endpoint
+    proxy = FaultProxy(bucket.server.port).start()
+    env = dict(bucket.env, E2_ENDPOINT=proxy.endpoint)
+    first = daemon.start(env, mnt, cache)
     daemon.wait_mounted(first)
     assert (mnt / "img.raw").read_bytes() == data  # now cached
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=30) == 0, daemon.log(first)
 
     # the same cache, a bucket that does not answer: mounted from the cached listing
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
-    env = dict(bucket.env, E2_ENDPOINT=f"http://127.0.0.1:{dead}", IMGSTORE_RETRY_BUDGET="1")
+    proxy.stop()
+    env["IMGSTORE_RETRY_BUDGET"] = "1"
     proc = daemon.start(env, mnt, cache, notify, extra=["--timeout", "2"])
     msg = notify.wait_for("READY=1", proc)
     assert "STATUS=bucket unreachable, serving cached data (1 image)" in msg, notify.received

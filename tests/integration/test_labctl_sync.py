@@ -207,7 +207,8 @@ def test_dry_run_changes_nothing(lab):
     assert lab.bucket.pending_uploads() == []
     assert lab.https.requests[before:] == []
     assert pin.read_text() == "url=https://old.example/x.raw\n"
-    assert not lab.gh_output.exists()
+    # a workflow learns what would change (CLI: files_changed with --dry-run too)
+    assert lab.gh_output.read_text() == "files_changed=true\n"
     # after a real sync, the dry run says skip
     lab.run("sync")
     p = lab.run("sync", "--dry-run")

@@ -788,8 +788,12 @@ def test_systemd_unit_verifies(tmp_path):
     (systemd.exec(5)), and the mount is what the unit is for."""
     d = tmp_path / "units"
     d.mkdir()
-    (d / "imgfs@.service").write_text(
-        UNIT.read_text().replace("/usr/local/bin/imgfs", binary("imgfs")))
+    # the unit is a meson template: fill in its paths as meson install does
+    # (test_install.py checks the installed unit with its man page; this
+    # copy has none, so its Documentation= line would send verify to man)
+    text = UNIT.read_text().replace("@BINDIR@/imgfs", str(binary("imgfs")))
+    text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("Documentation="))
+    (d / "imgfs@.service").write_text(text.replace("@SYSCONFDIR@", str(tmp_path / "etc")))
     p = run(["systemd-analyze", "verify", d / "imgfs@srv-images.service"], check=0)
     assert p.stdout == "" and p.stderr == "", p.stdout + p.stderr
     s = unit_settings()
