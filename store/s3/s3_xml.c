@@ -3,9 +3,11 @@
 
 #include "common/timefmt.h"
 
+#include <errno.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,9 +129,14 @@ static int parse_object(xmlNodePtr c, struct s3_object *o)
 		return -1;
 	child_copy(c, "ETag", o->etag, sizeof(o->etag));
 	if (!child_copy(c, "Size", num, sizeof(num))) {
+		/* strtoull alone takes "-1" as 2^64-1 and a 33-digit value cut to
+		 * 31 by the copy as a number: only plain digits that fit count. */
 		char *end;
+		if (num[0] < '0' || num[0] > '9' || strlen(num) >= sizeof(num) - 1)
+			return -1;
+		errno = 0;
 		o->size = strtoull(num, &end, 10);
-		if (end == num || *end)
+		if (*end || errno == ERANGE || o->size > INT64_MAX)
 			return -1;
 	}
 	if (!child_copy(c, "LastModified", date, sizeof(date)))

@@ -3,6 +3,7 @@
 #include "check.h"
 #include "store/s3/s3_xml.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -185,8 +186,42 @@ static void test_dialects(void)
 	s3_xml_list_free(&acc);
 }
 
+/* a listing is bucket input: a Size that is not a plain decimal that fits
+ * is a malformed entry, never a huge number */
+static void test_bad_sizes(void)
+{
+	static const char *const bad[] = {"-1",
+	                                  " 5",
+	                                  "+5",
+	                                  "18446744073709551616",
+	                                  "9223372036854775808",
+	                                  "1e9",
+	                                  "",
+	                                  "123456789012345678901234567890123"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char xml[512];
+		struct s3_xml_list acc = {0};
+		struct err e = {0};
+		snprintf(xml, sizeof(xml),
+		         "<ListBucketResult " NS "><IsTruncated>false</IsTruncated>"
+		         "<Contents><Key>k</Key><Size>%s</Size></Contents></ListBucketResult>",
+		         bad[i]);
+		CHECK(s3_xml_parse_list(xml, strlen(xml), &acc, &e) == -1);
+		s3_xml_list_free(&acc);
+	}
+	const char *ok = "<ListBucketResult " NS "><IsTruncated>false</IsTruncated>"
+	                 "<Contents><Key>k</Key><Size>9223372036854775807</Size></Contents>"
+	                 "</ListBucketResult>";
+	struct s3_xml_list acc = {0};
+	struct err e = {0};
+	CHECK(s3_xml_parse_list(ok, strlen(ok), &acc, &e) == 0);
+	CHECK(acc.nobjs == 1 && acc.objs[0].size == 9223372036854775807ULL);
+	s3_xml_list_free(&acc);
+}
+
 int main(void)
 {
+	test_bad_sizes();
 	test_error();
 	test_list();
 	test_uploads();
