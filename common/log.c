@@ -75,6 +75,12 @@ void log_vmsg(enum log_level level, const char *fmt, va_list ap)
 	if (level > log_level)
 		return;
 	vsnprintf(line, sizeof(line), fmt, ap);
+	/* Lines carry bucket keys and server messages, which anyone who can write
+	 * the bucket chooses: a newline or escape in one must not start a forged
+	 * line (with its own "<3>" priority) or drive the terminal. */
+	for (char *p = line; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
 	if (log_syslog) {
 		syslog(log_prio[level], "%s", line);
 		return;

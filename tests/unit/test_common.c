@@ -3,10 +3,12 @@
 #include "common/file.h"
 #include "common/hash.h"
 #include "common/hex.h"
+#include "common/log.h"
 #include "common/size.h"
 #include "common/timefmt.h"
 #include "tests/unit/check.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -112,8 +114,34 @@ static void test_file(void)
 	rmdir(dir);
 }
 
+/* a key from the bucket with a newline must not forge a second log line */
+static void test_log_controls(void)
+{
+	char out[256] = "";
+	FILE *tmp = tmpfile();
+	int saved = dup(2);
+	CHECK(tmp && saved >= 0);
+	if (!tmp || saved < 0)
+		return;
+	unsetenv("JOURNAL_STREAM");
+	unsetenv("IMGSTORE_LOG");
+	log_init("t", LOG_LVL_INFO);
+	fflush(stderr);
+	dup2(fileno(tmp), 2);
+	log_info("%s: gone", "a\n<3>t: error: forged\x1b[2J\x7f");
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	rewind(tmp);
+	size_t n = fread(out, 1, sizeof(out) - 1, tmp);
+	out[n] = '\0';
+	CHECK_STR(out, "t: a?<3>t: error: forged?[2J?: gone\n");
+	fclose(tmp);
+}
+
 int main(void)
 {
+	test_log_controls();
 	test_file();
 	test_size();
 	test_hash();
