@@ -8,6 +8,7 @@
 
 #include "common/buf.h"
 #include "common/err.h"
+#include "common/file.h"
 #include "common/hex.h"
 #include "store/secrets/age.h"
 #include "store/secrets/credentials.h"
@@ -15,6 +16,7 @@
 
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,31 +27,17 @@ static char tmpdir[256];
 static int have_gpg, have_age_cli;
 static json_t *expected;
 
+/* the product's own file helpers; a test failure shows as a CHECK */
 static int read_file(const char *path, struct buf *b)
 {
-	FILE *f = fopen(path, "rb");
-	char chunk[4096];
-	size_t n;
-	if (!f)
-		return -1;
-	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-		buf_append(b, chunk, n);
-	fclose(f);
-	if (!b->data)
-		buf_reserve(b, 0);
-	return 0;
+	struct err e = {0};
+	return file_read_all(path, SIZE_MAX, b, &e);
 }
 
 static int write_file(const char *path, const void *data, size_t n)
 {
-	FILE *f = fopen(path, "wb");
-	if (!f)
-		return -1;
-	if (n && fwrite(data, 1, n, f) != n) {
-		fclose(f);
-		return -1;
-	}
-	return fclose(f);
+	struct err e = {0};
+	return file_write_atomic(path, data, n, 0600, &e);
 }
 
 static void vec_path(char *out, size_t cap, const char *rel)
