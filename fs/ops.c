@@ -226,6 +226,13 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_DIO;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* NFS export (knfsd, NFS-Ganesha): a file handle names the inode number,
+	 * and once the kernel has forgotten that inode it asks us for "." of
+	 * it (and ".." of a directory) instead of failing with ESTALE.  Inode
+	 * numbers are hashes of the path, so handles hold across refreshes and
+	 * restarts. */
+	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
+		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	conn->max_readahead = conn->capable ? UINT32_MAX : conn->max_readahead;
 	conn->max_read = IMGFS_MAX_READ; /* must equal -o max_read */
 	conn->max_background = 16;
@@ -252,8 +259,12 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	p = tree_by_ino(fs, parent);
 	if (!p || !p->live)
 		err = ENOENT;
+	else if (!strcmp(name, "."))
+		fill_entry(fs, p, &e); /* any kind: an NFS file handle of a forgotten inode */
 	else if (p->kind != N_DIR)
 		err = ENOTDIR;
+	else if (!strcmp(name, ".."))
+		fill_entry(fs, p->parent ? p->parent : p, &e); /* reconnecting a directory handle */
 	else if (!(n = tree_child(p, name)))
 		err = ENOENT;
 	else
