@@ -13,7 +13,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -264,3 +266,138 @@ def test_nfs_export_through_ganesha(bucket, tmp_path, imgfs):
     finally:
         g.stop()
     assert "NFS4ERR_STALE" not in g.logtext()
+
+
+# ------------------------------------------------------------------ Samba
+
+SMBD = shutil.which("smbd")
+SMBCLIENT = shutil.which("smbclient")
+
+
+class Samba:
+    """smbd in the foreground with everything under d: a share of the mount,
+    read only, for guests, on 127.0.0.1:port only."""
+
+    def __init__(self, d, share_path):
+        self.dir = d
+        self.port = free_port_block(1)
+        for sub in ("private", "lock", "state", "cache", "pid", "ncalrpc"):
+            (d / sub).mkdir(parents=True)
+        self.conf = d / "smb.conf"
+        self.conf.write_text(f"""[global]
+	server role = standalone server
+	bind interfaces only = yes
+	interfaces = lo
+	smb ports = {self.port}
+	disable netbios = yes
+	private dir = {d}/private
+	lock directory = {d}/lock
+	state directory = {d}/state
+	cache directory = {d}/cache
+	pid directory = {d}/pid
+	ncalrpc dir = {d}/ncalrpc
+	log file = {d}/log.%m
+	passdb backend = tdbsam:{d}/private/passdb.tdb
+	map to guest = Bad User
+	load printers = no
+	printcap name = /dev/null
+	disable spoolss = yes
+[images]
+	path = {share_path}
+	read only = yes
+	guest ok = yes
+""")
+        self.client_conf = d / "client.conf"  # not the host's /etc/samba/smb.conf
+        self.client_conf.write_text("[global]\n")
+        self.out = d / "smbd.out"
+        self.proc = None
+
+    def start(self, timeout=30):
+        self.proc = subprocess.Popen(
+            [SMBD, "--foreground", "--no-process-group", f"--configfile={self.conf}",
+             "--debug-stdout", "-d", "1"], stdin=subprocess.DEVNULL,
+            stdout=open(self.out, "wb"), stderr=subprocess.STDOUT,
+            # smbd signals its whole process group when it exits: not ours
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"smbd exited {self.proc.returncode}:\n"
+                                     + self.out.read_text(errors="replace"))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError("smbd did not listen:\n" + self.out.read_text(errors="replace"))
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self, command):
+        return subprocess.run([SMBCLIENT, "//127.0.0.1/images", "-p", str(self.port), "-N",
+                               "-s", str(self.client_conf), "-c", command],
+                              capture_output=True, timeout=60)
+
+    def get(self, path):
+        p = self.client(f'get "{path}" -')
+        assert p.returncode == 0, (path, p.returncode, p.stderr.decode(errors="replace"))
+        return p.stdout
+
+
+@pytest.fixture
+def open_dir():
+    """A directory every user may traverse: Samba enters the share as the
+    guest account (nobody), and pytest's tmp_path is under a 0700 directory."""
+    d = tempfile.mkdtemp(prefix="imgstore-smb-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@ROOT_ONLY
+@pytest.mark.skipif(not (SMBD and SMBCLIENT),
+                    reason="needs samba and smbclient (deploy/setup.sh installs them)")
+def test_smb_share_through_samba(bucket, tmp_path, open_dir, imgfs):
+    data = images(bucket)
+    m = imgfs(["--refresh", "0", "-o", "allow_other"], name=open_dir / "mnt")
+    s = Samba(tmp_path / "samba", m.path).start()
+    try:
+        for dest, want in data.items():
+            assert s.get(dest) == want, dest
+        ls = s.client("ls lab/*")
+        assert ls.returncode == 0, ls.stderr
+        names = ls.stdout.decode().split()
+        assert "b.raw" in names and "nested" in names
+        # the share is read only, whatever the client tries
+        src = tmp_path / "upload"
+        src.write_bytes(b"x")
+        put = s.client(f"put {src} new.raw")
+        assert b"NT_STATUS_ACCESS_DENIED" in put.stdout + put.stderr, put
+        assert not (m.path / "new.raw").exists()
+    finally:
+        s.stop()
+
+
+@ROOT_ONLY
+@pytest.mark.skipif(not (SMBD and SMBCLIENT),
+                    reason="needs samba and smbclient (deploy/setup.sh installs them)")
+def test_smb_guest_needs_allow_other(bucket, tmp_path, open_dir, imgfs):
+    """Samba serves a guest as `nobody`: without -o allow_other only the user
+    who ran imgfs may enter the mount, and the share is denied."""
+    images(bucket)
+    m = imgfs(["--refresh", "0"], name=open_dir / "mnt")  # an absolute name wins over tmp_path
+    s = Samba(tmp_path / "samba", m.path).start()
+    try:
+        p = s.client('get "c.iso" -')
+        assert p.returncode == 1
+        assert p.stdout == b"NT_STATUS_ACCESS_DENIED opening remote file \\c.iso\n", p
+    finally:
+        s.stop()
