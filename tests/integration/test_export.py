@@ -118,6 +118,34 @@ def test_file_handles_survive_forgotten_inodes(bucket, tmp_path, imgfs):
 
 
 @ROOT_ONLY
+def test_file_handles_survive_a_restart_of_imgfs(bucket, tmp_path, imgfs):
+    """A handle is the inode number (a hash of the path) and a generation, so
+    the handles an NFS server gave out before imgfs restarted (same mount
+    point, same bucket; with a fixed fsid the server maps them to the new
+    mount) open the same files afterwards, even with a fresh cache."""
+    data = images(bucket)
+    m = imgfs(["--refresh", "0"])
+    paths = ["lab/nested/a.raw", "lab/b.raw", "lab/nested"]
+    handles = {p: name_to_handle(m.path / p) for p in paths}
+    m.stop()
+    m2 = imgfs(["--refresh", "0"], cache=tmp_path / "cache2", name="mnt")
+    drop_caches()
+    mount_fd = os.open(m2.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for p in ["lab/nested/a.raw", "lab/b.raw"]:
+            fd = open_by_handle(mount_fd, handles[p], os.O_RDONLY)
+            with os.fdopen(fd, "rb") as f:
+                assert f.read() == data[p], p
+        fd = open_by_handle(mount_fd, handles["lab/nested"], os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert os.listdir(fd) == ["a.raw"]
+        finally:
+            os.close(fd)
+    finally:
+        os.close(mount_fd)
+
+
+@ROOT_ONLY
 def test_a_removed_image_handle_is_stale(bucket, tmp_path, imgfs):
     data = images(bucket)
     m = imgfs(["--refresh", "0"])
