@@ -54,3 +54,53 @@ def test_log_says_when_the_bucket_answers_again(bucket, tmp_path, imgfs):
         assert (m.path / "a.raw").read_bytes() == data
     finally:
         proxy.close()
+
+
+def test_log_says_when_reads_reach_the_bucket_again(bucket, tmp_path, imgfs):
+    """Without refreshes (--refresh 0) only reads notice the bucket: after an
+    uncached read failed for want of the bucket, the first one that gets
+    through says so, once."""
+    data = pattern(3 * MiB, seed=62)
+    put_raw(bucket, "b.raw", data)
+    proxy = Proxy(int(bucket.server.endpoint.rsplit(":", 1)[1]))
+    env = bucket.env
+    env["E2_ENDPOINT"] = proxy.endpoint
+    path = None
+    try:
+        m = imgfs(["--refresh", "0", "--timeout", "2"], env=env)
+        path = m.path / "b.raw"
+        proxy.set_mode("reset")
+        with pytest.raises(OSError):
+            path.read_bytes()
+        wait_for(lambda: "uncached reads fail until the bucket answers" in m.logtext(),
+                 what="the warning")
+        proxy.set_mode("up")
+        got = []
+
+        def read_ok():
+            try:
+                got.append(direct_read(path))
+                return True
+            except OSError:
+                return False
+        wait_for(read_ok, timeout=30, what="a read through")
+        assert got[-1] == data
+        line = "imgfs: reading images/b.raw: the bucket answers again"
+        wait_for(lambda: line in m.logtext(), timeout=10, what="the answers-again line")
+        assert m.logtext().count("answers again") == 1
+    finally:
+        proxy.close()
+
+
+def direct_read(path):
+    """The whole file, past the kernel's page cache."""
+    import mmap
+    import os
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        size = os.fstat(fd).st_size
+        buf = mmap.mmap(-1, (size + 4095) // 4096 * 4096)
+        n = os.preadv(fd, [buf], 0)
+        return bytes(buf[:n])
+    finally:
+        os.close(fd)
