@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port_block, run
+from conftest import free_port_block
 from test_imgfs import MiB, imgfs, pattern, put_raw, sparse, wait_for  # noqa: F401 (fixture)
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0,

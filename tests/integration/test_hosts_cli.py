@@ -1,5 +1,7 @@
 """Remainders of issue 14: labctl's help names --endpoint/--bucket where they
 take effect, and imgfs says so in its log when the bucket answers again."""
+import mmap
+import os
 import re
 
 import pytest
@@ -94,8 +96,6 @@ def test_log_says_when_reads_reach_the_bucket_again(bucket, tmp_path, imgfs):
 
 def direct_read(path):
     """The whole file, past the kernel's page cache."""
-    import mmap
-    import os
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     try:
         size = os.fstat(fd).st_size
