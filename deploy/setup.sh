@@ -39,6 +39,8 @@ PACKAGES=(
 	yamllint
 	# install checks: systemd-analyze, man pages, bash completion, the Debian package
 	systemd man-db groff-base bash-completion dpkg-dev debhelper fakeroot lintian
+	# exporting the mount: NFS-Ganesha (FSAL VFS) read through libnfs, Samba read by smbclient
+	nfs-ganesha nfs-ganesha-vfs libnfs-utils samba smbclient
 )
 # Node and npm from Debian, unless the machine already has them (e.g. from
 # NodeSource, whose nodejs package conflicts with Debian's npm)

@@ -78,7 +78,8 @@ static const char usage_text[] =
         "                          configuration\n"
         "  --help, --version\n"
         "\n"
-        "Inside the mount: /.imgstore/stats (JSON counters), /.imgstore/by-sha256/<hex>,\n"
+        "Inside the mount: /.imgstore/stats (JSON counters), /.imgstore/metrics (the same,\n"
+        "Prometheus text format), /.imgstore/by-sha256/<hex>,\n"
         "extended attributes user.imgstore.{checksum,source_url,uploaded_at,cached_bytes}.\n"
         "Unmount with: fusermount3 -u MOUNTPOINT\n";
 

@@ -24,6 +24,7 @@
 #define IMGFS_CTL_DIR    ".imgstore"
 #define IMGFS_BYSHA_DIR  "by-sha256"
 #define IMGFS_STATS_FILE "stats"
+#define IMGFS_METRICS    "metrics"
 #define IMGFS_XATTR_PFX  "user.imgstore."
 #define IMGFS_TTL        86400.0 /* entry/attr timeout: changes are pushed with notify_inval */
 #define IMGFS_FILE_BLKSZ (1024 * 1024)
@@ -80,7 +81,7 @@ struct version {
 	struct reader_image *img;
 };
 
-enum nkind { N_DIR, N_FILE, N_STATS };
+enum nkind { N_DIR, N_FILE, N_STATS }; /* N_STATS: stats or metrics, made at open */
 
 struct node {
 	fuse_ino_t ino;
@@ -125,7 +126,7 @@ struct imgfs {
 	pthread_rwlock_t lock; /* the tree */
 	struct node **by_ino, **by_path;
 	size_t cap, nnodes;
-	struct node *root, *ctl, *stats, *bysha;
+	struct node *root, *ctl, *stats, *metrics, *bysha;
 	unsigned gen;
 	uint64_t next_ver_id;
 	_Atomic uint64_t total_bytes;
@@ -157,7 +158,11 @@ void version_unref(struct version *v);
 extern const struct fuse_lowlevel_ops imgfs_ops;
 /* After the session: free the handles whose RELEASE never came. */
 void imgfs_release_handles(struct imgfs *fs);
+/* The stats as a JSON object (NULL when out of memory). */
+struct json_t *imgfs_stats_object(struct imgfs *fs);
 /* The stats JSON (malloc'd, with a trailing newline). */
 char *imgfs_stats_json(struct imgfs *fs, size_t *len);
+/* The stats in the Prometheus text format (malloc'd), fs/metrics.c. */
+char *imgfs_metrics_text(struct imgfs *fs, size_t *len);
 
 #endif

@@ -82,14 +82,16 @@ struct dh {
 
 /* ---- stats ---- */
 
-char *imgfs_stats_json(struct imgfs *fs, size_t *len)
+json_t *imgfs_stats_object(struct imgfs *fs)
 {
 	struct reader_stats rs;
 	struct cache_stats cs = {0};
 	json_t *o = json_object();
-	char when[32] = "", *text, *out = NULL;
+	char when[32] = "";
 	time_t last = atomic_load(&fs->last_refresh);
 
+	if (!o)
+		return NULL;
 	reader_get_stats(fs->reader, &rs);
 	if (fs->cache)
 		cache_get_stats(fs->cache, &cs);
@@ -126,6 +128,16 @@ char *imgfs_stats_json(struct imgfs *fs, size_t *len)
 	json_object_set_new(o, "last_refresh", last ? json_string(when) : json_null());
 	json_object_set_new(o, "bucket_reachable",
 	                    json_boolean(atomic_load(&fs->bucket_ok) && !rs.bucket_down));
+	return o;
+}
+
+char *imgfs_stats_json(struct imgfs *fs, size_t *len)
+{
+	json_t *o = imgfs_stats_object(fs);
+	char *text, *out = NULL;
+
+	if (!o)
+		return NULL;
 	text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(o);
 	if (text) {
@@ -139,6 +151,12 @@ char *imgfs_stats_json(struct imgfs *fs, size_t *len)
 		free(text);
 	}
 	return out;
+}
+
+/* The content of a stats or metrics node, made afresh (malloc'd). */
+static char *snapshot(struct imgfs *fs, const struct node *n, size_t *len)
+{
+	return n == fs->metrics ? imgfs_metrics_text(fs, len) : imgfs_stats_json(fs, len);
 }
 
 /* ---- attributes ---- */
@@ -166,7 +184,7 @@ static void fill_attr(struct imgfs *fs, const struct node *n, struct stat *st)
 		break;
 	case N_STATS: {
 		size_t len = 0;
-		char *s = imgfs_stats_json(fs, &len);
+		char *s = snapshot(fs, n, &len);
 		free(s);
 		st->st_mode = S_IFREG | 0444;
 		st->st_nlink = 1;
@@ -208,6 +226,13 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_DIO;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* NFS export (knfsd, NFS-Ganesha): a file handle names the inode number,
+	 * and once the kernel has forgotten that inode it asks us for "." of
+	 * it (and ".." of a directory) instead of failing with ESTALE.  Inode
+	 * numbers are hashes of the path, so handles hold across refreshes and
+	 * restarts. */
+	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
+		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	conn->max_readahead = conn->capable ? UINT32_MAX : conn->max_readahead;
 	conn->max_read = IMGFS_MAX_READ; /* must equal -o max_read */
 	conn->max_background = 16;
@@ -234,8 +259,12 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	p = tree_by_ino(fs, parent);
 	if (!p || !p->live)
 		err = ENOENT;
+	else if (!strcmp(name, "."))
+		fill_entry(fs, p, &e); /* any kind: an NFS file handle of a forgotten inode */
 	else if (p->kind != N_DIR)
 		err = ENOTDIR;
+	else if (!strcmp(name, ".."))
+		fill_entry(fs, p->parent ? p->parent : p, &e); /* reconnecting a directory handle */
 	else if (!(n = tree_child(p, name)))
 		err = ENOENT;
 	else
@@ -369,7 +398,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		goto fail;
 
 	if (h->kind == N_STATS) {
-		if (!(h->data = imgfs_stats_json(fs, &h->len))) {
+		if (!(h->data = snapshot(fs, n, &h->len))) {
 			err = ENOMEM;
 			goto fail;
 		}
@@ -622,10 +651,11 @@ static void do_readdir(fuse_req_t req, size_t size, off_t off, struct fuse_file_
 			if (!dot) {
 				e.ino = de->st.st_ino;
 				e.generation = 1;
-				e.attr_timeout =
-				        S_ISREG(de->st.st_mode) && de->st.st_ino == fs->stats->ino
-				                ? 0.0
-				                : IMGFS_TTL;
+				e.attr_timeout = S_ISREG(de->st.st_mode) &&
+				                                 (de->st.st_ino == fs->stats->ino ||
+				                                  de->st.st_ino == fs->metrics->ino)
+				                         ? 0.0
+				                         : IMGFS_TTL;
 				e.entry_timeout = IMGFS_TTL;
 			}
 			need = fuse_add_direntry_plus(req, buf + pos, size - pos, de->name, &e,

@@ -968,6 +968,7 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 			n->nkids = 0;
 	if (!ensure(fs, "", N_DIR, 0) || !(fs->ctl = ensure(fs, IMGFS_CTL_DIR, N_DIR, 1)) ||
 	    !(fs->stats = ensure(fs, IMGFS_CTL_DIR "/" IMGFS_STATS_FILE, N_STATS, 1)) ||
+	    !(fs->metrics = ensure(fs, IMGFS_CTL_DIR "/" IMGFS_METRICS, N_STATS, 1)) ||
 	    !(fs->bysha = ensure(fs, IMGFS_CTL_DIR "/" IMGFS_BYSHA_DIR, N_DIR, 1)))
 		goto oom;
 	fs->root = tree_by_ino(fs, FUSE_ROOT_ID);
@@ -1027,7 +1028,7 @@ int tree_apply(struct imgfs *fs, const struct state *st, const struct state *pre
 				n->mtime = n == fs->root ? n->mtime : dir_times(n);
 	if (!fs->root->mtime)
 		fs->root->mtime = fs->start_time;
-	fs->ctl->mtime = fs->bysha->mtime = fs->stats->mtime = fs->start_time;
+	fs->ctl->mtime = fs->bysha->mtime = fs->stats->mtime = fs->metrics->mtime = fs->start_time;
 	fs->total_bytes = total;
 	fs->nimages = nimages;
 	fs->nunverified = nunv;

@@ -651,7 +651,9 @@ static void fetch_run(struct reader_image *img, struct s3 *s, size_t first, size
 	          first + count - 1, (unsigned long long)total, (time_mono() - t0) * 1000,
 	          rc ? " failed" : "");
 	if (rc == 0 && c.cur == count) {
-		atomic_store(&r->net_down, 0);
+		/* the counterpart of note_net_error's warning, once per outage */
+		if (atomic_exchange(&r->net_down, 0))
+			log_info("reading %s: the bucket answers again", img->key);
 		return;
 	}
 	atomic_fetch_add(&r->fetch_errors, 1);

@@ -42,11 +42,9 @@ int cli_global_opt(int id, const char *value, struct err *e)
 	return -2;
 }
 
-void cli_help(const struct cmd_spec *spec, FILE *out)
+static void help_opts_print(const struct optdef *opts, FILE *out)
 {
-	fprintf(out, "Usage: labctl %s %s\n\n%s\n\nOptions:\n", spec->name, spec->usage,
-	        spec->summary);
-	for (const struct optdef *o = spec->opts; o && o->name; o++) {
+	for (const struct optdef *o = opts; o && o->name; o++) {
 		char left[64];
 		if (o->has_arg)
 			snprintf(left, sizeof(left), "--%s %s", o->name, o->metavar);
@@ -54,6 +52,20 @@ void cli_help(const struct cmd_spec *spec, FILE *out)
 			snprintf(left, sizeof(left), "--%s", o->name);
 		fprintf(out, "  %-28s %s\n", left, o->help);
 	}
+}
+
+void cli_help(const struct cmd_spec *spec, FILE *out)
+{
+	int bucket = 0;
+	fprintf(out, "Usage: labctl %s %s\n\n%s\n\nOptions:\n", spec->name, spec->usage,
+	        spec->summary);
+	help_opts_print(spec->opts, out);
+	/* every command parses --endpoint/--bucket; only those that take
+	 * credentials reach the bucket and show them */
+	for (const struct optdef *o = spec->opts; o && o->name; o++)
+		bucket |= o->id == CRED_OPT_CREDENTIALS;
+	if (bucket)
+		help_opts_print(bucket_opts, out);
 	for (const struct optdef *o = cli_global_opts; o->name; o++)
 		fprintf(out, "  --%-26s %s\n", o->has_arg ? "log-level LEVEL" : o->name, o->help);
 	fprintf(out, "  %-28s %s\n", "-h, --help", help_opts[0].help);

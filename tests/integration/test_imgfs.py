@@ -537,7 +537,7 @@ def test_paths_file_dir_conflicts_and_odd_keys(bucket, tmp_path, imgfs):
     assert sorted(os.listdir(m.path)) == [".imgstore", "a", "sp ace", "x"]
     assert (m.path / "a").is_dir() and (m.path / "a/b.raw").read_bytes() == pattern(100, 2)
     assert (m.path / "sp ace/ü.raw").read_bytes() == pattern(100, 3)
-    assert sorted(os.listdir(m.path / ".imgstore")) == ["by-sha256", "stats"]
+    assert sorted(os.listdir(m.path / ".imgstore")) == ["by-sha256", "metrics", "stats"]
     # x turns from an image into a directory: a new inode, the old one gone
     x_ino = os.stat(m.path / "x").st_ino
     bucket.s3.delete_object(Bucket=bucket.name, Key="images/x")
