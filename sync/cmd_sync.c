@@ -144,13 +144,15 @@ static void plan_item(struct s3 *s3, struct item *it, int force)
 		snprintf(it->reason, sizeof(it->reason), "not in the bucket yet");
 	else if (!im.complete)
 		snprintf(it->reason, sizeof(it->reason), "%s", im.problem);
-	else if (!checksum_equal(im.rec.checksum, want))
-		snprintf(it->reason, sizeof(it->reason), "the record has %s, the manifest wants %s",
-		         im.rec.checksum, want);
+	else if (!record_has_checksum(&im.rec, want))
+		snprintf(it->reason, sizeof(it->reason),
+		         "the record has %s%s%s, the manifest wants %s", im.rec.checksum,
+		         im.rec.manifest_checksum[0] ? " and " : "", im.rec.manifest_checksum,
+		         want);
 	else {
 		it->action = ACT_SKIP;
 		it->ok = 1;
-		snprintf(it->reason, sizeof(it->reason), "up to date (%s)", im.rec.checksum);
+		snprintf(it->reason, sizeof(it->reason), "up to date (%s)", want);
 	}
 out:
 	bucket_image_clear(&im);
@@ -386,6 +388,9 @@ static void print_json(const char *manifest, const struct item *items, size_t n,
 			                    json_integer((json_int_t)it->res.stored_bytes));
 			json_object_set_new(o, "seconds", json_real(it->res.seconds));
 			json_object_set_new(o, "checksum", json_string(it->res.checksum));
+			if (it->res.manifest_checksum[0])
+				json_object_set_new(o, "manifestChecksum",
+				                    json_string(it->res.manifest_checksum));
 		}
 		json_array_append_new(arr, o);
 	}

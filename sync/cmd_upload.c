@@ -114,6 +114,7 @@ static int upload_file(const struct upload_args *a, const struct s3_config *cfg,
 	po.cfg = cfg;
 	po.destination = a->destination;
 	po.name = a->name ? a->name : base_name(a->destination);
+	po.origin = RECORD_ORIGIN_UPLOAD;
 	po.alg = alg;
 	po.expected = a->checksum;
 	po.size_hint = total;
@@ -154,8 +155,9 @@ static int upload_file(const struct upload_args *a, const struct s3_config *cfg,
 	progress_end(prog, "uploaded");
 	prog = NULL;
 	size_format(rec.size, size, sizeof(size));
-	printf("uploaded images/%s: %s (%llu bytes), %s\n", a->destination, size,
-	       (unsigned long long)rec.size, rec.checksum);
+	printf("uploaded images/%s: %s (%llu bytes), %s%s%s\n", a->destination, size,
+	       (unsigned long long)rec.size, rec.checksum, rec.manifest_checksum[0] ? ", " : "",
+	       rec.manifest_checksum);
 	rc = 0;
 out:
 	if (prog)

@@ -37,6 +37,7 @@ struct pipeline {
 	char *name;
 	char *source_url;
 	char *expected;
+	char origin[16];
 	enum hash_alg alg;
 	size_t base_part;
 	int nworkers;
@@ -44,7 +45,8 @@ struct pipeline {
 	struct s3 *s3; /* the producer's connection: create, complete, abort, PUT */
 	struct s3 **wconn;
 	char *upload_id;
-	struct hash *whole;          /* the object's checksum: the hash thread, in order */
+	struct hash *whole;          /* the object's SHA-256: the hash thread, in order */
+	struct hash *mwhole;         /* ... and in alg, when that is not SHA-256 (or NULL) */
 	unsigned char (*hashes)[32]; /* block map: the workers, each for its own part */
 	size_t hashes_cap;
 	uint64_t submitted; /* bytes handed to the hash thread */
@@ -141,8 +143,11 @@ static void *hash_main(void *arg)
 		if (!b)
 			break; /* stopping, queue drained */
 		double t0 = time_mono();
-		if (!failed)
+		if (!failed) {
 			hash_update(p->whole, b->data, b->len);
+			if (p->mwhole)
+				hash_update(p->mwhole, b->data, b->len);
+		}
 		pthread_mutex_lock(&p->mu);
 		p->t_hash += time_mono() - t0;
 		if (failed || p->failed) {
@@ -305,9 +310,12 @@ struct pipeline *pipeline_new(const struct pipeline_opts *o, struct err *e)
 	p->name = strdup(o->name ? o->name : o->destination);
 	p->source_url = o->source_url ? strdup(o->source_url) : NULL;
 	p->expected = o->expected ? strdup(o->expected) : NULL;
-	p->whole = hash_new(o->alg);
+	snprintf(p->origin, sizeof(p->origin), "%s", o->origin ? o->origin : RECORD_ORIGIN_UPLOAD);
+	p->whole = hash_new(HASH_SHA256);
+	p->mwhole = o->alg != HASH_SHA256 ? hash_new(o->alg) : NULL;
 	if (!p->key || !p->meta_key || !p->destination || !p->name ||
-	    (o->source_url && !p->source_url) || (o->expected && !p->expected) || !p->whole) {
+	    (o->source_url && !p->source_url) || (o->expected && !p->expected) || !p->whole ||
+	    (o->alg != HASH_SHA256 && !p->mwhole)) {
 		err_set(e, ERR_IO, "out of memory");
 		goto fail;
 	}
@@ -514,14 +522,15 @@ static int verify(struct pipeline *p, const struct record *r, struct err *e)
 {
 	enum hash_alg alg;
 	char hex[HASH_MAX_HEX];
-	const char *got = strchr(r->checksum, ':');
+	const char *sum = p->mwhole ? r->manifest_checksum : r->checksum;
+	const char *got = strchr(sum, ':');
 	if (!p->expected)
 		return 0;
 	if (hash_checksum_parse(p->expected, &alg, hex) || !got || strcmp(got + 1, hex))
 		return err_set(e, ERR_INTEGRITY,
 		               "checksum mismatch for %s: expected %s, got %s (nothing was "
 		               "stored; check the manifest's checksum)",
-		               p->key, p->expected, r->checksum);
+		               p->key, p->expected, sum);
 	return 0;
 }
 
@@ -533,7 +542,13 @@ static int make_record(struct pipeline *p, uint64_t size, struct record *r, stru
 		return err_set(e, ERR_IO, "%s: %llu bytes hashed, %llu written", p->key,
 		               (unsigned long long)size, (unsigned long long)p->bytes);
 	hash_final_hex(p->whole, hex);
-	snprintf(r->checksum, sizeof(r->checksum), "%s:%s", hash_alg_name(p->alg), hex);
+	snprintf(r->checksum, sizeof(r->checksum), "sha256:%s", hex);
+	if (p->mwhole) {
+		hash_final_hex(p->mwhole, hex);
+		snprintf(r->manifest_checksum, sizeof(r->manifest_checksum), "%s:%s",
+		         hash_alg_name(p->alg), hex);
+	}
+	snprintf(r->origin, sizeof(r->origin), "%s", p->origin);
 	r->size = size;
 	r->block_size = RECORD_DEFAULT_BLOCK_SIZE;
 	r->nblocks = nblocks(size);
@@ -714,14 +729,14 @@ out:
 	return rc;
 }
 
-/* Before the object is replaced by bytes with another checksum (new_sum):
+/* Before the object is replaced by bytes with another checksum (nr's):
  * keep its previous bytes and record as a version (DESIGN.md, docs/design.md)
  * with a server-side copy, so that what an overlay or a running VM stands on
  * stays readable by its by-sha256 name.  Nothing to keep when there is no
  * image, no record that describes it, or the same bytes; a record that is
  * not sha256 has no by-sha256 name to keep (logged).  A failure to keep it
  * fails the upload: the image is not replaced. */
-static int keep_previous(struct pipeline *p, const char *new_sum, struct err *e)
+static int keep_previous(struct pipeline *p, const struct record *nr, struct err *e)
 {
 	struct s3_object cur = {0}, after = {0};
 	struct record prev = {0};
@@ -758,7 +773,9 @@ static int keep_previous(struct pipeline *p, const char *new_sum, struct err *e)
 		rc = 0;
 		goto out;
 	}
-	if (!strcmp(prev.checksum, new_sum)) {
+	/* a record of older labctl may name the same bytes by their sha512 */
+	if (record_has_checksum(&prev, nr->checksum) ||
+	    (nr->manifest_checksum[0] && record_has_checksum(&prev, nr->manifest_checksum))) {
 		rc = 0; /* the same bytes again */
 		goto out;
 	}
@@ -841,6 +858,8 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 		const void *data = p->cur ? (const void *)p->cur->data : "";
 		size_t len = p->cur ? p->cur->len : 0;
 		hash_update(p->whole, data, len);
+		if (p->mwhole)
+			hash_update(p->mwhole, data, len);
 		if (len) {
 			p->hashes = malloc(nblocks(len) * 32);
 			if (!p->hashes) {
@@ -849,8 +868,7 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 			}
 			hash_blocks(data, len, p->hashes);
 		}
-		if (make_record(p, len, &r, e) || verify(p, &r, e) ||
-		    keep_previous(p, r.checksum, e))
+		if (make_record(p, len, &r, e) || verify(p, &r, e) || keep_previous(p, &r, e))
 			goto out;
 		if (s3_put(p->s3, p->key, data, len, "application/octet-stream", etag, e)) {
 			err_prefix(e, "uploading %s", p->key);
@@ -862,7 +880,7 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 		if (wait_parts(p, e))
 			goto out;
 		if (make_record(p, p->submitted, &r, e) || verify(p, &r, e) ||
-		    keep_previous(p, r.checksum, e))
+		    keep_previous(p, &r, e))
 			goto out;
 		nparts = p->next_part - 1;
 		for (int i = 0; i < nparts; i++)
@@ -969,6 +987,7 @@ void pipeline_free(struct pipeline *p)
 	free(p->parts);
 	free(p->upload_id);
 	hash_free(p->whole);
+	hash_free(p->mwhole);
 	free(p->hashes);
 	free(p->key);
 	free(p->meta_key);

@@ -39,11 +39,15 @@ struct pipeline_opts {
 	const char *destination; /* images/<destination>, metadata/<destination>.json */
 	const char *name;        /* record name */
 	const char *source_url;  /* for the record; NULL for a local file */
-	enum hash_alg alg;       /* checksum algorithm of the stored bytes */
-	const char *expected;    /* "sha256:<hex>" the stored bytes must have, or NULL */
-	uint64_t size_hint;      /* expected total size, 0 when unknown (for part sizing) */
-	size_t part_size;        /* 0: PIPELINE_PART_SIZE (at least 5 MiB) */
-	int workers;             /* parallel part uploads, 0: PIPELINE_WORKERS */
+	const char *origin;      /* RECORD_ORIGIN_MANIFEST or RECORD_ORIGIN_UPLOAD */
+	/* The algorithm `expected` is in.  The record's checksum is always the
+	 * sha256 of the stored bytes; for another algorithm the stored bytes
+	 * are hashed with it as well, checked, and kept as manifestChecksum. */
+	enum hash_alg alg;
+	const char *expected; /* "ALG:<hex>" the stored bytes must have, or NULL */
+	uint64_t size_hint;   /* expected total size, 0 when unknown (for part sizing) */
+	size_t part_size;     /* 0: PIPELINE_PART_SIZE (at least 5 MiB) */
+	int workers;          /* parallel part uploads, 0: PIPELINE_WORKERS */
 };
 
 struct pipeline;
