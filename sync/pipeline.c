@@ -709,7 +709,7 @@ out:
 }
 
 /* The version at vkey/vmeta is there with a record that describes it. */
-static int version_exists(struct pipeline *p, const char *vkey, const char *vmeta)
+static int version_exists(struct s3 *s3, const char *vkey, const char *vmeta)
 {
 	struct s3_object obj = {0};
 	struct record vr = {0};
@@ -717,8 +717,8 @@ static int version_exists(struct pipeline *p, const char *vkey, const char *vmet
 	char *data = NULL;
 	size_t len = 0;
 	int rc = 0;
-	if (s3_get_all(p->s3, vmeta, RECINDEX_MAX_RECORD, &data, &len, NULL, &ge) ||
-	    record_parse(data, len, &vr, &ge) || s3_head(p->s3, vkey, &obj, &ge) ||
+	if (s3_get_all(s3, vmeta, RECINDEX_MAX_RECORD, &data, &len, NULL, &ge) ||
+	    record_parse(data, len, &vr, &ge) || s3_head(s3, vkey, &obj, &ge) ||
 	    record_matches_object(&vr, obj.size, obj.etag, &ge))
 		goto out;
 	rc = 1;
@@ -726,6 +726,66 @@ out:
 	free(data);
 	free(obj.key);
 	record_free(&vr);
+	return rc;
+}
+
+int pipeline_keep_version(struct s3 *s3, const char *destination, const struct s3_object *cur,
+                          struct record *prev, struct err *e)
+{
+	struct s3_object after = {0};
+	enum hash_alg alg;
+	char hex[HASH_MAX_HEX], *key = NULL, *vkey = NULL, *vmeta = NULL, *json = NULL;
+	int rc = -1, multipart;
+
+	if (hash_checksum_parse(prev->checksum, &alg, hex) || alg != HASH_SHA256)
+		return err_set(e, ERR_INVALID, "%s: checksum %s is not a sha256 one", destination,
+		               prev->checksum);
+	key = record_image_key(destination);
+	vkey = record_version_key(hex);
+	vmeta = record_version_meta_key(hex);
+	if (!key || !vkey || !vmeta) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	if (version_exists(s3, vkey, vmeta)) {
+		log_debug("%s: this version is kept already at %s", key, vkey);
+		rc = 0;
+		goto out;
+	}
+	/* Swift's s3api refuses x-amz-copy-source-if-match on a multipart
+	 * object's ETag ("...-N"): for those, the object is checked after the
+	 * copy instead (readers verify every block of a version anyway). */
+	multipart = strchr(cur->etag, '-') != NULL;
+	if (s3_copy(s3, key, multipart ? NULL : cur->etag, cur->size, vkey, prev->etag, e))
+		goto out;
+	if (multipart &&
+	    (s3_head(s3, key, &after, e) || !record_etag_equal(after.etag, cur->etag))) {
+		if (!e->code)
+			err_set(e, ERR_PRECONDITION,
+			        "%s was replaced by another upload while its version was kept",
+			        key);
+		goto out;
+	}
+	free(prev->destination);
+	prev->destination = strdup(destination);
+	time_format_rfc3339(time(NULL), prev->replaced_at);
+	if (!prev->destination) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	json = record_to_json(prev, e);
+	if (!json || s3_put(s3, vmeta, json, strlen(json), "application/json", NULL, e)) {
+		err_prefix(e, "writing %s, the record of the version of %s", vmeta, key);
+		goto out;
+	}
+	log_info("%s: version %s kept at %s", key, prev->checksum, vkey);
+	rc = 0;
+out:
+	free(json);
+	free(key);
+	free(vkey);
+	free(vmeta);
+	free(after.key);
 	return rc;
 }
 
@@ -738,13 +798,13 @@ out:
  * fails the upload: the image is not replaced. */
 static int keep_previous(struct pipeline *p, const struct record *nr, struct err *e)
 {
-	struct s3_object cur = {0}, after = {0};
+	struct s3_object cur = {0};
 	struct record prev = {0};
 	struct err ge = {0};
 	enum hash_alg alg;
-	char hex[HASH_MAX_HEX], *data = NULL, *vkey = NULL, *vmeta = NULL, *json = NULL;
+	char hex[HASH_MAX_HEX], *data = NULL;
 	size_t len = 0;
-	int rc = -1, multipart;
+	int rc = -1;
 
 	if (s3_head(p->s3, p->key, &cur, &ge)) {
 		if (ge.code != ERR_NOTFOUND) {
@@ -786,59 +846,14 @@ static int keep_previous(struct pipeline *p, const struct record *nr, struct err
 		rc = 0;
 		goto out;
 	}
-	vkey = record_version_key(hex);
-	vmeta = record_version_meta_key(hex);
-	if (!vkey || !vmeta) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	if (version_exists(p, vkey, vmeta)) {
-		log_debug("%s: its previous version is kept already at %s", p->key, vkey);
-		rc = 0;
-		goto out;
-	}
-	/* Swift's s3api refuses x-amz-copy-source-if-match on a multipart
-	 * object's ETag ("...-N"): for those, the object is checked after the
-	 * copy instead (readers verify every block of a version anyway). */
-	multipart = strchr(cur.etag, '-') != NULL;
-	if (s3_copy(p->s3, p->key, multipart ? NULL : cur.etag, cur.size, vkey, prev.etag, e)) {
+	if (pipeline_keep_version(p->s3, p->destination, &cur, &prev, e)) {
 		err_prefix(e, "keeping the previous version of %s (it is not replaced)", p->key);
 		goto out;
 	}
-	if (multipart &&
-	    (s3_head(p->s3, p->key, &after, e) || !record_etag_equal(after.etag, cur.etag))) {
-		if (!e->code)
-			err_set(e, ERR_PRECONDITION,
-			        "%s was replaced by another upload while its previous version was "
-			        "kept",
-			        p->key);
-		err_prefix(e, "keeping the previous version of %s (it is not replaced)", p->key);
-		goto out;
-	}
-	free(prev.destination);
-	prev.destination = strdup(p->destination);
-	time_format_rfc3339(time(NULL), prev.replaced_at);
-	if (!prev.destination) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	json = record_to_json(&prev, e);
-	if (!json || s3_put(p->s3, vmeta, json, strlen(json), "application/json", NULL, e)) {
-		err_prefix(e,
-		           "writing %s, the record of the previous version of %s (it is not "
-		           "replaced)",
-		           vmeta, p->key);
-		goto out;
-	}
-	log_info("%s: previous version %s kept at %s", p->key, prev.checksum, vkey);
 	rc = 0;
 out:
-	free(json);
-	free(vkey);
-	free(vmeta);
 	free(data);
 	free(cur.key);
-	free(after.key);
 	record_free(&prev);
 	return rc;
 }

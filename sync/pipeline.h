@@ -65,6 +65,13 @@ int pipeline_write(struct pipeline *p, const void *data, size_t n, struct err *e
 int pipeline_finish(struct pipeline *p, struct record *out, struct err *e);
 /* Bytes written so far. */
 uint64_t pipeline_bytes(const struct pipeline *p);
+/* Keep images/<destination> (the object cur, which prev describes; a sha256
+ * record) as a previous version: server-side copy to versions/<hex>, then
+ * its record (prev with destination and replacedAt now, the copy's ETag) at
+ * metadata/versions/<hex>.json.  Nothing when that version is kept already.
+ * prev is changed (destination, replacedAt). */
+int pipeline_keep_version(struct s3 *s3, const char *destination, const struct s3_object *cur,
+                          struct record *prev, struct err *e);
 /* Abort (when not finished) and release everything. */
 void pipeline_free(struct pipeline *p);
 

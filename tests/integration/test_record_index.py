@@ -92,13 +92,22 @@ def expected_mount():
     return {f"d/img{i:02d}.raw" for i in range(N_GOOD)}
 
 
-def test_no_index_unless_asked(bucket, tmp_path):
-    """By default the bucket holds exactly DESIGN.md's layout."""
+def test_index_by_default_unless_off(bucket, tmp_path):
+    """upload (like sync and prune) writes the index by default;
+    IMGSTORE_RECORD_INDEX=off skips it."""
     src = tmp_path / "a.raw"
     src.write_bytes(b"a" * 5000)
+    env = dict(bucket.env, IMGSTORE_RECORD_INDEX="off")
     run(labctl("images", "upload", "--source", src, "--destination", "a.raw"),
+        env=env, check=0)
+    assert bucket.keys(index=True) == ["images/a.raw", "metadata/a.raw.json"]
+    run(labctl("images", "upload", "--source", src, "--destination", "b.raw"),
         env=bucket.env, check=0)
-    assert bucket.keys() == ["images/a.raw", "metadata/a.raw.json"]
+    assert bucket.keys(index=True) == ["images/a.raw", "images/b.raw", RECORD_INDEX,
+                                       "metadata/a.raw.json", "metadata/b.raw.json"]
+    doc = json.loads(gzip.decompress(bucket.get(RECORD_INDEX)))
+    assert sorted(r["key"] for r in doc["records"]) == ["metadata/a.raw.json",
+                                                        "metadata/b.raw.json"]
 
 
 def test_index_command_then_upload_keeps_it_current(bucket, tmp_path):
