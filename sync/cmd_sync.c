@@ -11,6 +11,7 @@
 #include "sync/commands.h"
 #include "sync/files.h"
 #include "sync/github.h"
+#include "sync/interrupt.h"
 #include "sync/job.h"
 #include "sync/pipeline.h"
 #include "sync/progress.h"
@@ -183,6 +184,11 @@ static void run_item(struct runner *r, struct item *it)
 	j.xz_threads = r->xz_threads;
 	j.part_workers = r->part_workers;
 	j.part_size = r->part_size;
+	if (interrupted()) {
+		it->action = ACT_FAILED;
+		err_set(&it->e, ERR_NET, "%s: not started: interrupted", img->name);
+		return;
+	}
 	if (job_run(&j, &it->res, &it->e)) {
 		it->action = ACT_FAILED;
 		progress_log("error: %s", it->e.msg);
@@ -617,7 +623,14 @@ int cmd_sync(int argc, char **argv)
 		free(a.skip);
 		return cli_fail(&e);
 	}
+	interrupt_install();
 	rc = do_sync(&common, &a, m, &e) ? cli_fail(&e) : 0;
+	if (interrupted()) {
+		log_error("interrupted by %s: the multipart uploads in flight were aborted; every "
+		          "image not uploaded completely is as it was",
+		          interrupted() == SIGINT ? "SIGINT" : "SIGTERM");
+		rc = interrupt_status();
+	}
 	manifest_free(m);
 	free(a.only);
 	free(a.skip);

@@ -3,6 +3,7 @@
 #include "common/log.h"
 #include "common/timefmt.h"
 #include "store/record_index.h"
+#include "sync/interrupt.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -351,6 +352,9 @@ static int start_multipart(struct pipeline *p, struct err *e)
 		p->wconn[i] = s3_open(&p->cfg, e);
 		if (!p->wconn[i])
 			return -1;
+		/* a signal stops the parts in flight; the producer's connection
+		 * stays able to abort the upload */
+		s3_set_cancel(p->wconn[i], interrupt_flag());
 	}
 	if (pthread_create(&p->hasher, NULL, hash_main, p))
 		return err_set(e, ERR_IO, "cannot start a thread");
@@ -487,11 +491,22 @@ int pipeline_buffer(struct pipeline *p, void **buf, size_t *avail, struct err *e
 	return 0;
 }
 
+/* A signal stops the upload before the object is complete (pipeline_free
+ * then aborts it); once it is complete, its record is written all the same. */
+static int check_interrupt(struct err *e)
+{
+	int sig = interrupted();
+	if (sig)
+		return err_set(e, ERR_NET, "interrupted by %s",
+		               sig == SIGINT ? "SIGINT" : "SIGTERM");
+	return 0;
+}
+
 int pipeline_commit(struct pipeline *p, size_t n, struct err *e)
 {
 	p->cur->len += n;
 	p->bytes += n;
-	return get_failure(p, e);
+	return get_failure(p, e) || check_interrupt(e) ? -1 : 0;
 }
 
 int pipeline_write(struct pipeline *p, const void *data, size_t n, struct err *e)
@@ -866,7 +881,7 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 	char *json = NULL;
 	int rc = -1, nparts;
 
-	if (get_failure(p, e))
+	if (get_failure(p, e) || check_interrupt(e))
 		goto out;
 	if (!p->upload_id) {
 		/* smaller than one part: hash and verify, then a single PUT */
@@ -895,7 +910,7 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 		if (wait_parts(p, e))
 			goto out;
 		if (make_record(p, p->submitted, &r, e) || verify(p, &r, e) ||
-		    keep_previous(p, &r, e))
+		    keep_previous(p, &r, e) || check_interrupt(e))
 			goto out;
 		nparts = p->next_part - 1;
 		for (int i = 0; i < nparts; i++)

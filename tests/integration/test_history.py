@@ -382,3 +382,81 @@ def test_dangling_records_are_deleted(lab, tmp_path):
     keys = lab.bucket.keys()
     assert "metadata/x.raw.json" not in keys
     assert f"metadata/versions/{h}.json" not in keys
+
+
+# ------------------------------------------------------------ interruption
+
+def slow_parts(bucket, delay=1.5):
+    """A proxy in front of the server that holds every part upload a while."""
+    from faultproxy import FaultProxy, Rule, match
+
+    def slow(proxy, handler, x):
+        time.sleep(delay)
+        return handler.forward()
+    slow.name = "slow part"
+    proxy = FaultProxy(bucket.server.port).start()
+    proxy.add(Rule(match(method="PUT", query="partNumber"), slow, times=10 ** 6))
+    return proxy
+
+
+def interrupt_when_multipart(bucket, proc, sig):
+    deadline = time.monotonic() + 120
+    while not bucket.pending_uploads():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no multipart upload started"
+        time.sleep(0.05)
+    time.sleep(0.3)  # parts in flight
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_interrupted_upload_leaves_previous_intact(bucket, tmp_path, sig, status):
+    old = pattern(9 * MiB, 70)
+    upload(bucket, tmp_path, "big.raw", old)
+    before = listing(bucket)
+    rec = bucket.get("metadata/big.raw.json")
+    src = tmp_path / "new.raw"
+    src.write_bytes(pattern(80 * MiB, 71))
+    proxy = slow_parts(bucket)
+    try:
+        env = dict(bucket.env, E2_ENDPOINT=proxy.endpoint)
+        proc = subprocess.Popen(labctl("images", "upload", "--source", src, "--destination",
+                                       "big.raw"), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        rc, out, err = interrupt_when_multipart(bucket, proc, sig)
+    finally:
+        proxy.stop()
+    assert rc == status, err
+    assert time.monotonic() - t0 < 60
+    assert "interrupted" in err and "aborted" in err, err
+    assert bucket.pending_uploads() == []
+    assert any(x.method == "DELETE" and "uploadId" in x.query for x in proxy.log)
+    assert listing(bucket) == before
+    assert bucket.get("images/big.raw") == old
+    assert bucket.get("metadata/big.raw.json") == rec
+
+
+def test_interrupted_sync_leaves_previous_intact(lab):
+    e = lab.source("s", pattern(6 * MiB, 72))
+    lab.write()
+    lab.run("sync")
+    before = listing(lab.bucket)
+    lab.replace(e, pattern(96 * MiB, 73))
+    proxy = slow_parts(lab.bucket)
+    try:
+        env = dict(lab.bucket.env, E2_ENDPOINT=proxy.endpoint)
+        proc = subprocess.Popen(labctl("images", "sync", "--ca-bundle", lab.https.ca),
+                                env=env, cwd=lab.repo, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        rc, out, err = interrupt_when_multipart(lab.bucket, proc, signal.SIGTERM)
+    finally:
+        proxy.stop()
+    assert rc == 143, err
+    assert "interrupted by SIGTERM" in err, err
+    assert lab.bucket.pending_uploads() == []
+    assert listing(lab.bucket) == before
+    assert lab.bucket.get(f"images/{e['destination']}") == pattern(6 * MiB, 72)
