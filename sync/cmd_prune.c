@@ -94,7 +94,7 @@ struct entry {
 	char *destination; /* or NULL */
 	char *name;        /* the record's, or NULL */
 	char *upload_id;   /* K_UPLOAD */
-	char reason[400];
+	char reason[600];
 	char error[ERR_MSG_MAX];
 	uint64_t size;
 	/* for ordering: uploadedAt (uploads), replacedAt (versions) */
