@@ -460,3 +460,43 @@ def test_interrupted_sync_leaves_previous_intact(lab):
     assert lab.bucket.pending_uploads() == []
     assert listing(lab.bucket) == before
     assert lab.bucket.get(f"images/{e['destination']}") == pattern(6 * MiB, 72)
+
+
+# ------------------------------------------------- overlays across a prune
+
+def test_overlay_survives_replacement_and_default_prune(bucket, tmp_path):
+    """An overlay made before its base was replaced still compares equal to
+    the old base after a prune with the default retention; retention lets
+    the old base go only once a newer previous version exists."""
+    import vmkit
+    from test_overlay import BASE, Lab as OverlayLab
+    lab = OverlayLab(bucket, tmp_path)
+    try:
+        lab.overlay("--only", "alpine-wireguard")
+        out = lab.outdir / "alpine-wireguard.qcow2"
+        shas = [lab.base_sha]
+        for n in (2, 3):
+            v = vmkit.base_image(tmp_path / f"base-v{n}.qcow2", size=8 * MiB,
+                                 region_off=1 * MiB, region_len=4 * MiB, marker_off=6 * MiB,
+                                 seed=b"v%d" % n)
+            shas.append(vmkit.sha256_file(v.path))
+            if n == 3:
+                time.sleep(1.1)  # replacedAt has whole seconds
+            run(labctl("images", "upload", "--source", v.path, "--destination", BASE),
+                env=bucket.env, check=0)
+            lab.mount.refresh(want=f".imgstore/by-sha256/{shas[-1]}")
+            if n == 2:
+                run(labctl("images", "prune", "--manifest", lab.manifest), env=bucket.env,
+                    check=0)
+                lab.mount.refresh()
+                assert os.path.exists(lab.backing(lab.base_sha))
+                run(["qemu-img", "compare", "-q", out, lab.base.path], check=0)
+        # two previous versions, keepVersions 1: the oldest (the overlay's) goes
+        p = run(labctl("images", "prune", "--manifest", lab.manifest, "--json"),
+                env=bucket.env, check=0)
+        acts = {i["key"]: i["action"] for i in json.loads(p.stdout)["images"]}
+        assert acts[f"versions/{shas[0]}"] == "deleted"
+        assert acts[f"versions/{shas[1]}"] == "kept"
+        assert bucket.keys("versions/") == [f"versions/{shas[1]}"]
+    finally:
+        lab.close()
