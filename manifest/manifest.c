@@ -386,9 +386,11 @@ static const char *const root_keys[] = {"apiVersion", "kind", "metadata", "spec"
 static const struct moved root_moved[] = {
         {"images", "spec"}, {"overlays", "spec"}, {"name", "metadata"}, {NULL, NULL}};
 static const char *const metadata_keys[] = {"name"};
-static const char *const spec_keys[] = {"images", "overlays"};
-static const char *const image_keys[] = {"name", "source", "destination", "validation",
-                                         "updateFile"};
+static const char *const spec_keys[] = {"images", "overlays", "retention", "uploads"};
+static const char *const image_keys[] = {"name",       "source",     "destination",
+                                         "validation", "updateFile", "retention"};
+static const char *const retention_keys[] = {"keepVersions", "keepDays"};
+static const char *const upload_rule_keys[] = {"prefix", "keep", "keepDays"};
 static const struct moved image_moved[] = {{"url", "source"},
                                            {"checksum", "source"},
                                            {"decompress", "source"},
@@ -503,6 +505,134 @@ static void walk_update(struct ctx *c, const struct yt_node *n, const char *what
 			}
 		}
 	}
+}
+
+/* A count (keepVersions, keepDays, keep) in map: 1 and *out set when given
+ * and valid, 0 when absent (or reported). */
+static int want_count(struct ctx *c, const struct yt_node *map, const char *key, const char *what,
+                      long *out)
+{
+	const struct yt_node *v;
+	const char *s = want_str(c, map, key, what, NULL, 0, &v);
+	long n = 0;
+	if (!s)
+		return 0;
+	for (const char *p = s; *p; p++) {
+		if (*p < '0' || *p > '9' || n > MF_MAX_KEEP) {
+			char q[MF_QUOTE_MAX];
+			mf_quote(q, s);
+			problem(c, v, "%s is %s; write a whole number from 0 to %d", what, q,
+			        MF_MAX_KEEP);
+			return 0;
+		}
+		n = n * 10 + (*p - '0');
+	}
+	if (n > MF_MAX_KEEP) {
+		problem(c, v, "%s is %ld; write a whole number from 0 to %d", what, n, MF_MAX_KEEP);
+		return 0;
+	}
+	*out = n;
+	return 1;
+}
+
+/* A retention mapping (spec.retention or an image's): the keys it names
+ * replace those in *r; the others stay as they are. */
+static void walk_retention(struct ctx *c, const struct yt_node *map, const char *in,
+                           struct mf_retention *r)
+{
+	char what[64];
+	const struct yt_node *v = want_node(c, map, "retention", in, YT_MAP, NULL,
+	                                    "write keepVersions: and keepDays: under retention:");
+	if (!v)
+		return;
+	check_keys(c, v, in, retention_keys, NKEYS(retention_keys), NULL);
+	snprintf(what, sizeof(what), "%s.keepVersions", in);
+	want_count(c, v, "keepVersions", what, &r->keep_versions);
+	snprintf(what, sizeof(what), "%s.keepDays", in);
+	want_count(c, v, "keepDays", what, &r->keep_days);
+}
+
+/* spec.uploads: the rules that let prune delete upload images. */
+static void walk_uploads(struct ctx *c, const struct yt_node *spec, struct manifest *m)
+{
+	const struct yt_node *seq = want_node(
+	        c, spec, "uploads", "spec.uploads", YT_SEQ, NULL,
+	        "write each rule as \"- prefix: DIR/\" with keep: and keepDays: under it");
+	if (!seq || !seq->nkids)
+		return;
+	m->uploads = xcalloc(c, seq->nkids, sizeof(*m->uploads));
+	if (!m->uploads)
+		return;
+	m->nuploads = seq->nkids;
+	for (size_t i = 0; i < seq->nkids; i++) {
+		const struct yt_node *n = seq->kids[i], *pv;
+		struct mf_upload_rule *u = &m->uploads[i];
+		char what[64];
+		const char *s;
+		int given = 0;
+		u->pos.line = n->line;
+		u->pos.col = n->col;
+		if (n->type != YT_MAP) {
+			problem(c, n,
+			        "spec.uploads[%zu] is %s but must be a mapping; write \"- prefix: "
+			        "DIR/\" with keep: and keepDays: under it",
+			        i, type_name(n));
+			continue;
+		}
+		snprintf(what, sizeof(what), "spec.uploads[%zu]", i);
+		check_keys(c, n, what, upload_rule_keys, NKEYS(upload_rule_keys), NULL);
+		snprintf(what, sizeof(what), "spec.uploads[%zu].prefix", i);
+		s = want_str(c, n, "prefix", what,
+		             "write \"prefix: DIR/\" (destinations of labctl images upload)", 0,
+		             &pv);
+		if (s) {
+			u->prefix = xstrdup(c, s);
+			/* a prefix is the start of a destination: the same characters */
+			if (s[0] == '/' || strchr(s, '\\') || strstr(s, "//"))
+				problem(c, pv,
+				        "%s must be the start of a destination, like \"vyos/\" (no "
+				        "leading \"/\", no \"//\", no backslash)",
+				        what);
+			else
+				for (const char *p = s; *p; p++)
+					if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+						problem(c, pv,
+						        "%s contains a control character; remove "
+						        "it",
+						        what);
+						break;
+					}
+			for (size_t j = 0; j < i; j++)
+				if (m->uploads[j].prefix && !strcmp(m->uploads[j].prefix, s))
+					problem(c, pv,
+					        "%s repeats the prefix of spec.uploads[%zu] (line "
+					        "%d); "
+					        "merge the two rules",
+					        what, j, m->uploads[j].pos.line);
+		}
+		snprintf(what, sizeof(what), "spec.uploads[%zu].keep", i);
+		given += want_count(c, n, "keep", what, &u->keep);
+		snprintf(what, sizeof(what), "spec.uploads[%zu].keepDays", i);
+		given += want_count(c, n, "keepDays", what, &u->keep_days);
+		if (!given && !get(n, "keep") && !get(n, "keepDays"))
+			problem(c, n,
+			        "spec.uploads[%zu] says neither keep: nor keepDays:; write how "
+			        "many "
+			        "uploads stay (keep: N) and/or for how many days (keepDays: N)",
+			        i);
+	}
+}
+
+const struct mf_upload_rule *manifest_upload_rule(const struct manifest *m, const char *dest)
+{
+	const struct mf_upload_rule *best = NULL;
+	for (size_t i = 0; i < m->nuploads; i++) {
+		const char *p = m->uploads[i].prefix;
+		if (p && !strncmp(dest, p, strlen(p)) &&
+		    (!best || strlen(p) > strlen(best->prefix)))
+			best = &m->uploads[i];
+	}
+	return best;
 }
 
 /* Walk spec.images[idx]; *name_node and *dest_node are set to the name and
@@ -642,6 +772,9 @@ static void walk_image(struct ctx *c, const struct yt_node *n, size_t idx, struc
 		        "them or remove validation.expected");
 	img->source.decompress = dec;
 	img->validation.algorithm = alg_given ? aalg : exp_ok ? ealg : salg;
+	/* -1: not named here, spec.retention applies (walk_root) */
+	img->retention.keep_versions = img->retention.keep_days = -1;
+	walk_retention(c, n, "retention", &img->retention);
 
 	v = get(n, "updateFile");
 	if (v && !is_null(v)) {
@@ -1024,6 +1157,8 @@ static void walk_root(struct ctx *c, const struct yt_node *root, struct manifest
 		        type_name(spec));
 	} else if (spec->type == YT_MAP) {
 		check_keys(c, spec, "spec", spec_keys, NKEYS(spec_keys), NULL);
+		walk_retention(c, spec, "spec.retention", &m->retention);
+		walk_uploads(c, spec, m);
 		images = want_node(c, spec, "images", "spec.images", YT_SEQ, NULL,
 		                   "write each image as \"- name: NAME\" with its keys under it");
 		overlays =
@@ -1055,6 +1190,13 @@ static void walk_root(struct ctx *c, const struct yt_node *root, struct manifest
 		m->noverlays = n;
 		for (size_t i = 0; i < n; i++)
 			walk_overlay(c, overlays->kids[i], i, &m->overlays[i], &ov);
+	}
+	for (size_t i = 0; i < m->nimages; i++) {
+		struct mf_retention *r = &m->images[i].retention;
+		if (r->keep_versions < 0)
+			r->keep_versions = m->retention.keep_versions;
+		if (r->keep_days < 0)
+			r->keep_days = m->retention.keep_days;
 	}
 	check_images(c, m, &im, &dests, &nd, &names, &nn);
 	check_overlays(c, m, &ov, dests, nd, names, nn);
@@ -1117,6 +1259,9 @@ void manifest_free(struct manifest *m)
 		free_strings(o->services, o->nservices);
 	}
 	free(m->overlays);
+	for (size_t i = 0; i < m->nuploads; i++)
+		free(m->uploads[i].prefix);
+	free(m->uploads);
 	free(m->path);
 	free(m->name);
 	free(m);
@@ -1142,6 +1287,7 @@ int manifest_load_buffer(const void *data, size_t len, const char *label, struct
 	m = calloc(1, sizeof(*m));
 	if (!p->file || !m || !(m->path = strdup(label)))
 		goto oom;
+	m->retention.keep_versions = MF_DEFAULT_KEEP_VERSIONS;
 	if (len > MF_MAX_FILE_SIZE) {
 		problem_at(&c, 1, 1, "the manifest is %zu bytes long; the limit is %u bytes", len,
 		           MF_MAX_FILE_SIZE);

@@ -34,6 +34,17 @@
  *                        be able to match the empty string
  *               value:   text with {{ .Source.URL }}, {{ .Source.Checksum }},
  *                        {{ .Name }}, {{ .Destination }}
+ *         retention: {keepVersions, keepDays}   optional; overrides the keys it
+ *                        names of spec.retention for this image
+ *     retention:                              optional
+ *       keepVersions:    previous versions kept per destination (default 1)
+ *       keepDays:        also keep those replaced less than N days ago (default 0)
+ *     uploads:                                optional: what prune may delete of
+ *       - prefix:        the `labctl images upload` images under this prefix
+ *         keep:          the newest N by uploadedAt stay (default 0)
+ *         keepDays:      and every one younger than N days (default 0);
+ *                        keep or keepDays is required, prefixes are unique
+ *                        (the longest matching prefix applies)
  *     overlays:                               optional
  *       - name:          unique
  *         base:          the destination (or the name) of an image of
@@ -63,6 +74,8 @@
 #define MF_MAX_URL         8192
 #define MF_MAX_NAME        255
 #define MF_RESERVED_DIR    ".imgstore" /* imgfs's control directory */
+#define MF_VERSIONS_DIR    "versions"  /* metadata/versions/: previous versions' records */
+#define MF_MAX_KEEP        1000000     /* retention counts and days */
 
 /* ---- problems ---------------------------------------------------------- */
 
@@ -145,6 +158,21 @@ struct mf_validation {
 	char *expected; /* validation.expected as written, or NULL */
 };
 
+/* Counts and days are 0 .. MF_MAX_KEEP. */
+struct mf_retention {
+	long keep_versions; /* previous versions kept per destination */
+	long keep_days;     /* ... plus those replaced less than this many days ago */
+};
+
+#define MF_DEFAULT_KEEP_VERSIONS 1
+
+struct mf_upload_rule {
+	char *prefix;
+	long keep;      /* the newest `keep` by uploadedAt stay */
+	long keep_days; /* ... and every one uploaded less than this many days ago */
+	struct mf_pos pos;
+};
+
 struct mf_image {
 	char *name;
 	struct mf_source source;
@@ -152,6 +180,7 @@ struct mf_image {
 	struct mf_validation validation;
 	struct mf_update_file *update_files; /* updateFile: one or more, or none */
 	size_t nupdate_files;
+	struct mf_retention retention; /* in effect: spec.retention with this image's keys */
 	struct mf_pos pos;
 };
 
@@ -175,6 +204,9 @@ struct manifest {
 	size_t nimages;
 	struct mf_overlay *overlays;
 	size_t noverlays;
+	struct mf_retention retention; /* spec.retention (defaults 1 and 0) */
+	struct mf_upload_rule *uploads;
+	size_t nuploads;
 };
 
 /* Read and validate a manifest.  On success *out is a valid manifest and
@@ -204,6 +236,10 @@ const struct mf_image *manifest_find_destination(const struct manifest *m, const
 const struct mf_overlay *manifest_find_overlay(const struct manifest *m, const char *name);
 /* The image name closest to a misspelt one (for "did you mean"), or NULL. */
 const char *manifest_suggest_image(const struct manifest *m, const char *name);
+
+/* The spec.uploads rule for an upload image's destination (the longest
+ * prefix that matches), or NULL: no rule covers it, prune leaves it alone. */
+const struct mf_upload_rule *manifest_upload_rule(const struct manifest *m, const char *dest);
 
 /* The repository root that updateFile.path is relative to: the parent of the
  * directory that holds the manifest, as an absolute path without symlinks

@@ -370,6 +370,14 @@ int mf_rule_destination(const char *what, const char *s, char *why, size_t n)
 		               "%s %s is inside " MF_RESERVED_DIR "/, which imgfs reserves for "
 		               "its control files; choose another directory",
 		               what, q);
+	/* its record would be metadata/versions/..., where previous versions'
+	 * records live (versions/<sha256-hex>, metadata/versions/<hex>.json) */
+	if (!strncmp(s, MF_VERSIONS_DIR "/", sizeof(MF_VERSIONS_DIR)))
+		return why_set(why, n,
+		               "%s %s is inside " MF_VERSIONS_DIR "/, whose records would mix "
+		               "with those of previous versions (metadata/" MF_VERSIONS_DIR
+		               "/); choose another directory",
+		               what, q);
 	return 0;
 }
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define RECORD_BLOCK_ALG "sha256"
 
@@ -37,14 +38,26 @@ static int bad_field(struct err *e, const char *field, const char *what)
 
 /* ---- validation shared by parse and serialize ---- */
 
-static int check_checksum(const char *s, struct err *e)
+static int check_checksum_field(const char *field, const char *s, struct err *e)
 {
 	enum hash_alg alg;
 	char hex[HASH_MAX_HEX];
 	if (hash_checksum_parse(s, &alg, hex))
 		return bad_field(
-		        e, "checksum",
+		        e, field,
 		        "expected \"sha256:<64 hex digits>\" or \"sha512:<128 hex digits>\"");
+	return 0;
+}
+
+static int check_checksum(const char *s, struct err *e)
+{
+	return check_checksum_field("checksum", s, e);
+}
+
+static int check_origin(const char *s, struct err *e)
+{
+	if (strcmp(s, RECORD_ORIGIN_MANIFEST) && strcmp(s, RECORD_ORIGIN_UPLOAD))
+		return bad_field(e, "origin", "expected \"manifest\" or \"upload\"");
 	return 0;
 }
 
@@ -102,6 +115,11 @@ int record_validate(const struct record *r, struct err *e)
 	if (r->destination && !*r->destination)
 		return bad_field(e, "destination", "expected a non-empty string");
 	if (r->replaced_at[0] && check_time("replacedAt", r->replaced_at, e))
+		return -1;
+	if (r->origin[0] && check_origin(r->origin, e))
+		return -1;
+	if (r->manifest_checksum[0] &&
+	    check_checksum_field("manifestChecksum", r->manifest_checksum, e))
 		return -1;
 	return 0;
 }
@@ -210,6 +228,25 @@ static int parse_version_fields(json_t *root, struct record *r, struct err *e)
 		if (!(r->destination = strdup(json_string_value(v))))
 			return err_set(e, ERR_IO, "out of memory");
 	}
+	v = json_object_get(root, "origin");
+	if (v && !json_is_null(v)) {
+		if (!json_is_string(v) || check_origin(json_string_value(v), e))
+			return json_is_string(v) ? -1 : bad_field(e, "origin", "expected a string");
+		strcpy(r->origin, json_string_value(v));
+	}
+	v = json_object_get(root, "manifestChecksum");
+	if (v && !json_is_null(v)) {
+		enum hash_alg alg;
+		char hex[HASH_MAX_HEX];
+		if (!json_is_string(v) ||
+		    check_checksum_field("manifestChecksum", json_string_value(v), e))
+			return json_is_string(v)
+			               ? -1
+			               : bad_field(e, "manifestChecksum", "expected a string");
+		hash_checksum_parse(json_string_value(v), &alg, hex);
+		snprintf(r->manifest_checksum, sizeof(r->manifest_checksum), "%s:%s",
+		         hash_alg_name(alg), hex);
+	}
 	v = json_object_get(root, "replacedAt");
 	if (v && !json_is_null(v)) {
 		if (!json_is_string(v) || check_time("replacedAt", json_string_value(v), e))
@@ -310,6 +347,8 @@ char *record_to_json(const struct record *r, struct err *e)
 	/* Jansson keeps insertion order: this is the order of DESIGN.md. */
 	put(root, "name", json_string(r->name), &failed);
 	put(root, "checksum", json_string(r->checksum), &failed);
+	if (r->manifest_checksum[0])
+		put(root, "manifestChecksum", json_string(r->manifest_checksum), &failed);
 	put(root, "size", json_integer((json_int_t)r->size), &failed);
 	put(root, "uploadedAt", json_string(r->uploaded_at), &failed);
 	if (r->source_url) {
@@ -318,6 +357,8 @@ char *record_to_json(const struct record *r, struct err *e)
 			put(src, "url", json_string(r->source_url), &failed);
 		put(root, "source", src, &failed);
 	}
+	if (r->origin[0])
+		put(root, "origin", json_string(r->origin), &failed);
 	put(root, "etag", json_string(r->etag), &failed);
 	for (size_t i = 0; i < r->nblocks && !failed; i++) {
 		char hex[65];
@@ -355,6 +396,22 @@ void record_free(struct record *r)
 	free(r->hashes);
 	free(r->destination);
 	memset(r, 0, sizeof(*r));
+}
+
+const char *record_origin(const struct record *r)
+{
+	if (r->origin[0])
+		return r->origin;
+	if (r->source_url &&
+	    (!strncmp(r->source_url, "https://", 8) || !strncmp(r->source_url, "http://", 7)))
+		return RECORD_ORIGIN_MANIFEST;
+	return RECORD_ORIGIN_UPLOAD;
+}
+
+int record_has_checksum(const struct record *r, const char *want)
+{
+	return want && (!strcasecmp(r->checksum, want) ||
+	                (r->manifest_checksum[0] && !strcasecmp(r->manifest_checksum, want)));
 }
 
 static const char *etag_core(const char *s, size_t *len)

@@ -36,7 +36,25 @@ struct record {
 	 * image it was, and when it was replaced; NULL / "" otherwise */
 	char *destination;
 	char replaced_at[32];
+	/* "manifest" (labctl images sync) or "upload" (labctl images upload); ""
+	 * in records written before the field existed: see record_origin() */
+	char origin[16];
+	/* The checksum the manifest (or upload --checksum) asked for when it is
+	 * not a sha256 one ("sha512:<hex>", verified); "" otherwise */
+	char manifest_checksum[RECORD_CHECKSUM_MAX];
 };
+
+#define RECORD_ORIGIN_MANIFEST "manifest"
+#define RECORD_ORIGIN_UPLOAD   "upload"
+
+/* Where the image came from: r->origin, or for a record without one the
+ * rule for records of older labctl: a source.url with http:// or https://
+ * came from a manifest (only sync writes source), anything else (no source:
+ * what upload wrote) from an upload. */
+const char *record_origin(const struct record *r);
+/* The record holds checksum `want` (either case), as its checksum or as its
+ * manifestChecksum: what sync compares to decide that an image is current. */
+int record_has_checksum(const struct record *r, const char *want);
 
 /* Parse and validate the JSON (types, hex lengths, nblocks == ceil(size/bs)). */
 int record_parse(const char *json, size_t len, struct record *out, struct err *e);

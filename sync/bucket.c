@@ -272,12 +272,18 @@ void bucket_index_refresh(const struct s3_config *cfg, struct s3 *s3)
 {
 	struct recindex_result r = {0};
 	struct err e = {0};
+	const char *env = getenv("IMGSTORE_RECORD_INDEX");
 
-	/* Opt-in (create 0): a bucket gets an index from 'labctl images index'
-	 * and only then is it kept current here, so that by default the bucket
-	 * holds exactly the layout of DESIGN.md.  The index only makes readers
-	 * faster: a failure is a warning, never a failed command. */
-	if (bucket_index_update(cfg, s3, 0, &r, &e)) {
+	/* Written by default (DESIGN.md lists index/): a fresh mount of a large
+	 * bucket should not depend on an opt-in.  IMGSTORE_RECORD_INDEX=off
+	 * skips it (a bucket that must hold images/ and metadata/ only).  The
+	 * index only makes readers faster: a failure is a warning, never a
+	 * failed command. */
+	if (env && !strcmp(env, "off")) {
+		log_debug("record index %s: not updated (IMGSTORE_RECORD_INDEX=off)", RECINDEX_KEY);
+		return;
+	}
+	if (bucket_index_update(cfg, s3, 1, &r, &e)) {
 		log_warn("%s (readers fetch each record instead; 'labctl images index' "
 		         "retries)",
 		         e.msg);

@@ -34,9 +34,9 @@ int bucket_check(struct s3 *s3, const char *destination, struct bucket_image *ou
  * res says what was done. */
 int bucket_index_update(const struct s3_config *cfg, struct s3 *s3, int create,
                         struct recindex_result *res, struct err *e);
-/* The same after a command changed the bucket, when the bucket has an index
- * (labctl images index made one): logs the outcome, and a
- * failure is only a warning (the index is a cache, the command succeeded). */
+/* The same after a command changed the bucket (created when missing, unless
+ * IMGSTORE_RECORD_INDEX=off): logs the outcome, and a failure is only a
+ * warning (the index is a cache, the command succeeded). */
 void bucket_index_refresh(const struct s3_config *cfg, struct s3 *s3);
 void bucket_image_clear(struct bucket_image *im);
 void bucket_images_free(struct bucket_image *v, size_t n);

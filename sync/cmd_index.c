@@ -23,9 +23,9 @@ static const struct cmd_spec index_spec = {
         "of every checksum record (metadata/) and its ETag, so that imgfs and 'labctl\n"
         "images list' read one object instead of one per record (a fresh mount of a\n"
         "bucket with thousands of images).  Entries whose record is unchanged are kept,\n"
-        "the others read again; nothing is written when the index is current.  Once a\n"
-        "bucket has an index, sync, upload and prune keep it current.  It is only a\n"
-        "cache (readers check every entry against the listing): never required.",
+        "the others read again; nothing is written when the index is current.  sync,\n"
+        "upload and prune write it too (unless IMGSTORE_RECORD_INDEX=off).  It is only\n"
+        "a cache (readers check every entry against the listing): never required.",
         index_opts,
 };
 

@@ -34,7 +34,8 @@ static const struct cmd_spec list_spec = {
         "checksum and upload time.  An image whose checksum record is missing or does not\n"
         "describe the object (an unfinished upload, a foreign object) is incomplete.\n"
         "--json fields: name, destination, size, checksum, uploadedAt, complete, etag,\n"
-        "sourceUrl, problem; with --versions also current (false for a previous\n"
+        "sourceUrl, origin (manifest or upload), manifestChecksum, problem; with --versions also "
+        "current (false for a previous\n"
         "version, whose destination is the image it was) and replacedAt.",
         list_opts,
 };
@@ -76,6 +77,9 @@ static int print_json(const struct bucket_image *imgs, size_t n, int versions, s
 		json_object_set_new(o, "complete", json_boolean(im->complete));
 		json_object_set_new(o, "etag", str_or_null(im->etag));
 		json_object_set_new(o, "sourceUrl", str_or_null(r ? r->source_url : NULL));
+		json_object_set_new(o, "origin", str_or_null(r ? record_origin(r) : NULL));
+		json_object_set_new(o, "manifestChecksum",
+		                    str_or_null(r ? r->manifest_checksum : NULL));
 		json_object_set_new(o, "problem", str_or_null(im->complete ? NULL : im->problem));
 		if (versions) {
 			json_object_set_new(o, "current", json_boolean(!im->rec.replaced_at[0]));

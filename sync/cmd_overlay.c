@@ -321,6 +321,19 @@ static int resolve_base(struct ctx *c, const struct ov_spec *o, char backing[PAT
 			        o->base, bi.rec.checksum, expect_hex);
 			goto out;
 		}
+		/* a sha512 manifest checksum: the record keeps it as manifestChecksum,
+		 * and its sha256 checksum is what the mount must show */
+		if (!have_expect && o->base_checksum) {
+			if (!record_has_checksum(&bi.rec, o->base_checksum)) {
+				err_set(e, ERR_INTEGRITY,
+				        "base '%s' in the bucket is %s but the manifest expects "
+				        "%s: "
+				        "run 'labctl images sync' first",
+				        o->base, bi.rec.checksum, o->base_checksum);
+				goto out;
+			}
+			have_expect = sha256_hex_of(bi.rec.checksum, expect_hex) == 0;
+		}
 	}
 
 	/* The mount's view: this is what QEMU will read. */

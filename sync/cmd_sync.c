@@ -11,6 +11,7 @@
 #include "sync/commands.h"
 #include "sync/files.h"
 #include "sync/github.h"
+#include "sync/interrupt.h"
 #include "sync/job.h"
 #include "sync/pipeline.h"
 #include "sync/progress.h"
@@ -144,13 +145,15 @@ static void plan_item(struct s3 *s3, struct item *it, int force)
 		snprintf(it->reason, sizeof(it->reason), "not in the bucket yet");
 	else if (!im.complete)
 		snprintf(it->reason, sizeof(it->reason), "%s", im.problem);
-	else if (!checksum_equal(im.rec.checksum, want))
-		snprintf(it->reason, sizeof(it->reason), "the record has %s, the manifest wants %s",
-		         im.rec.checksum, want);
+	else if (!record_has_checksum(&im.rec, want))
+		snprintf(it->reason, sizeof(it->reason),
+		         "the record has %s%s%s, the manifest wants %s", im.rec.checksum,
+		         im.rec.manifest_checksum[0] ? " and " : "", im.rec.manifest_checksum,
+		         want);
 	else {
 		it->action = ACT_SKIP;
 		it->ok = 1;
-		snprintf(it->reason, sizeof(it->reason), "up to date (%s)", im.rec.checksum);
+		snprintf(it->reason, sizeof(it->reason), "up to date (%s)", want);
 	}
 out:
 	bucket_image_clear(&im);
@@ -181,6 +184,11 @@ static void run_item(struct runner *r, struct item *it)
 	j.xz_threads = r->xz_threads;
 	j.part_workers = r->part_workers;
 	j.part_size = r->part_size;
+	if (interrupted()) {
+		it->action = ACT_FAILED;
+		err_set(&it->e, ERR_NET, "%s: not started: interrupted", img->name);
+		return;
+	}
 	if (job_run(&j, &it->res, &it->e)) {
 		it->action = ACT_FAILED;
 		progress_log("error: %s", it->e.msg);
@@ -386,6 +394,9 @@ static void print_json(const char *manifest, const struct item *items, size_t n,
 			                    json_integer((json_int_t)it->res.stored_bytes));
 			json_object_set_new(o, "seconds", json_real(it->res.seconds));
 			json_object_set_new(o, "checksum", json_string(it->res.checksum));
+			if (it->res.manifest_checksum[0])
+				json_object_set_new(o, "manifestChecksum",
+				                    json_string(it->res.manifest_checksum));
 		}
 		json_array_append_new(arr, o);
 	}
@@ -612,7 +623,14 @@ int cmd_sync(int argc, char **argv)
 		free(a.skip);
 		return cli_fail(&e);
 	}
+	interrupt_install();
 	rc = do_sync(&common, &a, m, &e) ? cli_fail(&e) : 0;
+	if (interrupted()) {
+		log_error("interrupted by %s: the multipart uploads in flight were aborted; every "
+		          "image not uploaded completely is as it was",
+		          interrupted() == SIGINT ? "SIGINT" : "SIGTERM");
+		rc = interrupt_status();
+	}
 	manifest_free(m);
 	free(a.only);
 	free(a.skip);

@@ -6,6 +6,7 @@
 #include "sync/bucket.h"
 #include "sync/cli.h"
 #include "sync/commands.h"
+#include "sync/interrupt.h"
 #include "sync/pipeline.h"
 #include "sync/progress.h"
 
@@ -114,6 +115,7 @@ static int upload_file(const struct upload_args *a, const struct s3_config *cfg,
 	po.cfg = cfg;
 	po.destination = a->destination;
 	po.name = a->name ? a->name : base_name(a->destination);
+	po.origin = RECORD_ORIGIN_UPLOAD;
 	po.alg = alg;
 	po.expected = a->checksum;
 	po.size_hint = total;
@@ -131,6 +133,11 @@ static int upload_file(const struct upload_args *a, const struct s3_config *cfg,
 		if (pipeline_buffer(p, &buf, &avail, e))
 			goto out;
 		n = read(fd, buf, avail);
+		if (interrupted()) {
+			err_set(e, ERR_NET, "interrupted by %s",
+			        interrupted() == SIGINT ? "SIGINT" : "SIGTERM");
+			goto out;
+		}
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -154,8 +161,9 @@ static int upload_file(const struct upload_args *a, const struct s3_config *cfg,
 	progress_end(prog, "uploaded");
 	prog = NULL;
 	size_format(rec.size, size, sizeof(size));
-	printf("uploaded images/%s: %s (%llu bytes), %s\n", a->destination, size,
-	       (unsigned long long)rec.size, rec.checksum);
+	printf("uploaded images/%s: %s (%llu bytes), %s%s%s\n", a->destination, size,
+	       (unsigned long long)rec.size, rec.checksum, rec.manifest_checksum[0] ? ", " : "",
+	       rec.manifest_checksum);
 	rc = 0;
 out:
 	if (prog)
@@ -189,7 +197,15 @@ int cmd_upload(int argc, char **argv)
 	}
 	if (cli_s3_config(&common, &cfg, &e))
 		return cli_fail(&e);
+	interrupt_install();
 	rc = upload_file(&a, &cfg, &e);
+	if (rc && interrupted()) {
+		s3_config_free(&cfg);
+		log_error("upload of %s interrupted: %s; the multipart upload was aborted and "
+		          "images/%s is as it was",
+		          a.source, e.msg, a.destination);
+		return interrupt_status();
+	}
 	if (!rc)
 		bucket_index_refresh(&cfg, NULL);
 	s3_config_free(&cfg);

@@ -1,5 +1,7 @@
 #include "sync/fetch.h"
 
+#include "sync/interrupt.h"
+
 #include "common/log.h"
 #include "common/timefmt.h"
 
@@ -161,6 +163,17 @@ static CURLcode add_ca(CURL *curl, void *sslctx, void *arg)
 	return CURLE_OK;
 }
 
+/* SIGINT / SIGTERM: curl stops the download (not retried) */
+static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+	(void)ud;
+	(void)dt;
+	(void)dn;
+	(void)ut;
+	(void)un;
+	return interrupted() != 0;
+}
+
 static int setup(CURL *c, const struct fetch_opts *o, struct ca_ctx *ca, char *errbuf)
 {
 	const char *bundle = getenv("CURL_CA_BUNDLE");
@@ -177,6 +190,8 @@ static int setup(CURL *c, const struct fetch_opts *o, struct ca_ctx *ca, char *e
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(ls < 1 ? 1 : ls));
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (!bundle || !*bundle)

@@ -92,6 +92,7 @@ int job_run(const struct image_job *j, struct job_result *res, struct err *e)
 	po.destination = j->destination;
 	po.name = j->name;
 	po.source_url = j->url;
+	po.origin = RECORD_ORIGIN_MANIFEST;
 	po.alg = eff_alg;
 	po.expected = eff;
 	po.workers = j->part_workers;
@@ -127,6 +128,8 @@ int job_run(const struct image_job *j, struct job_result *res, struct err *e)
 		goto out;
 	res->stored_bytes = rec.size;
 	snprintf(res->checksum, sizeof(res->checksum), "%s", rec.checksum);
+	snprintf(res->manifest_checksum, sizeof(res->manifest_checksum), "%s",
+	         rec.manifest_checksum);
 	rc = 0;
 out:
 	res->source_bytes = s.src_bytes;

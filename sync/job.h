@@ -38,7 +38,8 @@ struct job_result {
 	uint64_t stored_bytes; /* uploaded (after decompression) */
 	int resumes;           /* download resumed after a dropped connection */
 	double seconds;
-	char checksum[RECORD_CHECKSUM_MAX]; /* of the stored bytes */
+	char checksum[RECORD_CHECKSUM_MAX];          /* of the stored bytes: sha256 */
+	char manifest_checksum[RECORD_CHECKSUM_MAX]; /* the manifest's, when not sha256 */
 };
 
 /* The checksum the record must hold: validation.expected ?? source.checksum. */

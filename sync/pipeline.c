@@ -3,6 +3,7 @@
 #include "common/log.h"
 #include "common/timefmt.h"
 #include "store/record_index.h"
+#include "sync/interrupt.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -37,6 +38,7 @@ struct pipeline {
 	char *name;
 	char *source_url;
 	char *expected;
+	char origin[16];
 	enum hash_alg alg;
 	size_t base_part;
 	int nworkers;
@@ -44,7 +46,8 @@ struct pipeline {
 	struct s3 *s3; /* the producer's connection: create, complete, abort, PUT */
 	struct s3 **wconn;
 	char *upload_id;
-	struct hash *whole;          /* the object's checksum: the hash thread, in order */
+	struct hash *whole;          /* the object's SHA-256: the hash thread, in order */
+	struct hash *mwhole;         /* ... and in alg, when that is not SHA-256 (or NULL) */
 	unsigned char (*hashes)[32]; /* block map: the workers, each for its own part */
 	size_t hashes_cap;
 	uint64_t submitted; /* bytes handed to the hash thread */
@@ -141,8 +144,11 @@ static void *hash_main(void *arg)
 		if (!b)
 			break; /* stopping, queue drained */
 		double t0 = time_mono();
-		if (!failed)
+		if (!failed) {
 			hash_update(p->whole, b->data, b->len);
+			if (p->mwhole)
+				hash_update(p->mwhole, b->data, b->len);
+		}
 		pthread_mutex_lock(&p->mu);
 		p->t_hash += time_mono() - t0;
 		if (failed || p->failed) {
@@ -305,9 +311,12 @@ struct pipeline *pipeline_new(const struct pipeline_opts *o, struct err *e)
 	p->name = strdup(o->name ? o->name : o->destination);
 	p->source_url = o->source_url ? strdup(o->source_url) : NULL;
 	p->expected = o->expected ? strdup(o->expected) : NULL;
-	p->whole = hash_new(o->alg);
+	snprintf(p->origin, sizeof(p->origin), "%s", o->origin ? o->origin : RECORD_ORIGIN_UPLOAD);
+	p->whole = hash_new(HASH_SHA256);
+	p->mwhole = o->alg != HASH_SHA256 ? hash_new(o->alg) : NULL;
 	if (!p->key || !p->meta_key || !p->destination || !p->name ||
-	    (o->source_url && !p->source_url) || (o->expected && !p->expected) || !p->whole) {
+	    (o->source_url && !p->source_url) || (o->expected && !p->expected) || !p->whole ||
+	    (o->alg != HASH_SHA256 && !p->mwhole)) {
 		err_set(e, ERR_IO, "out of memory");
 		goto fail;
 	}
@@ -343,6 +352,9 @@ static int start_multipart(struct pipeline *p, struct err *e)
 		p->wconn[i] = s3_open(&p->cfg, e);
 		if (!p->wconn[i])
 			return -1;
+		/* a signal stops the parts in flight; the producer's connection
+		 * stays able to abort the upload */
+		s3_set_cancel(p->wconn[i], interrupt_flag());
 	}
 	if (pthread_create(&p->hasher, NULL, hash_main, p))
 		return err_set(e, ERR_IO, "cannot start a thread");
@@ -479,11 +491,22 @@ int pipeline_buffer(struct pipeline *p, void **buf, size_t *avail, struct err *e
 	return 0;
 }
 
+/* A signal stops the upload before the object is complete (pipeline_free
+ * then aborts it); once it is complete, its record is written all the same. */
+static int check_interrupt(struct err *e)
+{
+	int sig = interrupted();
+	if (sig)
+		return err_set(e, ERR_NET, "interrupted by %s",
+		               sig == SIGINT ? "SIGINT" : "SIGTERM");
+	return 0;
+}
+
 int pipeline_commit(struct pipeline *p, size_t n, struct err *e)
 {
 	p->cur->len += n;
 	p->bytes += n;
-	return get_failure(p, e);
+	return get_failure(p, e) || check_interrupt(e) ? -1 : 0;
 }
 
 int pipeline_write(struct pipeline *p, const void *data, size_t n, struct err *e)
@@ -514,14 +537,15 @@ static int verify(struct pipeline *p, const struct record *r, struct err *e)
 {
 	enum hash_alg alg;
 	char hex[HASH_MAX_HEX];
-	const char *got = strchr(r->checksum, ':');
+	const char *sum = p->mwhole ? r->manifest_checksum : r->checksum;
+	const char *got = strchr(sum, ':');
 	if (!p->expected)
 		return 0;
 	if (hash_checksum_parse(p->expected, &alg, hex) || !got || strcmp(got + 1, hex))
 		return err_set(e, ERR_INTEGRITY,
 		               "checksum mismatch for %s: expected %s, got %s (nothing was "
 		               "stored; check the manifest's checksum)",
-		               p->key, p->expected, r->checksum);
+		               p->key, p->expected, sum);
 	return 0;
 }
 
@@ -533,7 +557,13 @@ static int make_record(struct pipeline *p, uint64_t size, struct record *r, stru
 		return err_set(e, ERR_IO, "%s: %llu bytes hashed, %llu written", p->key,
 		               (unsigned long long)size, (unsigned long long)p->bytes);
 	hash_final_hex(p->whole, hex);
-	snprintf(r->checksum, sizeof(r->checksum), "%s:%s", hash_alg_name(p->alg), hex);
+	snprintf(r->checksum, sizeof(r->checksum), "sha256:%s", hex);
+	if (p->mwhole) {
+		hash_final_hex(p->mwhole, hex);
+		snprintf(r->manifest_checksum, sizeof(r->manifest_checksum), "%s:%s",
+		         hash_alg_name(p->alg), hex);
+	}
+	snprintf(r->origin, sizeof(r->origin), "%s", p->origin);
 	r->size = size;
 	r->block_size = RECORD_DEFAULT_BLOCK_SIZE;
 	r->nblocks = nblocks(size);
@@ -694,7 +724,7 @@ out:
 }
 
 /* The version at vkey/vmeta is there with a record that describes it. */
-static int version_exists(struct pipeline *p, const char *vkey, const char *vmeta)
+static int version_exists(struct s3 *s3, const char *vkey, const char *vmeta)
 {
 	struct s3_object obj = {0};
 	struct record vr = {0};
@@ -702,8 +732,8 @@ static int version_exists(struct pipeline *p, const char *vkey, const char *vmet
 	char *data = NULL;
 	size_t len = 0;
 	int rc = 0;
-	if (s3_get_all(p->s3, vmeta, RECINDEX_MAX_RECORD, &data, &len, NULL, &ge) ||
-	    record_parse(data, len, &vr, &ge) || s3_head(p->s3, vkey, &obj, &ge) ||
+	if (s3_get_all(s3, vmeta, RECINDEX_MAX_RECORD, &data, &len, NULL, &ge) ||
+	    record_parse(data, len, &vr, &ge) || s3_head(s3, vkey, &obj, &ge) ||
 	    record_matches_object(&vr, obj.size, obj.etag, &ge))
 		goto out;
 	rc = 1;
@@ -714,22 +744,82 @@ out:
 	return rc;
 }
 
-/* Before the object is replaced by bytes with another checksum (new_sum):
+int pipeline_keep_version(struct s3 *s3, const char *destination, const struct s3_object *cur,
+                          struct record *prev, struct err *e)
+{
+	struct s3_object after = {0};
+	enum hash_alg alg;
+	char hex[HASH_MAX_HEX], *key = NULL, *vkey = NULL, *vmeta = NULL, *json = NULL;
+	int rc = -1, multipart;
+
+	if (hash_checksum_parse(prev->checksum, &alg, hex) || alg != HASH_SHA256)
+		return err_set(e, ERR_INVALID, "%s: checksum %s is not a sha256 one", destination,
+		               prev->checksum);
+	key = record_image_key(destination);
+	vkey = record_version_key(hex);
+	vmeta = record_version_meta_key(hex);
+	if (!key || !vkey || !vmeta) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	if (version_exists(s3, vkey, vmeta)) {
+		log_debug("%s: this version is kept already at %s", key, vkey);
+		rc = 0;
+		goto out;
+	}
+	/* Swift's s3api refuses x-amz-copy-source-if-match on a multipart
+	 * object's ETag ("...-N"): for those, the object is checked after the
+	 * copy instead (readers verify every block of a version anyway). */
+	multipart = strchr(cur->etag, '-') != NULL;
+	if (s3_copy(s3, key, multipart ? NULL : cur->etag, cur->size, vkey, prev->etag, e))
+		goto out;
+	if (multipart &&
+	    (s3_head(s3, key, &after, e) || !record_etag_equal(after.etag, cur->etag))) {
+		if (!e->code)
+			err_set(e, ERR_PRECONDITION,
+			        "%s was replaced by another upload while its version was kept",
+			        key);
+		goto out;
+	}
+	free(prev->destination);
+	prev->destination = strdup(destination);
+	time_format_rfc3339(time(NULL), prev->replaced_at);
+	if (!prev->destination) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	json = record_to_json(prev, e);
+	if (!json || s3_put(s3, vmeta, json, strlen(json), "application/json", NULL, e)) {
+		err_prefix(e, "writing %s, the record of the version of %s", vmeta, key);
+		goto out;
+	}
+	log_info("%s: version %s kept at %s", key, prev->checksum, vkey);
+	rc = 0;
+out:
+	free(json);
+	free(key);
+	free(vkey);
+	free(vmeta);
+	free(after.key);
+	return rc;
+}
+
+/* Before the object is replaced by bytes with another checksum (nr's):
  * keep its previous bytes and record as a version (DESIGN.md, docs/design.md)
  * with a server-side copy, so that what an overlay or a running VM stands on
  * stays readable by its by-sha256 name.  Nothing to keep when there is no
  * image, no record that describes it, or the same bytes; a record that is
  * not sha256 has no by-sha256 name to keep (logged).  A failure to keep it
  * fails the upload: the image is not replaced. */
-static int keep_previous(struct pipeline *p, const char *new_sum, struct err *e)
+static int keep_previous(struct pipeline *p, const struct record *nr, struct err *e)
 {
-	struct s3_object cur = {0}, after = {0};
+	struct s3_object cur = {0};
 	struct record prev = {0};
 	struct err ge = {0};
 	enum hash_alg alg;
-	char hex[HASH_MAX_HEX], *data = NULL, *vkey = NULL, *vmeta = NULL, *json = NULL;
+	char hex[HASH_MAX_HEX], *data = NULL;
 	size_t len = 0;
-	int rc = -1, multipart;
+	int rc = -1;
 
 	if (s3_head(p->s3, p->key, &cur, &ge)) {
 		if (ge.code != ERR_NOTFOUND) {
@@ -758,7 +848,9 @@ static int keep_previous(struct pipeline *p, const char *new_sum, struct err *e)
 		rc = 0;
 		goto out;
 	}
-	if (!strcmp(prev.checksum, new_sum)) {
+	/* a record of older labctl may name the same bytes by their sha512 */
+	if (record_has_checksum(&prev, nr->checksum) ||
+	    (nr->manifest_checksum[0] && record_has_checksum(&prev, nr->manifest_checksum))) {
 		rc = 0; /* the same bytes again */
 		goto out;
 	}
@@ -769,59 +861,14 @@ static int keep_previous(struct pipeline *p, const char *new_sum, struct err *e)
 		rc = 0;
 		goto out;
 	}
-	vkey = record_version_key(hex);
-	vmeta = record_version_meta_key(hex);
-	if (!vkey || !vmeta) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	if (version_exists(p, vkey, vmeta)) {
-		log_debug("%s: its previous version is kept already at %s", p->key, vkey);
-		rc = 0;
-		goto out;
-	}
-	/* Swift's s3api refuses x-amz-copy-source-if-match on a multipart
-	 * object's ETag ("...-N"): for those, the object is checked after the
-	 * copy instead (readers verify every block of a version anyway). */
-	multipart = strchr(cur.etag, '-') != NULL;
-	if (s3_copy(p->s3, p->key, multipart ? NULL : cur.etag, cur.size, vkey, prev.etag, e)) {
+	if (pipeline_keep_version(p->s3, p->destination, &cur, &prev, e)) {
 		err_prefix(e, "keeping the previous version of %s (it is not replaced)", p->key);
 		goto out;
 	}
-	if (multipart &&
-	    (s3_head(p->s3, p->key, &after, e) || !record_etag_equal(after.etag, cur.etag))) {
-		if (!e->code)
-			err_set(e, ERR_PRECONDITION,
-			        "%s was replaced by another upload while its previous version was "
-			        "kept",
-			        p->key);
-		err_prefix(e, "keeping the previous version of %s (it is not replaced)", p->key);
-		goto out;
-	}
-	free(prev.destination);
-	prev.destination = strdup(p->destination);
-	time_format_rfc3339(time(NULL), prev.replaced_at);
-	if (!prev.destination) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	json = record_to_json(&prev, e);
-	if (!json || s3_put(p->s3, vmeta, json, strlen(json), "application/json", NULL, e)) {
-		err_prefix(e,
-		           "writing %s, the record of the previous version of %s (it is not "
-		           "replaced)",
-		           vmeta, p->key);
-		goto out;
-	}
-	log_info("%s: previous version %s kept at %s", p->key, prev.checksum, vkey);
 	rc = 0;
 out:
-	free(json);
-	free(vkey);
-	free(vmeta);
 	free(data);
 	free(cur.key);
-	free(after.key);
 	record_free(&prev);
 	return rc;
 }
@@ -834,13 +881,15 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 	char *json = NULL;
 	int rc = -1, nparts;
 
-	if (get_failure(p, e))
+	if (get_failure(p, e) || check_interrupt(e))
 		goto out;
 	if (!p->upload_id) {
 		/* smaller than one part: hash and verify, then a single PUT */
 		const void *data = p->cur ? (const void *)p->cur->data : "";
 		size_t len = p->cur ? p->cur->len : 0;
 		hash_update(p->whole, data, len);
+		if (p->mwhole)
+			hash_update(p->mwhole, data, len);
 		if (len) {
 			p->hashes = malloc(nblocks(len) * 32);
 			if (!p->hashes) {
@@ -849,8 +898,7 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 			}
 			hash_blocks(data, len, p->hashes);
 		}
-		if (make_record(p, len, &r, e) || verify(p, &r, e) ||
-		    keep_previous(p, r.checksum, e))
+		if (make_record(p, len, &r, e) || verify(p, &r, e) || keep_previous(p, &r, e))
 			goto out;
 		if (s3_put(p->s3, p->key, data, len, "application/octet-stream", etag, e)) {
 			err_prefix(e, "uploading %s", p->key);
@@ -862,7 +910,7 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 		if (wait_parts(p, e))
 			goto out;
 		if (make_record(p, p->submitted, &r, e) || verify(p, &r, e) ||
-		    keep_previous(p, r.checksum, e))
+		    keep_previous(p, &r, e) || check_interrupt(e))
 			goto out;
 		nparts = p->next_part - 1;
 		for (int i = 0; i < nparts; i++)
@@ -969,6 +1017,7 @@ void pipeline_free(struct pipeline *p)
 	free(p->parts);
 	free(p->upload_id);
 	hash_free(p->whole);
+	hash_free(p->mwhole);
 	free(p->hashes);
 	free(p->key);
 	free(p->meta_key);

@@ -39,11 +39,15 @@ struct pipeline_opts {
 	const char *destination; /* images/<destination>, metadata/<destination>.json */
 	const char *name;        /* record name */
 	const char *source_url;  /* for the record; NULL for a local file */
-	enum hash_alg alg;       /* checksum algorithm of the stored bytes */
-	const char *expected;    /* "sha256:<hex>" the stored bytes must have, or NULL */
-	uint64_t size_hint;      /* expected total size, 0 when unknown (for part sizing) */
-	size_t part_size;        /* 0: PIPELINE_PART_SIZE (at least 5 MiB) */
-	int workers;             /* parallel part uploads, 0: PIPELINE_WORKERS */
+	const char *origin;      /* RECORD_ORIGIN_MANIFEST or RECORD_ORIGIN_UPLOAD */
+	/* The algorithm `expected` is in.  The record's checksum is always the
+	 * sha256 of the stored bytes; for another algorithm the stored bytes
+	 * are hashed with it as well, checked, and kept as manifestChecksum. */
+	enum hash_alg alg;
+	const char *expected; /* "ALG:<hex>" the stored bytes must have, or NULL */
+	uint64_t size_hint;   /* expected total size, 0 when unknown (for part sizing) */
+	size_t part_size;     /* 0: PIPELINE_PART_SIZE (at least 5 MiB) */
+	int workers;          /* parallel part uploads, 0: PIPELINE_WORKERS */
 };
 
 struct pipeline;
@@ -61,6 +65,13 @@ int pipeline_write(struct pipeline *p, const void *data, size_t n, struct err *e
 int pipeline_finish(struct pipeline *p, struct record *out, struct err *e);
 /* Bytes written so far. */
 uint64_t pipeline_bytes(const struct pipeline *p);
+/* Keep images/<destination> (the object cur, which prev describes; a sha256
+ * record) as a previous version: server-side copy to versions/<hex>, then
+ * its record (prev with destination and replacedAt now, the copy's ETag) at
+ * metadata/versions/<hex>.json.  Nothing when that version is kept already.
+ * prev is changed (destination, replacedAt). */
+int pipeline_keep_version(struct s3 *s3, const char *destination, const struct s3_object *cur,
+                          struct record *prev, struct err *e);
 /* Abort (when not finished) and release everything. */
 void pipeline_free(struct pipeline *p);
 

@@ -262,7 +262,24 @@ struct s3 {
 	int errbody_cut; /* the error body was longer than ERRBODY_MAX: not read on */
 	struct req *cur;
 	size_t upload_pos;
+	const volatile sig_atomic_t *cancel; /* s3_set_cancel */
 };
+
+void s3_set_cancel(struct s3 *s, const volatile sig_atomic_t *flag)
+{
+	s->cancel = flag;
+}
+
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+	const struct s3 *s = ud;
+	(void)dltotal;
+	(void)dlnow;
+	(void)ultotal;
+	(void)ulnow;
+	return *s->cancel != 0; /* non-zero: curl stops the transfer */
+}
 
 static const char *readable_env(const char *name)
 {
@@ -939,6 +956,11 @@ static void setup_handle(struct s3 *s, struct req *r, const char *url, struct cu
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, s);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_write);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
+	if (s->cancel) {
+		curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+		curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+		curl_easy_setopt(c, CURLOPT_XFERINFODATA, s);
+	}
 	if (!strcmp(r->method, "HEAD")) {
 		curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
 	} else if (!strcmp(r->method, "PUT")) {
@@ -1007,6 +1029,10 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 		enum outcome o;
 		char code[96] = "";
 		double wait;
+		if (s->cancel && *s->cancel) {
+			err_set(e, ERR_NET, "%s: interrupted", r->what);
+			break;
+		}
 		attempt++;
 		r->attempts++;
 		if (r->get)
@@ -1042,6 +1068,10 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 		if (c == CURLE_WRITE_ERROR && ((r->get && r->get->past_range) || s->errbody_cut))
 			c = CURLE_OK;
 
+		if (c == CURLE_ABORTED_BY_CALLBACK && s->cancel && *s->cancel) {
+			err_set(e, ERR_NET, "%s: interrupted", r->what);
+			break;
+		}
 		if (r->get && r->get->too_big) {
 			err_set(e, ERR_INVALID,
 			        "%s: the object has more than %llu bytes, the most expected; not "

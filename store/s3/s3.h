@@ -8,6 +8,7 @@
 #include "common/err.h"
 #include "store/s3/s3_types.h"
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -59,6 +60,9 @@ int s3_payload_unsigned(const struct s3 *s);
  * and what to do: the region a 301/400 names (x-amz-bucket-region or
  * <Region>), the clock when the server's Date is off (RequestTimeTooSkewed). */
 struct s3 *s3_open(const struct s3_config *cfg, struct err *e);
+/* While *flag is non-zero (a signal handler sets it), requests on s stop
+ * where they are and fail without a retry ("interrupted").  NULL: never. */
+void s3_set_cancel(struct s3 *s, const volatile sig_atomic_t *flag);
 void s3_close(struct s3 *s);
 
 /* HEAD: ERR_NOTFOUND when missing.  out->key is left NULL. */

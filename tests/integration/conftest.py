@@ -125,12 +125,14 @@ class Bucket:
                    E2_REGION="us-east-1")
         return env
 
-    def keys(self, prefix=""):
+    def keys(self, prefix="", index=False):
+        """Every key; the record index (labctl writes it by default) only
+        with index=True."""
         out = []
         pager = self.s3.get_paginator("list_objects_v2")
         for page in pager.paginate(Bucket=self.name, Prefix=prefix):
             out += [o["Key"] for o in page.get("Contents", [])]
-        return sorted(out)
+        return sorted(k for k in out if index or k != RECORD_INDEX)
 
     def get(self, key):
         return self.s3.get_object(Bucket=self.name, Key=key)["Body"].read()

@@ -119,7 +119,7 @@ def test_annotation_message_escapes_newline_and_percent(tmp_path):
     assert p.stdout.splitlines() == [
         "::error file=images/images.yaml,line=11,col=7::image \"alpine\": unknown key "
         "\"x%250Ay\"; remove it (known keys: name, source, destination, validation, "
-        "updateFile)"]
+        "updateFile, retention)"]
 
 
 # ------------------------------------------------------------ --check-files

@@ -1,6 +1,7 @@
-"""labctl images prune: deletes what the manifest no longer names, aborts stale
-multipart uploads, and refuses (exit 2, deleting nothing) on an invalid or
-empty manifest."""
+"""labctl images prune: deletes what labctl manages and the manifest no longer
+wants (upload images only under a spec.uploads rule), aborts stale multipart
+uploads, and refuses (exit 2, deleting nothing) on an invalid or empty
+manifest.  Retention and origin: test_history.py."""
 import json
 
 from conftest import binary, run
@@ -12,13 +13,17 @@ def labctl(*args):
     return [binary("labctl"), *args]
 
 
-def manifest(tmp_path, dests, raw=None):
+def manifest(tmp_path, dests, raw=None, uploads=()):
     repo = tmp_path / "repo"
     (repo / "images").mkdir(parents=True, exist_ok=True)
     m = repo / "images" / "images.yaml"
     if raw is None:
         lines = ["apiVersion: images.lab.gilman.io/v1alpha1", "kind: ImageManifest",
                  "metadata:", "  name: lab", "spec:"]
+        if uploads:
+            lines.append("  uploads:")
+            for prefix, keep in uploads:
+                lines += [f"    - prefix: '{prefix}'", f"      keep: {keep}"]
         if dests:
             lines.append("  images:")
             for i, d in enumerate(dests):
@@ -50,12 +55,15 @@ def test_prune_deletes_unnamed_only(bucket, tmp_path):
     bucket.put("images/foreign.bin", b"no record")  # an object without record
     bucket.put("other/untouched.txt", b"not under images/ or metadata/")
     bucket.put("metadata/README", b"not a record name")
-    m = manifest(tmp_path, ["keep.raw", "dir/keep2.qcow2"])
+    # the uploads go by their rules (dir/keep2.qcow2 stays: the manifest names it)
+    m = manifest(tmp_path, ["keep.raw", "dir/keep2.qcow2"],
+                 uploads=[("old", 0), ("dir/", 0)])
     p = prune(bucket, m, "--dry-run")
-    assert "would delete images/old.raw" in p.stdout
+    assert "would delete images/old.raw (and its record)" in p.stdout
     assert len(bucket.keys()) == 12
     prune(bucket, m)
-    assert bucket.keys() == ["images/dir/keep2.qcow2", "images/keep.raw",
+    # the record without image goes; the object without record is left alone
+    assert bucket.keys() == ["images/dir/keep2.qcow2", "images/foreign.bin", "images/keep.raw",
                              "metadata/README", "metadata/dir/keep2.qcow2.json",
                              "metadata/keep.raw.json", "other/untouched.txt"]
     items = json.loads(run(labctl("images", "list", "--json"), env=bucket.env, check=0).stdout)
@@ -63,7 +71,7 @@ def test_prune_deletes_unnamed_only(bucket, tmp_path):
                                                                         "keep.raw"]
     # nothing more to do
     p = prune(bucket, m)
-    assert "0 images to delete, 0 records to delete" in p.stdout
+    assert p.stdout.startswith("0 to delete, 0 to retire"), p.stdout
 
 
 def test_prune_refuses_invalid_manifest(bucket, tmp_path):
@@ -98,11 +106,11 @@ def test_prune_aborts_stale_uploads(bucket, tmp_path):
     m = manifest(tmp_path, ["a.raw"])
     # a fresh upload (a sync running right now) is left alone
     p = prune(bucket, m)
-    assert "0 stale multipart uploads" in p.stdout
+    assert "0 uploads to abort" in p.stdout
     assert len(bucket.pending_uploads()) == 1
     prune(bucket, m, "--upload-age", "0", "--dry-run")
     assert len(bucket.pending_uploads()) == 1
     p = prune(bucket, m, "--upload-age", "0")
-    assert "aborted 1 upload" in p.stdout
+    assert "abort images/a.raw: a multipart upload started" in p.stdout
     assert bucket.pending_uploads() == []
     assert bucket.keys() == ["images/a.raw", "metadata/a.raw.json"]

@@ -9,6 +9,7 @@ fetched, so the buckets here hold a dozen images.  The debug log says how
 many records came from the index, which shows it was really used.
 """
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -92,20 +93,29 @@ def expected_mount():
     return {f"d/img{i:02d}.raw" for i in range(N_GOOD)}
 
 
-def test_no_index_unless_asked(bucket, tmp_path):
-    """By default the bucket holds exactly DESIGN.md's layout."""
+def test_index_by_default_unless_off(bucket, tmp_path):
+    """upload (like sync and prune) writes the index by default;
+    IMGSTORE_RECORD_INDEX=off skips it."""
     src = tmp_path / "a.raw"
     src.write_bytes(b"a" * 5000)
+    env = dict(bucket.env, IMGSTORE_RECORD_INDEX="off")
     run(labctl("images", "upload", "--source", src, "--destination", "a.raw"),
+        env=env, check=0)
+    assert bucket.keys(index=True) == ["images/a.raw", "metadata/a.raw.json"]
+    run(labctl("images", "upload", "--source", src, "--destination", "b.raw"),
         env=bucket.env, check=0)
-    assert bucket.keys() == ["images/a.raw", "metadata/a.raw.json"]
+    assert bucket.keys(index=True) == ["images/a.raw", "images/b.raw", RECORD_INDEX,
+                                       "metadata/a.raw.json", "metadata/b.raw.json"]
+    doc = json.loads(gzip.decompress(bucket.get(RECORD_INDEX)))
+    assert sorted(r["key"] for r in doc["records"]) == ["metadata/a.raw.json",
+                                                        "metadata/b.raw.json"]
 
 
 def test_index_command_then_upload_keeps_it_current(bucket, tmp_path):
     src = tmp_path / "a.raw"
     src.write_bytes(b"a" * 5000)
     run(labctl("images", "upload", "--source", src, "--destination", "a.raw"),
-        env=bucket.env, check=0)
+        env=dict(bucket.env, IMGSTORE_RECORD_INDEX="off"), check=0)
     p = run(labctl("images", "index"), env=bucket.env, check=0)
     assert "written" in p.stdout, p.stdout
     ix = index_of(bucket)
@@ -259,6 +269,11 @@ def test_forged_entry_cannot_validate_an_invalid_record(bucket, tmp_path, same_e
 
 def test_prune_keeps_the_index_current(bucket, tmp_path):
     fill(bucket)
+    # an image of the manifest that it no longer names: prune retires it
+    gone = b"gone\n" * 100
+    etag = bucket.put("images/gone.raw", gone)["ETag"]
+    bucket.put("metadata/gone.raw.json",
+               json.dumps(dict(record_for(gone, etag, "gone"), origin="manifest")).encode())
     run(labctl("images", "index"), env=bucket.env, check=0)
     # prune with a manifest that keeps only the good images
     lines = ["apiVersion: images.lab.gilman.io/v1alpha1", "kind: ImageManifest",
@@ -276,6 +291,11 @@ def test_prune_keeps_the_index_current(bucket, tmp_path):
     assert bucket.get(RECORD_INDEX) == before
     run(labctl("images", "prune", "--manifest", m), env=bucket.env, check=0)
     ix = index_of(bucket)
-    assert sorted(ix) == [f"metadata/d/img{i:02d}.raw.json" for i in range(N_GOOD)]
+    # incomplete images are left alone by prune (their records too)
+    vkey = "metadata/versions/" + hashlib.sha256(gone).hexdigest() + ".json"
+    assert sorted(ix) == bucket.keys("metadata/")
+    assert "metadata/gone.raw.json" not in ix and vkey in ix
+    assert {f"metadata/d/img{i:02d}.raw.json" for i in range(N_GOOD)} <= set(ix)
     items, used = listing(bucket)
-    assert used == N_GOOD and all(i["complete"] for i in items.values())
+    assert used == N_GOOD + 2  # and badsize, badjson
+    assert sorted(d for d, i in items.items() if i["complete"]) == sorted(expected_mount())

@@ -243,7 +243,7 @@ static void test_unknown_keys(void)
 	       "did "
 	       "you mean \"replacements\"?",
 	       "unknown_keys.yaml:20:7: image \"a\": unknown key \"color\"; remove it (known keys: "
-	       "name, source, destination, validation, updateFile)",
+	       "name, source, destination, validation, updateFile, retention)",
 	       "unknown_keys.yaml:21:7: image \"a\": duplicate key \"name\" (first at line 8); "
 	       "remove one of them",
 	       "unknown_keys.yaml:22:7: image \"a\": merge keys (\"<<\") are not supported; write "
@@ -962,6 +962,43 @@ static void test_replacements_literal(void)
 	mf_apply_result_free(&r);
 }
 
+/* spec.retention, an image's retention (overrides the keys it names) and
+ * spec.uploads (the longest prefix applies) */
+static void test_retention(void)
+{
+	static const char doc[] =
+	        "apiVersion: images.lab.gilman.io/v1alpha1\nkind: ImageManifest\n"
+	        "metadata: {name: x}\nspec:\n"
+	        "  retention: {keepDays: 7}\n"
+	        "  uploads:\n    - {prefix: vyos/, keep: 5, keepDays: 30}\n"
+	        "    - {prefix: vyos/old/, keepDays: 1}\n"
+	        "  images:\n"
+	        "    - name: a\n      source: {url: 'https://e.org/a', checksum: 'sha256:"
+	        "1111111111111111111111111111111111111111111111111111111111111111'}\n"
+	        "      destination: a.raw\n"
+	        "    - name: b\n      source: {url: 'https://e.org/b', checksum: 'sha256:"
+	        "1111111111111111111111111111111111111111111111111111111111111111'}\n"
+	        "      destination: b.raw\n      retention: {keepVersions: 3}\n";
+	struct manifest *m = NULL;
+	struct err e = {0};
+	CHECK(manifest_load_buffer(doc, strlen(doc), "r", &m, NULL, &e) == 0);
+	if (!m)
+		return;
+	CHECK(m->retention.keep_versions == 1 && m->retention.keep_days == 7);
+	CHECK(m->images[0].retention.keep_versions == 1 && m->images[0].retention.keep_days == 7);
+	CHECK(m->images[1].retention.keep_versions == 3 && m->images[1].retention.keep_days == 7);
+	CHECK(m->nuploads == 2 && m->uploads[0].keep == 5 && m->uploads[0].keep_days == 30);
+	CHECK(manifest_upload_rule(m, "vyos/a.raw") == &m->uploads[0]);
+	CHECK(manifest_upload_rule(m, "vyos/old/a.raw") == &m->uploads[1]);
+	CHECK(manifest_upload_rule(m, "other/a.raw") == NULL);
+	CHECK(m->uploads[1].keep == 0 && m->uploads[1].keep_days == 1);
+	manifest_free(m);
+	e = (struct err){0};
+	CHECK(mf_check_destination("versions/x.raw", &e) == -1);
+	CHECK(strstr(e.msg, "inside versions/") != NULL);
+	CHECK(mf_check_destination("versionsx/x.raw", &e) == 0);
+}
+
 int main(void)
 {
 	const char *root = getenv("SOURCE_ROOT");
@@ -991,5 +1028,6 @@ int main(void)
 	test_templates();
 	test_replacements_from_manifest();
 	test_replacements_literal();
+	test_retention();
 	return check_report("manifest");
 }

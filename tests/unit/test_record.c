@@ -494,9 +494,65 @@ static void test_version_fields(void)
 	}
 }
 
+/* origin and manifestChecksum: written when set, parsed strictly; records
+ * without origin take it from source.url */
+static void test_origin_fields(void)
+{
+	static const char *const SHA512 =
+	        "sha512:"
+	        "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85"
+	        "f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e";
+	struct record r, r2;
+	struct err e = {0};
+	char *text, *bad;
+
+	CHECK(record_parse(golden, strlen(golden), &r, &e) == 0);
+	CHECK(r.origin[0] == '\0' && r.manifest_checksum[0] == '\0');
+	/* the golden record has an https source: a sync of older labctl */
+	CHECK_STR(record_origin(&r), "manifest");
+	free(r.source_url);
+	r.source_url = strdup("file:///tmp/x.raw");
+	CHECK_STR(record_origin(&r), "upload");
+	free(r.source_url);
+	r.source_url = NULL;
+	CHECK_STR(record_origin(&r), "upload");
+	strcpy(r.origin, "manifest");
+	CHECK_STR(record_origin(&r), "manifest");
+	strcpy(r.manifest_checksum, SHA512);
+	CHECK(record_has_checksum(&r, SHA512));
+	CHECK(record_has_checksum(&r, r.checksum));
+	CHECK(!record_has_checksum(&r, "sha256:00"));
+	text = record_to_json(&r, &e);
+	CHECK(text && strstr(text, "\"origin\": \"manifest\"") &&
+	      strstr(text, "\"manifestChecksum\": \"sha512:cf83e1"));
+	CHECK(text && record_parse(text, strlen(text), &r2, &e) == 0);
+	CHECK_STR(r2.origin, "manifest");
+	CHECK_STR(r2.manifest_checksum, SHA512);
+	record_free(&r2);
+	free(text);
+	strcpy(r.origin, "elsewhere");
+	CHECK(record_to_json(&r, &e) == NULL && strstr(e.msg, "origin"));
+	record_free(&r);
+
+	const char *cases[] = {",\"origin\": \"other\"", ",\"origin\": 1",
+	                       ",\"manifestChecksum\": \"md5:00\"", ",\"manifestChecksum\": 1"};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t n = strlen(golden) - strlen("\n}");
+		bad = malloc(n + strlen(cases[i]) + 3);
+		memcpy(bad, golden, n);
+		strcpy(bad + n, cases[i]);
+		strcat(bad, "\n}");
+		e = (struct err){0};
+		CHECK(record_parse(bad, strlen(bad), &r, &e) == -1 && e.code == ERR_INVALID);
+		CHECK(strstr(e.msg, i < 2 ? "origin" : "manifestChecksum") != NULL);
+		free(bad);
+	}
+}
+
 int main(void)
 {
 	test_round_trip();
+	test_origin_fields();
 	test_version_fields();
 	test_validation();
 	test_matches();
