@@ -1667,6 +1667,15 @@ int cache_meta_put(struct cache *c, const char *name, const void *data, size_t l
 	return err_set(e, ERR_IO, "block cache: caching %s: %s", name, req.msg);
 }
 
+uint64_t cache_backlog(struct cache *c)
+{
+	uint64_t n;
+	pthread_mutex_lock(&c->mu);
+	n = c->qbytes;
+	pthread_mutex_unlock(&c->mu);
+	return n;
+}
+
 int cache_pins_set(struct cache *c, const char *owner, const unsigned char (*keys)[CACHE_KEY_LEN],
                    size_t n, struct err *e)
 {

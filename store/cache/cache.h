@@ -67,6 +67,9 @@ void cache_put(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const vo
  * 1 taken; 0 dropped (release is not called, the buffer stays the caller's). */
 int cache_put_ref(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const void *data,
                   size_t len, void (*release)(void *), void *arg);
+/* Bytes queued for the writer: background fetchers wait while it is large,
+ * so that their blocks are not dropped (cache_put never waits). */
+uint64_t cache_backlog(struct cache *c);
 /* Wait until every queued insert is on disk (tests, unmount). */
 void cache_flush(struct cache *c);
 
