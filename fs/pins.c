@@ -489,10 +489,12 @@ static int wait_turn(struct imgfs *fs, struct pins *p, unsigned gen, uint64_t by
 			return 1;
 	}
 	if (fs->o.prefetch_rate) {
-		double now = time_mono();
-		if (p->tb < now)
-			p->tb = now;
-		p->tb += (double)bytes / (double)fs->o.prefetch_rate;
+		/* a token bucket that holds one GET's worth: the time a GET takes
+		 * is not lost to the rate, and an idle spell buys one GET only */
+		double now = time_mono(), cost = (double)bytes / (double)fs->o.prefetch_rate;
+		if (p->tb < now - cost)
+			p->tb = now - cost;
+		p->tb += cost;
 		if (nap_until(p, gen, p->tb))
 			return 1;
 	}
