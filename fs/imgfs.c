@@ -481,13 +481,18 @@ static int refresh(struct imgfs *fs, struct s3 **conn, int initial, struct err *
 	}
 	if (!atomic_exchange(&fs->bucket_ok, 1) && !initial)
 		log_info("the bucket %s answers again: the listing is refreshed", fs->cfg.bucket);
+	/* the stats never pair the new tree with the pins of the old one */
+	pins_lock(fs);
 	if (tree_apply(fs, st, fs->state, initial, e)) {
+		pins_unlock(fs);
 		state_free(st);
 		return -1;
 	}
 	persist(fs, st, fs->state);
 	state_free(fs->state);
 	fs->state = st;
+	pins_update(fs);
+	pins_unlock(fs);
 	atomic_fetch_add(&fs->refreshes, 1);
 	atomic_store(&fs->last_refresh, time(NULL));
 	return 0;
@@ -514,6 +519,9 @@ static void *refresh_thread(void *arg)
 		if (rc < 0 && errno != EINTR)
 			break;
 		if (refresh(fs, &conn, 0, &e)) {
+			pins_lock(fs);
+			pins_update(fs); /* SIGHUP re-reads the pin file too */
+			pins_unlock(fs);
 			log_warn("refreshing the listing: %s; keeping the current one", e.msg);
 			if (e.code == ERR_NET && conn) {
 				s3_close(conn); /* a fresh connection next time */
@@ -523,7 +531,6 @@ static void *refresh_thread(void *arg)
 			log_debug("listing refreshed: %zu images",
 			          (size_t)atomic_load(&fs->nimages));
 		}
-		pins_update(fs); /* SIGHUP re-reads the pin file too */
 		notify_status(fs, 0, &e);
 	}
 	if (conn)
@@ -801,7 +808,9 @@ static int start(struct imgfs *fs, struct cli *c, struct err *e)
 	}
 	if (pins_init(fs, e))
 		goto out;
+	pins_lock(fs);
 	pins_update(fs);
+	pins_unlock(fs);
 	rc = 0;
 out:
 	if (conn)

@@ -172,8 +172,12 @@ struct pin_stats {
 int pins_init(struct imgfs *fs, struct err *e);
 /* After every refresh (refresh thread) and once after the first listing:
  * re-read the pin file, match the tree, record the pinned blocks in the
- * cache, wake the prefetch thread when the set changed. */
+ * cache, wake the prefetch thread when the set changed.  Under pins_lock(),
+ * which the refresh takes before it changes the tree: pins_get_stats() waits
+ * for both, so it never reports the old set's progress for a new version. */
 void pins_update(struct imgfs *fs);
+void pins_lock(struct imgfs *fs);
+void pins_unlock(struct imgfs *fs);
 int pins_start(struct imgfs *fs, struct err *e);
 /* Stop and join the prefetch thread, free everything (idempotent). */
 void pins_stop(struct imgfs *fs);

@@ -51,6 +51,7 @@ struct pins {
 	int have_digest;
 	uint64_t logged_excess;
 
+	pthread_mutex_t upd_mu; /* pins_lock: the set and its stats are consistent */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	struct pinned *list; /* the current set, current versions first */
@@ -164,6 +165,7 @@ int pins_init(struct imgfs *fs, struct err *e)
 	if (!p)
 		return err_set(e, ERR_IO, "out of memory");
 	pthread_mutex_init(&p->mu, NULL);
+	pthread_mutex_init(&p->upd_mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&p->cv, &ca);
@@ -676,9 +678,22 @@ void pins_stop(struct imgfs *fs)
 	strings_free(p->file_globs, p->nfile_globs);
 	free(p->owner);
 	pthread_mutex_destroy(&p->mu);
+	pthread_mutex_destroy(&p->upd_mu);
 	pthread_cond_destroy(&p->cv);
 	free(p);
 	fs->pins = NULL;
+}
+
+void pins_lock(struct imgfs *fs)
+{
+	if (fs->pins)
+		pthread_mutex_lock(&fs->pins->upd_mu);
+}
+
+void pins_unlock(struct imgfs *fs)
+{
+	if (fs->pins)
+		pthread_mutex_unlock(&fs->pins->upd_mu);
 }
 
 void pins_get_stats(struct imgfs *fs, struct pin_stats *out)
@@ -687,9 +702,11 @@ void pins_get_stats(struct imgfs *fs, struct pin_stats *out)
 	memset(out, 0, sizeof(*out));
 	if (!p)
 		return;
+	pthread_mutex_lock(&p->upd_mu);
 	out->images = atomic_load(&p->images);
 	out->bytes = atomic_load(&p->bytes);
 	out->cached_bytes = atomic_load(&p->cached);
+	pthread_mutex_unlock(&p->upd_mu);
 	if (out->cached_bytes > out->bytes)
 		out->cached_bytes = out->bytes;
 }
