@@ -341,7 +341,7 @@ void pins_update(struct imgfs *fs)
 	struct plist l = {0};
 	struct err e = {0};
 	unsigned char(*keys)[CACHE_KEY_LEN] = NULL, digest[32];
-	size_t nkeys = 0, ncur;
+	size_t nkeys = 0, ncur = 0;
 	uint64_t need = 0, bytes = 0;
 	struct pinned *old;
 	size_t nold;
@@ -366,12 +366,15 @@ void pins_update(struct imgfs *fs)
 		}
 	}
 
-	pthread_rwlock_rdlock(&fs->lock);
-	rc = fs->root ? walk(fs, p, fs->root, &l) : 0;
-	ncur = l.n;
-	if (!rc)
-		rc = previous_versions(fs, p, &l);
-	pthread_rwlock_unlock(&fs->lock);
+	rc = 0;
+	if (fs->o.npin_globs || p->nfile_globs) {
+		pthread_rwlock_rdlock(&fs->lock);
+		rc = fs->root ? walk(fs, p, fs->root, &l) : 0;
+		ncur = l.n;
+		if (!rc)
+			rc = previous_versions(fs, p, &l);
+		pthread_rwlock_unlock(&fs->lock);
+	}
 	if (rc || !(keys = pinned_keys(&l, &nkeys, &need))) {
 		log_warn("pins: out of memory; the pinned set is not updated");
 		goto out;
