@@ -32,9 +32,15 @@
 #define RETRY_S       30.0
 #define QUIET_S       0.05 /* demand reads quiet this long before a prefetch GET */
 #define NAP_S         0.01
-#define RUN_MAX_BYTES (8u << 20) /* bytes per prefetch GET */
+#define RUN_MAX_BYTES (4u << 20) /* bytes per prefetch GET */
 #define BACKLOG_MAX   (16u << 20)
-#define RECHECKS      3 /* passes over one image whose blocks the writer dropped */
+/* GETs in flight without a rate: the changed blocks of a new version are
+ * scattered, one short GET each, so the latency of a request counts more
+ * than the bandwidth (4: 51 scattered blocks of a 1 GiB image in 0.5 s
+ * instead of 1.1, tests/bench/pin.sh).  At most 4 x RUN_MAX_BYTES of the
+ * reader's 48 MiB of block memory. */
+#define WORKERS  4
+#define RECHECKS 3 /* passes over one image whose blocks the writer dropped */
 
 struct pinned {
 	struct version *v;
@@ -61,7 +67,7 @@ struct pins {
 	pthread_t th;
 	int started;
 
-	double tb; /* prefetch thread: token bucket, when the next GET may start */
+	double tb; /* token bucket (under mu): when the next GET may start */
 	atomic_uint_fast64_t images, bytes, cached;
 };
 
@@ -496,77 +502,130 @@ static int wait_turn(struct imgfs *fs, struct pins *p, unsigned gen, uint64_t by
 	if (fs->o.prefetch_rate) {
 		/* a token bucket that holds one GET's worth: the time a GET takes
 		 * is not lost to the rate, and an idle spell buys one GET only */
-		double now = time_mono(), cost = (double)bytes / (double)fs->o.prefetch_rate;
+		double now = time_mono(), cost = (double)bytes / (double)fs->o.prefetch_rate, at;
+		pthread_mutex_lock(&p->mu);
 		if (p->tb < now - cost)
 			p->tb = now - cost;
-		p->tb += cost;
-		if (nap_until(p, gen, p->tb))
+		at = p->tb += cost;
+		pthread_mutex_unlock(&p->mu);
+		if (nap_until(p, gen, at))
 			return 1;
 	}
 	return 0;
+}
+
+/* The missing blocks of one version, in runs of consecutive blocks (one GET
+ * each), fetched by up to WORKERS threads (1 with a rate). */
+struct fetch {
+	struct imgfs *fs;
+	struct pins *p;
+	const struct pinned *pv;
+	unsigned gen;
+	size_t run_max;
+	pthread_mutex_t mu;
+	size_t next; /* block to look at next */
+	int rc;      /* 0, 1 failed (logged), 2 interrupted */
+	uint64_t fetched;
+};
+
+/* The next run of missing blocks: 1 (first, count, bytes), 0 none left. */
+static int next_run(struct fetch *f, size_t *first, size_t *count, uint64_t *bytes)
+{
+	struct reader_image *img = f->pv->v->img;
+	size_t nb = reader_image_nblocks(img), i, j;
+	uint32_t len;
+	int found = 0;
+	pthread_mutex_lock(&f->mu);
+	for (i = f->next; !f->rc && i < nb; i++)
+		if (!block_present(f->fs, img, i, &len))
+			break;
+	if (!f->rc && i < nb) {
+		*bytes = 0;
+		for (j = i; j < nb && j - i < f->run_max && !block_present(f->fs, img, j, &len);
+		     j++)
+			*bytes += len;
+		*first = i;
+		*count = j - i;
+		f->next = j;
+		found = 1;
+	}
+	pthread_mutex_unlock(&f->mu);
+	return found;
+}
+
+static void *fetch_worker(void *arg)
+{
+	struct fetch *f = arg;
+	struct reader_image *img = f->pv->v->img;
+	uint32_t bs = reader_image_block_size(img);
+	unsigned char *buf = malloc(f->run_max * bs);
+	size_t first, count;
+	uint64_t bytes;
+	int rc = 0;
+
+	if (!buf) {
+		log_warn("prefetching pinned %s: out of memory", f->pv->name);
+		rc = 1;
+	}
+	while (!rc && next_run(f, &first, &count, &bytes)) {
+		struct err e = {0};
+		if (wait_turn(f->fs, f->p, f->gen, bytes)) {
+			rc = 2;
+		} else if (reader_prefetch(img, (uint64_t)first * bs, (size_t)bytes, buf, &e)) {
+			pthread_mutex_lock(&f->p->mu);
+			rc = interrupted_locked(f->p, f->gen) ? 2 : 1;
+			pthread_mutex_unlock(&f->p->mu);
+			pthread_mutex_lock(&f->mu);
+			if (rc == 1 && !f->rc)
+				log_warn("prefetching pinned %s: %s; trying again in %g s",
+				         f->pv->name, e.msg, RETRY_S);
+			pthread_mutex_unlock(&f->mu);
+		} else {
+			atomic_fetch_add(&f->p->cached, bytes);
+			pthread_mutex_lock(&f->mu);
+			f->fetched += bytes;
+			pthread_mutex_unlock(&f->mu);
+		}
+	}
+	pthread_mutex_lock(&f->mu);
+	if (rc && (!f->rc || rc == 2))
+		f->rc = rc;
+	pthread_mutex_unlock(&f->mu);
+	free(buf);
+	return NULL;
 }
 
 /* Fetch the missing blocks of one version.  0 done (*fetched bytes), 1
  * failed (logged), 2 interrupted. */
 static int fetch_missing(struct imgfs *fs, struct pins *p, const struct pinned *pv, unsigned gen,
-                         unsigned char **buf, size_t *bufcap, uint64_t *fetched)
+                         uint64_t *fetched)
 {
-	struct reader_image *img = pv->v->img;
-	size_t nb = reader_image_nblocks(img), run_max;
-	uint32_t bs = reader_image_block_size(img);
+	struct fetch f = {.fs = fs, .p = p, .pv = pv, .gen = gen};
+	uint32_t bs = reader_image_block_size(pv->v->img);
+	pthread_t th[WORKERS - 1];
+	unsigned nth = 0, want = fs->o.prefetch_rate ? 1 : WORKERS;
 
-	run_max = RUN_MAX_BYTES / bs ? RUN_MAX_BYTES / bs : 1;
+	f.run_max = RUN_MAX_BYTES / bs ? RUN_MAX_BYTES / bs : 1;
 	if (fs->o.prefetch_rate) {
 		/* GETs of half a second each at most: the rate holds over short spans */
 		uint64_t r = fs->o.prefetch_rate / 2 / bs;
-		if (r < run_max)
-			run_max = r ? (size_t)r : 1;
+		if (r < f.run_max)
+			f.run_max = r ? (size_t)r : 1;
 	}
-	if (*bufcap < run_max * bs) {
-		unsigned char *nb2 = realloc(*buf, run_max * bs);
-		if (!nb2) {
-			log_warn("prefetching pinned %s: out of memory", pv->name);
-			return 1;
-		}
-		*buf = nb2;
-		*bufcap = run_max * bs;
-	}
-	for (size_t i = 0; i < nb;) {
-		struct err e = {0};
-		uint64_t bytes = 0;
-		uint32_t len;
-		size_t j = i;
-		while (j < nb && j - i < run_max && !block_present(fs, img, j, &len)) {
-			bytes += len;
-			j++;
-		}
-		if (j == i) {
-			i++;
-			continue;
-		}
-		if (wait_turn(fs, p, gen, bytes))
-			return 2;
-		if (reader_prefetch(img, (uint64_t)i * bs, (size_t)bytes, *buf, &e)) {
-			pthread_mutex_lock(&p->mu);
-			int intr = interrupted_locked(p, gen);
-			pthread_mutex_unlock(&p->mu);
-			if (intr)
-				return 2;
-			log_warn("prefetching pinned %s: %s; trying again in %g s", pv->name, e.msg,
-			         RETRY_S);
-			return 1;
-		}
-		atomic_fetch_add(&p->cached, bytes);
-		*fetched += bytes;
-		i = j;
-	}
-	return 0;
+	pthread_mutex_init(&f.mu, NULL);
+	while (nth + 1 < want && !pthread_create(&th[nth], NULL, fetch_worker, &f))
+		nth++;
+	fetch_worker(&f);
+	for (unsigned i = 0; i < nth; i++)
+		pthread_join(th[i], NULL);
+	pthread_mutex_destroy(&f.mu);
+	*fetched = f.fetched;
+	return f.rc;
 }
 
 /* One pass over the set: 0 every version whole (or as whole as the cache
  * allows), 1 try again later, 2 the set changed. */
-static int pass(struct imgfs *fs, struct pins *p, struct pinned *l, size_t n, unsigned gen,
-                unsigned char **buf, size_t *bufcap)
+static int pass(struct imgfs *fs, struct pins *p, struct pinned *l, size_t n, unsigned gen)
 {
 	uint64_t *have = calloc(n ? n : 1, sizeof(*have)), total = 0;
 	int rc = 0;
@@ -582,7 +641,7 @@ static int pass(struct imgfs *fs, struct pins *p, struct pinned *l, size_t n, un
 		uint64_t fetched = 0;
 		for (int k = 0; k < RECHECKS && have[i] < size; k++) {
 			uint64_t got = 0, now;
-			int r = fetch_missing(fs, p, &l[i], gen, buf, bufcap, &got);
+			int r = fetch_missing(fs, p, &l[i], gen, &got);
 			fetched += got;
 			if (r) {
 				rc = r;
@@ -611,8 +670,6 @@ static void *prefetch_main(void *arg)
 {
 	struct imgfs *fs = arg;
 	struct pins *p = fs->pins;
-	unsigned char *buf = NULL;
-	size_t bufcap = 0;
 	unsigned seen = 0;
 	int again = 0;
 	double retry_at = 0;
@@ -642,7 +699,7 @@ static void *prefetch_main(void *arg)
 			l[i].name = strdup(p->list[i].name ? p->list[i].name : "");
 		}
 		pthread_mutex_unlock(&p->mu);
-		rc = l ? pass(fs, p, l, n, seen, &buf, &bufcap) : 1;
+		rc = l ? pass(fs, p, l, n, seen) : 1;
 		if (l)
 			list_free(l, n);
 		pthread_mutex_lock(&p->mu);
@@ -650,7 +707,6 @@ static void *prefetch_main(void *arg)
 		retry_at = time_mono() + RETRY_S;
 	}
 	pthread_mutex_unlock(&p->mu);
-	free(buf);
 	return NULL;
 }
 

@@ -84,7 +84,7 @@ V2SUM=sha256:$(sha256sum "$BENCH_DIR/v2" | cut -d' ' -f1)
 # ---- the pinned host holds version 1
 mkdir -p "$MNT"
 t0=$(now)
-"$IMGFS" -f --cache-dir "$BENCH_DIR/cache" --cache-size $((3 * SIZE_MIB + 64))M \
+IMGSTORE_LOG=info "$IMGFS" -f --cache-dir "$BENCH_DIR/cache" --cache-size $((3 * SIZE_MIB + 64))M \
 	--refresh 0 --pin "$DEST" "$MNT" 2>"$BENCH_DIR/imgfs.log" &
 IPID=$!
 until [ -e "$MNT/.imgstore/stats" ]; do sleep 0.05; done
@@ -144,7 +144,8 @@ printf '%-28s %14d %14d %8.3f %6s %s\n' "bytes fetched for version 2" "$PIN_B" "
 printf '%-28s %14.3f %14.3f %8.3f %6s %s\n' "time (s)" "$PIN_T" "$CURL_T" "$RT" "<=0.15" \
 	"$(verdict "$RT <= 0.15")"
 echo "imgfs: $PIN_G ranged GETs for $NCHANGED changed blocks; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-if grep -v "^$" "$BENCH_DIR/imgfs.log" | grep -qv "is whole"; then
+grep "is whole" "$BENCH_DIR/imgfs.log" || true
+if grep -v "^$" "$BENCH_DIR/imgfs.log" | grep -v "is whole" | grep -qv "imgfs: mounted"; then
 	echo "--- imgfs log"
 	cat "$BENCH_DIR/imgfs.log"
 fi
