@@ -36,9 +36,10 @@
 #define BACKLOG_MAX   (16u << 20)
 /* GETs in flight without a rate: the changed blocks of a new version are
  * scattered, one short GET each, so the latency of a request counts more
- * than the bandwidth (4: 51 scattered blocks of a 1 GiB image in 0.5 s
- * instead of 1.1, tests/bench/pin.sh).  At most 4 x RUN_MAX_BYTES of the
- * reader's 48 MiB of block memory. */
+ * than the bandwidth: the refresh of tests/bench/pin.sh (51 scattered
+ * blocks of a 1 GiB image) took 2.2 s with 4, 4.2 s with one GET at a time
+ * (2 cores, load average 10-15).  At most 4 x RUN_MAX_BYTES of the reader's
+ * 48 MiB of block memory. */
 #define WORKERS  4
 #define RECHECKS 3 /* passes over one image whose blocks the writer dropped */
 
