@@ -70,6 +70,7 @@ struct pins {
 
 	double tb; /* token bucket (under mu): when the next GET may start */
 	atomic_uint_fast64_t images, bytes, cached;
+	atomic_int failing; /* the last pass failed: its successors log at debug level */
 };
 
 struct key_len {
@@ -577,11 +578,15 @@ static void *fetch_worker(void *arg)
 			rc = interrupted_locked(f->p, f->gen) ? 2 : 1;
 			pthread_mutex_unlock(&f->p->mu);
 			pthread_mutex_lock(&f->mu);
-			if (rc == 1 && !f->rc)
-				log_warn("prefetching pinned %s: %s; trying again in %g s",
+			if (rc == 1 && !f->rc && !atomic_exchange(&f->p->failing, 1))
+				log_warn("prefetching pinned %s: %s; trying again every %g s",
 				         f->pv->name, e.msg, RETRY_S);
+			else if (rc == 1 && !f->rc)
+				log_debug("prefetching pinned %s: %s", f->pv->name, e.msg);
 			pthread_mutex_unlock(&f->mu);
 		} else {
+			if (atomic_exchange(&f->p->failing, 0))
+				log_info("prefetching pinned images again");
 			atomic_fetch_add(&f->p->cached, bytes);
 			pthread_mutex_lock(&f->mu);
 			f->fetched += bytes;
