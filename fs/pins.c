@@ -70,7 +70,8 @@ struct pins {
 
 	double tb; /* token bucket (under mu): when the next GET may start */
 	atomic_uint_fast64_t images, bytes, cached;
-	atomic_int failing; /* the last pass failed: its successors log at debug level */
+	atomic_int failing;  /* the last pass failed: its successors log at debug level */
+	atomic_int overfull; /* the pins do not fit: what is dropped stays dropped */
 };
 
 struct key_len {
@@ -410,8 +411,10 @@ void pins_update(struct imgfs *fs)
 			          (unsigned long long)excess, h);
 			p->logged_excess = excess;
 		}
+		atomic_store(&p->overfull, 1);
 	} else {
 		p->logged_excess = 0;
+		atomic_store(&p->overfull, 0);
 	}
 
 	for (size_t i = 0; i < l.n; i++) {
@@ -645,7 +648,8 @@ static int pass(struct imgfs *fs, struct pins *p, struct pinned *l, size_t n, un
 		uint64_t size = reader_image_size(img);
 		double t0 = time_mono();
 		uint64_t fetched = 0;
-		for (int k = 0; k < RECHECKS && have[i] < size; k++) {
+		int tries = atomic_load(&p->overfull) ? 1 : RECHECKS;
+		for (int k = 0; k < tries && have[i] < size; k++) {
 			uint64_t got = 0, now;
 			int r = fetch_missing(fs, p, &l[i], gen, &got);
 			fetched += got;
