@@ -224,6 +224,22 @@ def test_prefetch_rate_is_bounded(bucket, tmp_path, imgfs):
     wait_whole(m, nbytes=len(a))
 
 
+def test_reads_do_not_wait_behind_the_prefetch(bucket, tmp_path, imgfs):
+    """At 256 KiB/s the prefetch of the pinned image would take 32 s; reads of
+    it and of another image are not held to that rate, nothing is fetched
+    twice, and the pin is whole as soon as the reads have cached it."""
+    pinned, other = pattern(8 * MiB, 20), pattern(4 * MiB, 21)
+    upload(bucket, tmp_path, "pinned.raw", pinned)
+    upload(bucket, tmp_path, "other.raw", other)
+    m = imgfs(extra=["--pin", "pinned.raw", "--prefetch-rate", "256K", "--refresh", "0"])
+    t0 = time.monotonic()
+    assert direct(m.path / "other.raw") == other
+    assert direct(m.path / "pinned.raw") == pinned
+    assert time.monotonic() - t0 < 15
+    wait_whole(m, nbytes=len(pinned), timeout=20)
+    assert m.stats()["bytes_fetched"] == len(pinned) + len(other)
+
+
 @pytest.mark.parametrize("args,named", [
     (["--prefetch-rate", "0"], "--prefetch-rate"),
     (["--prefetch-rate", "fast"], "--prefetch-rate"),
