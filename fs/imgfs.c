@@ -49,7 +49,8 @@ static const char usage_text[] =
         "usage: imgfs [--endpoint URL] [--bucket NAME] [--credentials PATH]\n"
         "             [--sops-age-key-file PATH] [--ca-bundle FILE]\n"
         "             [--cache-dir DIR] [--cache-size SIZE] [--refresh SECONDS]\n"
-        "             [--timeout SECONDS] [--allow-unverified] [-f] [-v|-q|--log-level L]\n"
+        "             [--timeout SECONDS] [--allow-unverified] [--pin GLOB]...\n"
+        "             [--pin-file FILE] [--prefetch-rate RATE] [-f] [-v|-q|--log-level L]\n"
         "             [-o OPTION[=VALUE][,...]] MOUNTPOINT\n"
         "       imgfs SOURCE MOUNTPOINT -o OPTION[=VALUE][,...]   (mount -t fuse.imgfs)\n"
         "\n"
@@ -68,6 +69,12 @@ static const char usage_text[] =
         "                          SIGHUP)\n"
         "  --timeout SECONDS       how long an uncached read may retry before EIO (default 30)\n"
         "  --allow-unverified      also serve images that have no valid checksum record\n"
+        "  --pin GLOB              keep images whose destination matches GLOB whole in the\n"
+        "                          cache: fetched in the background, never evicted\n"
+        "                          (repeatable)\n"
+        "  --pin-file FILE         more pin globs, one a line (# comments); re-read on SIGHUP\n"
+        "  --prefetch-rate RATE    fetch pinned images at most RATE bytes/s (K/M/G suffixes;\n"
+        "                          default unlimited)\n"
         "  -f                      stay in the foreground (log to stderr)\n"
         "  -v, --verbose           log debug lines too;  -q, --quiet  warnings and errors only\n"
         "  --log-level LEVEL       error, warn, info (default) or debug\n"
@@ -80,7 +87,8 @@ static const char usage_text[] =
         "\n"
         "Inside the mount: /.imgstore/stats (JSON counters), /.imgstore/metrics (the same,\n"
         "Prometheus text format), /.imgstore/by-sha256/<hex>,\n"
-        "extended attributes user.imgstore.{checksum,source_url,uploaded_at,cached_bytes}.\n"
+        "extended attributes user.imgstore.{checksum,source_url,uploaded_at,cached_bytes,\n"
+        "pinned}.\n"
         "Unmount with: fusermount3 -u MOUNTPOINT\n";
 
 static struct imgfs g_fs;
@@ -222,6 +230,9 @@ enum {
 	OPT_ALLOW_UNVERIFIED,
 	OPT_VERSION,
 	OPT_LOG_LEVEL,
+	OPT_PIN,
+	OPT_PIN_FILE,
+	OPT_PREFETCH_RATE,
 };
 
 /* Every long option, by name (usage_text describes them): the command line
@@ -238,6 +249,9 @@ static const struct optdef imgfs_optdefs[] = {
         {"refresh", OPT_REFRESH, 1, "SECONDS", NULL},
         {"timeout", OPT_TIMEOUT, 1, "SECONDS", NULL},
         {"allow-unverified", OPT_ALLOW_UNVERIFIED, 0, NULL, NULL},
+        {"pin", OPT_PIN, 1, "GLOB", NULL},
+        {"pin-file", OPT_PIN_FILE, 1, "FILE", NULL},
+        {"prefetch-rate", OPT_PREFETCH_RATE, 1, "RATE", NULL},
         {"foreground", 'f', 0, NULL, NULL},
         {"verbose", 'v', 0, NULL, NULL},
         {"quiet", 'q', 0, NULL, NULL},
@@ -345,6 +359,31 @@ static int imgfs_opt(void *ud, int id, const char *v, struct err *e)
 			               v);
 		return 0;
 	case OPT_ALLOW_UNVERIFIED: o->allow_unverified = 1; return 0;
+	case OPT_PIN: {
+		char **nv;
+		if (!*v)
+			return err_set(e, ERR_USAGE, "--pin: an empty glob pins nothing");
+		if (!(nv = realloc(o->pin_globs, (o->npin_globs + 1) * sizeof(*nv))))
+			return err_set(e, ERR_USAGE, "out of memory");
+		o->pin_globs = nv;
+		if (!(nv[o->npin_globs] = strdup(v)))
+			return err_set(e, ERR_USAGE, "out of memory");
+		o->npin_globs++;
+		return 0;
+	}
+	case OPT_PIN_FILE:
+		free(o->pin_file);
+		if (!(o->pin_file = absolute(v)))
+			return err_set(e, ERR_USAGE, "--pin-file: %s: %s", v, strerror(errno));
+		return 0;
+	case OPT_PREFETCH_RATE:
+		if (size_parse(v, &o->prefetch_rate) || !o->prefetch_rate)
+			return err_set(
+			        e, ERR_USAGE,
+			        "--prefetch-rate: '%s' is not a rate of at least 1 byte/s (a "
+			        "number with an optional K, M or G suffix)",
+			        v);
+		return 0;
 	case 'f': o->foreground = 1; return 0;
 	case 'v': log_set_level(LOG_LVL_DEBUG); return 0;
 	case 'q': log_set_level(LOG_LVL_WARN); return 0;
@@ -443,13 +482,18 @@ static int refresh(struct imgfs *fs, struct s3 **conn, int initial, struct err *
 	}
 	if (!atomic_exchange(&fs->bucket_ok, 1) && !initial)
 		log_info("the bucket %s answers again: the listing is refreshed", fs->cfg.bucket);
+	/* the stats never pair the new tree with the pins of the old one */
+	pins_lock(fs);
 	if (tree_apply(fs, st, fs->state, initial, e)) {
+		pins_unlock(fs);
 		state_free(st);
 		return -1;
 	}
 	persist(fs, st, fs->state);
 	state_free(fs->state);
 	fs->state = st;
+	pins_update(fs);
+	pins_unlock(fs);
 	atomic_fetch_add(&fs->refreshes, 1);
 	atomic_store(&fs->last_refresh, time(NULL));
 	return 0;
@@ -476,6 +520,9 @@ static void *refresh_thread(void *arg)
 		if (rc < 0 && errno != EINTR)
 			break;
 		if (refresh(fs, &conn, 0, &e)) {
+			pins_lock(fs);
+			pins_update(fs); /* SIGHUP re-reads the pin file too */
+			pins_unlock(fs);
 			log_warn("refreshing the listing: %s; keeping the current one", e.msg);
 			if (e.code == ERR_NET && conn) {
 				s3_close(conn); /* a fresh connection next time */
@@ -760,6 +807,11 @@ static int start(struct imgfs *fs, struct cli *c, struct err *e)
 		if (tree_apply(fs, prev, NULL, 1, e))
 			goto out;
 	}
+	if (pins_init(fs, e))
+		goto out;
+	pins_lock(fs);
+	pins_update(fs);
+	pins_unlock(fs);
 	rc = 0;
 out:
 	if (conn)
@@ -767,8 +819,20 @@ out:
 	return rc;
 }
 
+static void pin_opts_free(struct imgfs_opts *o)
+{
+	for (size_t i = 0; i < o->npin_globs; i++)
+		free(o->pin_globs[i]);
+	free(o->pin_globs);
+	o->pin_globs = NULL;
+	o->npin_globs = 0;
+	free(o->pin_file);
+	o->pin_file = NULL;
+}
+
 static void stop_all(struct imgfs *fs)
 {
+	pins_stop(fs); /* it reads through the reader and holds versions */
 	imgfs_release_handles(fs);
 	tree_free(fs);
 	reader_free(fs->reader);
@@ -781,6 +845,7 @@ static void stop_all(struct imgfs *fs)
 	s3_config_free(&fs->cfg);
 	free(fs->o.cache_dir);
 	fs->o.cache_dir = NULL;
+	pin_opts_free(&fs->o);
 	free(g_state_meta);
 	g_state_meta = NULL;
 }
@@ -802,6 +867,7 @@ int main(int argc, char **argv)
 	if (code) {
 		free(c.fuse_opts);
 		free(c.mount_opts);
+		pin_opts_free(&fs->o);
 		return code < 0 ? 0 : code;
 	}
 	/* Block buffers (1 MiB) stay on malloc's heap (below the mmap
@@ -817,6 +883,7 @@ int main(int argc, char **argv)
 		log_error("%s", e.msg);
 		free(c.fuse_opts);
 		free(c.mount_opts);
+		pin_opts_free(&fs->o);
 		return 1;
 	}
 	fs->o.mountpoint = mp;
@@ -875,6 +942,10 @@ int main(int argc, char **argv)
 		rth_started = 1;
 	else
 		log_warn("no refresh thread: the listing will not be re-read");
+	if (pins_start(fs, &e)) {
+		log_warn("%s: pinned images are not fetched in the background", e.msg);
+		err_clear(&e);
+	}
 
 	log_info("mounted %s/images/ at %s (%zu images, cache %s)", fs->cfg.bucket,
 	         fs->o.mountpoint, (size_t)atomic_load(&fs->nimages), fs->o.cache_dir);

@@ -79,6 +79,8 @@ struct version {
 	char *source_url;
 	char uploaded_at[32];
 	struct reader_image *img;
+	atomic_int pinned; /* matches a pin (fs/pins.c) */
+	int whole_logged;  /* the prefetch thread said it is whole */
 };
 
 enum nkind { N_DIR, N_FILE, N_STATS }; /* N_STATS: stats or metrics, made at open */
@@ -110,6 +112,10 @@ struct imgfs_opts {
 	long timeout_s;
 	int allow_unverified;
 	int foreground;
+	char **pin_globs; /* --pin, -o pin= */
+	size_t npin_globs;
+	char *pin_file;         /* --pin-file (absolute) */
+	uint64_t prefetch_rate; /* bytes/s; 0: unlimited */
 };
 
 struct imgfs {
@@ -140,6 +146,8 @@ struct imgfs {
 	atomic_uint_fast64_t refreshes, refresh_errors;
 	_Atomic time_t last_refresh;
 	atomic_int bucket_ok;
+
+	struct pins *pins; /* fs/pins.c */
 };
 
 int tree_init(struct imgfs *fs, struct err *e);
@@ -152,6 +160,29 @@ struct node *tree_by_ino(struct imgfs *fs, fuse_ino_t ino);
 struct node *tree_child(struct node *dir, const char *name);
 struct version *version_ref(struct version *v);
 void version_unref(struct version *v);
+
+/* ---- pins (fs/pins.c) ---- */
+
+struct pin_stats {
+	uint64_t images;       /* current images matching a pin */
+	uint64_t bytes;        /* their sizes, plus their pinned previous versions' */
+	uint64_t cached_bytes; /* of bytes: readable without the bucket */
+};
+
+/* Read --pin-file (a usage error when it cannot be read); no thread yet. */
+int pins_init(struct imgfs *fs, struct err *e);
+/* After every refresh (refresh thread) and once after the first listing:
+ * re-read the pin file, match the tree, record the pinned blocks in the
+ * cache, wake the prefetch thread when the set changed.  Under pins_lock(),
+ * which the refresh takes before it changes the tree: pins_get_stats() waits
+ * for both, so it never reports the old set's progress for a new version. */
+void pins_update(struct imgfs *fs);
+void pins_lock(struct imgfs *fs);
+void pins_unlock(struct imgfs *fs);
+int pins_start(struct imgfs *fs, struct err *e);
+/* Stop and join the prefetch thread, free everything (idempotent). */
+void pins_stop(struct imgfs *fs);
+void pins_get_stats(struct imgfs *fs, struct pin_stats *out);
 
 /* ---- FUSE ---- */
 

@@ -86,6 +86,7 @@ json_t *imgfs_stats_object(struct imgfs *fs)
 {
 	struct reader_stats rs;
 	struct cache_stats cs = {0};
+	struct pin_stats ps;
 	json_t *o = json_object();
 	char when[32] = "";
 	time_t last = atomic_load(&fs->last_refresh);
@@ -93,6 +94,7 @@ json_t *imgfs_stats_object(struct imgfs *fs)
 	if (!o)
 		return NULL;
 	reader_get_stats(fs->reader, &rs);
+	pins_get_stats(fs, &ps);
 	if (fs->cache)
 		cache_get_stats(fs->cache, &cs);
 	if (last)
@@ -124,6 +126,9 @@ json_t *imgfs_stats_object(struct imgfs *fs)
 	NUM("retries", rs.retries);
 	NUM("refreshes", atomic_load(&fs->refreshes));
 	NUM("refresh_errors", atomic_load(&fs->refresh_errors));
+	NUM("pinned_images", ps.images);
+	NUM("pinned_bytes", ps.bytes);
+	NUM("pinned_cached_bytes", ps.cached_bytes);
 #undef NUM
 	json_object_set_new(o, "last_refresh", last ? json_string(when) : json_null());
 	json_object_set_new(o, "bucket_reachable",
@@ -721,10 +726,8 @@ void imgfs_release_handles(struct imgfs *fs)
 /* ---- extended attributes ---- */
 
 static const char *const xattr_names[] = {
-        IMGFS_XATTR_PFX "checksum",
-        IMGFS_XATTR_PFX "source_url",
-        IMGFS_XATTR_PFX "uploaded_at",
-        IMGFS_XATTR_PFX "cached_bytes",
+        IMGFS_XATTR_PFX "checksum",     IMGFS_XATTR_PFX "source_url", IMGFS_XATTR_PFX "uploaded_at",
+        IMGFS_XATTR_PFX "cached_bytes", IMGFS_XATTR_PFX "pinned",
 };
 
 /* The value of xattr `name` of version v into out (malloc'd); 0, or ENODATA. */
@@ -742,6 +745,8 @@ static int xattr_value(struct version *v, const char *name, char **out)
 		snprintf(num, sizeof(num), "%llu",
 		         (unsigned long long)reader_image_cached_bytes(v->img));
 		val = num;
+	} else if (!strcmp(name, xattr_names[4])) {
+		val = atomic_load(&v->pinned) ? "1" : "0";
 	}
 	if (!val)
 		return ENODATA;
@@ -803,8 +808,8 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		return;
 	}
 	for (size_t i = 0; v && i < sizeof(xattr_names) / sizeof(xattr_names[0]); i++) {
-		int present = i == 3 || (i == 0 && v->checksum[0]) || (i == 1 && v->source_url) ||
-		              (i == 2 && v->uploaded_at[0]);
+		int present = i == 3 || i == 4 || (i == 0 && v->checksum[0]) ||
+		              (i == 1 && v->source_url) || (i == 2 && v->uploaded_at[0]);
 		size_t l = strlen(xattr_names[i]) + 1;
 		if (!present)
 			continue;

@@ -137,6 +137,8 @@ struct reader {
 
 	atomic_uint_fast64_t hits, misses, mem_hits, zero_blocks, bytes_fetched, verify_failures,
 	        fetch_errors, readahead_blocks, coalesced, gets, requests, retries;
+	atomic_uint demand;        /* reader_read calls in flight */
+	_Atomic double demand_end; /* time_mono() when the last one returned */
 };
 
 struct reader_image {
@@ -1373,8 +1375,8 @@ static int finish(struct reader_image *img, size_t first, struct slot *slots, si
 	return rc;
 }
 
-int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
-                void *buf, size_t *got, struct err *e)
+static int read_range(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                      void *buf, size_t *got, struct err *e)
 {
 	struct reader *r = img->r;
 	struct slot stack[STACK_SLOTS], *slots = stack;
@@ -1449,4 +1451,49 @@ release:
 	if (slots != stack)
 		free(slots);
 	return rc ? -1 : 0;
+}
+
+/* ---- demand and background reads ---- */
+
+int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                void *buf, size_t *got, struct err *e)
+{
+	struct reader *r = img->r;
+	int rc;
+	atomic_fetch_add(&r->demand, 1);
+	rc = read_range(img, st, off, len, buf, got, e);
+	atomic_store(&r->demand_end, time_mono());
+	atomic_fetch_sub(&r->demand, 1);
+	return rc;
+}
+
+int reader_prefetch(struct reader_image *img, uint64_t off, size_t len, void *buf, struct err *e)
+{
+	size_t got;
+	return read_range(img, NULL, off, len, buf, &got, e);
+}
+
+unsigned reader_demand(struct reader *r, double *last_end)
+{
+	if (last_end)
+		*last_end = atomic_load(&r->demand_end);
+	return atomic_load(&r->demand);
+}
+
+size_t reader_image_nblocks(const struct reader_image *img)
+{
+	return img->nblocks;
+}
+
+uint32_t reader_image_block_size(const struct reader_image *img)
+{
+	return img->bs;
+}
+
+int reader_image_block(const struct reader_image *img, size_t i, unsigned char key[CACHE_KEY_LEN],
+                       uint32_t *len)
+{
+	block_key(img, i, key);
+	*len = block_len(img, i);
+	return block_is_zero(img, i);
 }

@@ -89,6 +89,20 @@ void reader_stream_free(struct reader_stream *s);
 int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
                 void *buf, size_t *got, struct err *e);
 
+/* Background reads (imgfs pins): like reader_read without a stream, but not
+ * counted as demand.  reader_demand() is the number of reader_read calls in
+ * flight and, in *last_end, time_mono() when the last one returned: a
+ * background reader starts its next GET only when both say the demand is
+ * quiet, so a reader never queues behind it (see docs/design.md, "Pins"). */
+int reader_prefetch(struct reader_image *img, uint64_t off, size_t len, void *buf, struct err *e);
+unsigned reader_demand(struct reader *r, double *last_end);
+/* The block map: block count, block size, and block i's cache key and
+ * length; 1 when the block is all zeros (served without a cache row). */
+size_t reader_image_nblocks(const struct reader_image *img);
+uint32_t reader_image_block_size(const struct reader_image *img);
+int reader_image_block(const struct reader_image *img, size_t i, unsigned char key[CACHE_KEY_LEN],
+                       uint32_t *len);
+
 struct reader_stats {
 	uint64_t cache_hits;      /* blocks served from memory or the cache without a GET */
 	uint64_t cache_misses;    /* blocks fetched from the bucket (on demand or readahead) */

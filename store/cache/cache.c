@@ -6,6 +6,7 @@
  *   idx(key PRIMARY KEY, id, len, atime)            key -> row, length, LRU clock
  *   idx_atime ON idx(atime)                         eviction order
  *   meta(name PRIMARY KEY, data)                    small named blobs
+ *   pins(key, owner) PRIMARY KEY                    keys eviction skips (cache_pins_set)
  *   state(k = 0, bytes, clock)                      exact byte count and LRU clock
  *
  * The LRU bookkeeping lives in idx, never in a blob row: a hit only records
@@ -78,7 +79,7 @@
 #include <unistd.h>
 
 #define CACHE_APP_ID         0x696d6763 /* "imgc" */
-#define CACHE_SCHEMA_VERSION 1
+#define CACHE_SCHEMA_VERSION 2          /* 1: without pins (migrated on open) */
 #define CACHE_PAGE_SIZE      65536
 
 /* Blocks waiting for the writer (references to the reader's buffers, so
@@ -142,6 +143,7 @@ struct meta_req {
 	const char *name;
 	const void *data;
 	size_t len;
+	int pins; /* cache_pins_set: name is the owner, data len keys */
 	int rc, done;
 	char msg[256];
 };
@@ -159,7 +161,8 @@ struct rconn {
 
 struct wstmts {
 	sqlite3_stmt *begin, *commit, *rollback, *state_get, *state_set, *find, *touch, *oldest,
-	        *del_block, *del_idx, *ins_block, *ins_idx, *freelist, *page_count, *sum, *meta_put;
+	        *del_block, *del_idx, *ins_block, *ins_idx, *freelist, *page_count, *sum, *meta_put,
+	        *pins_any, *pins_del, *pins_ins;
 };
 
 struct cache {
@@ -451,6 +454,8 @@ static const char schema_sql[] =
         " atime INTEGER NOT NULL) WITHOUT ROWID;"
         "CREATE INDEX idx_atime ON idx(atime);"
         "CREATE TABLE meta(name TEXT PRIMARY KEY, data BLOB NOT NULL);"
+        "CREATE TABLE pins(key BLOB NOT NULL, owner TEXT NOT NULL, PRIMARY KEY(key, owner))"
+        " WITHOUT ROWID;"
         "CREATE TABLE state(k INTEGER PRIMARY KEY CHECK (k = 0), bytes INTEGER NOT NULL,"
         " clock INTEGER NOT NULL);"
         "INSERT INTO state VALUES(0, 0, 0);";
@@ -487,6 +492,27 @@ static int init_schema(sqlite3 *db)
 	return rc;
 }
 
+/* Schema 1 (before pins): the same tables without pins; its blocks stay. */
+static int migrate_v1(sqlite3 *db)
+{
+	char sql[256];
+	int rc = exec(db, "BEGIN IMMEDIATE");
+	if (rc != SQLITE_OK)
+		return rc;
+	snprintf(sql, sizeof(sql),
+	         "CREATE TABLE IF NOT EXISTS pins(key BLOB NOT NULL, owner TEXT NOT NULL, "
+	         "PRIMARY KEY(key, owner)) WITHOUT ROWID; PRAGMA user_version=%d;",
+	         CACHE_SCHEMA_VERSION);
+	rc = exec(db, sql);
+	if (rc == SQLITE_OK)
+		rc = exec(db, "COMMIT");
+	if (rc != SQLITE_OK)
+		exec(db, "ROLLBACK");
+	else
+		log_info("block cache: schema 1 upgraded to %d (pins)", CACHE_SCHEMA_VERSION);
+	return rc;
+}
+
 static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
 {
 	return sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
@@ -518,7 +544,10 @@ static int prepare_writer(struct cache *c)
 	P(state_set, "UPDATE state SET bytes = ?1, clock = ?2 WHERE k = 0");
 	P(find, "SELECT id, len FROM idx WHERE key = ?1");
 	P(touch, "UPDATE idx SET atime = ?2 WHERE key = ?1");
-	P(oldest, "SELECT key, id, len FROM idx ORDER BY atime LIMIT 1");
+	/* pinned keys are never evicted: the scan in atime order steps over
+	 * them (one primary-key probe each) */
+	P(oldest, "SELECT key, id, len FROM idx WHERE NOT EXISTS (SELECT 1 FROM pins WHERE "
+	          "pins.key = idx.key) ORDER BY atime LIMIT 1");
 	P(del_block, "DELETE FROM blocks WHERE id = ?1");
 	P(del_idx, "DELETE FROM idx WHERE key = ?1");
 	P(ins_block, "INSERT INTO blocks(data) VALUES(?1)");
@@ -527,6 +556,9 @@ static int prepare_writer(struct cache *c)
 	P(page_count, "PRAGMA page_count");
 	P(sum, "SELECT coalesce(sum(len), 0), coalesce(max(atime), 0) FROM idx");
 	P(meta_put, "INSERT OR REPLACE INTO meta(name, data) VALUES(?1, ?2)");
+	P(pins_any, "SELECT EXISTS (SELECT 1 FROM pins)");
+	P(pins_del, "DELETE FROM pins WHERE owner = ?1");
+	P(pins_ins, "INSERT OR IGNORE INTO pins(key, owner) VALUES(?1, ?2)");
 #undef P
 	return SQLITE_OK;
 }
@@ -611,6 +643,10 @@ static int try_open(struct cache *c, struct err *e)
 		goto fail;
 	if (appid == 0 && version == 0 && ntables == 0) {
 		rc = init_schema(c->wdb);
+		if (rc != SQLITE_OK)
+			goto fail;
+	} else if (appid == CACHE_APP_ID && version == 1) {
+		rc = migrate_v1(c->wdb);
 		if (rc != SQLITE_OK)
 			goto fail;
 	} else if (appid != CACHE_APP_ID || version != CACHE_SCHEMA_VERSION) {
@@ -793,9 +829,13 @@ static int used_bytes(struct cache *c, uint64_t *out)
 
 /* Evict least recently used rows until bytes + need <= limit and the pages
  * in use leave room for need (a block of need bytes takes its overflow pages
- * and a share of a leaf: counted as need + one page). */
-static int evict(struct cache *c, struct batch *b, uint64_t need)
+ * and a share of a leaf: counted as need + one page).  Pinned rows are not
+ * candidates: when only they are left, *blocked is set and the caller does
+ * not insert (pins that do not fit leave the cache full, not over its
+ * bound). */
+static int evict(struct cache *c, struct batch *b, uint64_t need, int *blocked)
 {
+	*blocked = 0;
 	for (;;) {
 		unsigned char key[CACHE_KEY_LEN];
 		sqlite3_int64 id, len;
@@ -811,6 +851,9 @@ static int evict(struct cache *c, struct batch *b, uint64_t need)
 			sqlite3_reset(c->w.oldest);
 			if (rc != SQLITE_DONE)
 				return rc;
+			*blocked = 1;
+			if (pragma_step(c->w.pins_any, &rc) || rc != SQLITE_OK)
+				return rc; /* pinned rows hold the rest */
 			/* Nothing left to evict (the listing alone may fill a
 			 * small cache); a count that says otherwise was off. */
 			if (b->bytes)
@@ -879,7 +922,7 @@ static int run_batch(struct cache *c, struct batch *b)
 {
 	uint64_t clock;
 	sqlite3_int64 id = 0, len = 0;
-	int rc, f;
+	int rc, f, blocked;
 
 	rc = step_done(c->w.begin);
 	if (rc != SQLITE_OK)
@@ -932,8 +975,12 @@ static int run_batch(struct cache *c, struct batch *b)
 			b->dropped++;
 			continue;
 		}
-		if ((rc = evict(c, b, q->len)) != SQLITE_OK)
+		if ((rc = evict(c, b, q->len, &blocked)) != SQLITE_OK)
 			goto fail;
+		if (blocked && b->bytes + q->len > c->limit) {
+			b->dropped++; /* the rest is pinned */
+			continue;
+		}
 		sqlite3_bind_blob64(c->w.ins_block, 1, q->data, q->len, SQLITE_STATIC);
 		if ((rc = step_done(c->w.ins_block)) != SQLITE_OK)
 			goto fail;
@@ -949,7 +996,7 @@ static int run_batch(struct cache *c, struct batch *b)
 		b->inserts++;
 	}
 	/* The limit may have been lowered since the last run. */
-	if ((rc = evict(c, b, 0)) != SQLITE_OK)
+	if ((rc = evict(c, b, 0, &blocked)) != SQLITE_OK)
 		goto fail;
 	if ((rc = maybe_vacuum(c)) != SQLITE_OK)
 		goto fail;
@@ -974,10 +1021,43 @@ static void checkpoint(struct cache *c, int mode)
 		c->wal_frames = nlog;
 }
 
+/* Writer thread: replace the pinned keys of one owner, in one transaction. */
+static int run_pins(struct cache *c, struct meta_req *r)
+{
+	const unsigned char(*keys)[CACHE_KEY_LEN] = r->data;
+	int rc = step_done(c->w.begin);
+	if (rc != SQLITE_OK)
+		return rc;
+	sqlite3_bind_text(c->w.pins_del, 1, r->name, -1, SQLITE_STATIC);
+	rc = step_done(c->w.pins_del);
+	sqlite3_clear_bindings(c->w.pins_del);
+	for (size_t i = 0; rc == SQLITE_OK && i < r->len; i++) {
+		sqlite3_bind_blob(c->w.pins_ins, 1, keys[i], CACHE_KEY_LEN, SQLITE_STATIC);
+		sqlite3_bind_text(c->w.pins_ins, 2, r->name, -1, SQLITE_STATIC);
+		rc = step_done(c->w.pins_ins);
+	}
+	sqlite3_clear_bindings(c->w.pins_ins);
+	if (rc == SQLITE_OK)
+		rc = step_done(c->w.commit);
+	if (rc != SQLITE_OK)
+		step_done(c->w.rollback);
+	return rc;
+}
+
 /* Writer thread: run the queued meta writes, each its own transaction. */
 static void run_meta(struct cache *c, struct meta_req *list)
 {
 	for (struct meta_req *r = list; r; r = r->next) {
+		if (r->pins) {
+			r->rc = run_pins(c, r);
+			if (r->rc != SQLITE_OK) {
+				snprintf(r->msg, sizeof(r->msg), "%s (SQLite %d)",
+				         sqlite3_errmsg(c->wdb), r->rc);
+				if (is_corruption(r->rc))
+					mark_corrupt(c, r->rc);
+			}
+			continue;
+		}
 		sqlite3_bind_text(c->w.meta_put, 1, r->name, -1, SQLITE_STATIC);
 		sqlite3_bind_blob64(c->w.meta_put, 2, r->data, r->len, SQLITE_STATIC);
 		r->rc = step_done(c->w.meta_put);
@@ -1585,6 +1665,37 @@ int cache_meta_put(struct cache *c, const char *name, const void *data, size_t l
 	if (req.rc == SQLITE_OK)
 		return 0;
 	return err_set(e, ERR_IO, "block cache: caching %s: %s", name, req.msg);
+}
+
+uint64_t cache_backlog(struct cache *c)
+{
+	uint64_t n;
+	pthread_mutex_lock(&c->mu);
+	n = c->qbytes;
+	pthread_mutex_unlock(&c->mu);
+	return n;
+}
+
+int cache_pins_set(struct cache *c, const char *owner, const unsigned char (*keys)[CACHE_KEY_LEN],
+                   size_t n, struct err *e)
+{
+	struct meta_req req = {.name = owner, .data = keys, .len = n, .pins = 1};
+	struct meta_req **tail;
+	pthread_mutex_lock(&c->mu);
+	if (!c->writer_started || c->stop) {
+		pthread_mutex_unlock(&c->mu);
+		return err_set(e, ERR_IO, "block cache: closed");
+	}
+	for (tail = &c->meta_head; *tail; tail = &(*tail)->next)
+		;
+	*tail = &req;
+	pthread_cond_signal(&c->wake);
+	while (!req.done)
+		pthread_cond_wait(&c->done, &c->mu);
+	pthread_mutex_unlock(&c->mu);
+	if (req.rc == SQLITE_OK)
+		return 0;
+	return err_set(e, ERR_IO, "block cache: recording %zu pinned blocks: %s", n, req.msg);
 }
 
 int cache_meta_get(struct cache *c, const char *name, char **data, size_t *len, struct err *e)

@@ -67,6 +67,9 @@ void cache_put(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const vo
  * 1 taken; 0 dropped (release is not called, the buffer stays the caller's). */
 int cache_put_ref(struct cache *c, const unsigned char key[CACHE_KEY_LEN], const void *data,
                   size_t len, void (*release)(void *), void *arg);
+/* Bytes queued for the writer: background fetchers wait while it is large,
+ * so that their blocks are not dropped (cache_put never waits). */
+uint64_t cache_backlog(struct cache *c);
 /* Wait until every queued insert is on disk (tests, unmount). */
 void cache_flush(struct cache *c);
 
@@ -75,6 +78,14 @@ void cache_flush(struct cache *c);
 int cache_meta_put(struct cache *c, const char *name, const void *data, size_t len, struct err *e);
 /* 1 found (*data malloc'd, NUL-terminated), 0 missing, -1 error. */
 int cache_meta_get(struct cache *c, const char *name, char **data, size_t *len, struct err *e);
+
+/* Pins: keys that eviction never removes (the rows may still be missing;
+ * they are kept once they are inserted).  Replaces the set that `owner`
+ * (one per bucket sharing the directory) recorded before, persistently, in
+ * one transaction.  When the block bytes reach the limit and only pinned rows
+ * are left, new blocks are not cached (counted in dropped). */
+int cache_pins_set(struct cache *c, const char *owner, const unsigned char (*keys)[CACHE_KEY_LEN],
+                   size_t n, struct err *e);
 
 void cache_key_unverified(const char *etag, uint64_t block_index, unsigned char key[CACHE_KEY_LEN]);
 

@@ -116,7 +116,6 @@ def test_source_imgfs_takes_the_bucket_from_the_configuration(bucket, tmp_path):
     ("refresh", "refresh"),
     ("allow_unverified=yes", "allow_unverified"),
     ("=x", "=x"),
-    ("pin=lab/*", "pin=lab/*"),  # not implemented yet: unknown, not ignored
 ])
 def test_unknown_or_malformed_option_exits_2_and_names_it(bucket, tmp_path, opts, named):
     mnt = tmp_path / "mnt"
