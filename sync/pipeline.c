@@ -723,6 +723,31 @@ out:
 	return rc;
 }
 
+/* The size and ETag of key as a listing shows it: what imgfs and `list`
+ * compare a record with.  Not HEAD: Swift's s3api answers HEAD of a
+ * server-side copy of a multipart object with the source's "...-N" ETag but
+ * lists the copy with the MD5 of its bytes, and a version record carrying the
+ * HEAD's ETag would never be published. */
+static int listed_object(struct s3 *s3, const char *key, struct s3_object *out, struct err *e)
+{
+	struct s3_object *objs = NULL;
+	size_t n = 0;
+	int rc = -1;
+	if (s3_list(s3, key, NULL, &objs, &n, NULL, NULL, e))
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(objs[i].key, key)) {
+			*out = objs[i];
+			objs[i].key = NULL;
+			rc = 0;
+			break;
+		}
+	if (rc)
+		err_set(e, ERR_NOTFOUND, "%s is not in the bucket's listing", key);
+	s3_objects_free(objs, n);
+	return rc;
+}
+
 /* The version at vkey/vmeta is there with a record that describes it. */
 static int version_exists(struct s3 *s3, const char *vkey, const char *vmeta)
 {
@@ -733,7 +758,7 @@ static int version_exists(struct s3 *s3, const char *vkey, const char *vmeta)
 	size_t len = 0;
 	int rc = 0;
 	if (s3_get_all(s3, vmeta, RECINDEX_MAX_RECORD, &data, &len, NULL, &ge) ||
-	    record_parse(data, len, &vr, &ge) || s3_head(s3, vkey, &obj, &ge) ||
+	    record_parse(data, len, &vr, &ge) || listed_object(s3, vkey, &obj, &ge) ||
 	    record_matches_object(&vr, obj.size, obj.etag, &ge))
 		goto out;
 	rc = 1;
@@ -747,7 +772,7 @@ out:
 int pipeline_keep_version(struct s3 *s3, const char *destination, const struct s3_object *cur,
                           struct record *prev, struct err *e)
 {
-	struct s3_object after = {0};
+	struct s3_object after = {0}, listed = {0};
 	enum hash_alg alg;
 	char hex[HASH_MAX_HEX], *key = NULL, *vkey = NULL, *vmeta = NULL, *json = NULL;
 	int rc = -1, multipart;
@@ -771,7 +796,8 @@ int pipeline_keep_version(struct s3 *s3, const char *destination, const struct s
 	 * object's ETag ("...-N"): for those, the object is checked after the
 	 * copy instead (readers verify every block of a version anyway). */
 	multipart = strchr(cur->etag, '-') != NULL;
-	if (s3_copy(s3, key, multipart ? NULL : cur->etag, cur->size, vkey, prev->etag, e))
+	if (s3_copy(s3, key, multipart ? NULL : cur->etag, cur->size, multipart, vkey, prev->etag,
+	            e))
 		goto out;
 	if (multipart &&
 	    (s3_head(s3, key, &after, e) || !record_etag_equal(after.etag, cur->etag))) {
@@ -781,6 +807,16 @@ int pipeline_keep_version(struct s3 *s3, const char *destination, const struct s
 			        key);
 		goto out;
 	}
+	if (listed_object(s3, vkey, &listed, e)) {
+		err_prefix(e, "reading back the version of %s", key);
+		goto out;
+	}
+	if (listed.size != cur->size) {
+		err_set(e, ERR_SERVER, "the copy %s has %llu bytes, not the %llu of %s", vkey,
+		        (unsigned long long)listed.size, (unsigned long long)cur->size, key);
+		goto out;
+	}
+	snprintf(prev->etag, sizeof(prev->etag), "%s", listed.etag);
 	free(prev->destination);
 	prev->destination = strdup(destination);
 	time_format_rfc3339(time(NULL), prev->replaced_at);
@@ -801,6 +837,7 @@ out:
 	free(vkey);
 	free(vmeta);
 	free(after.key);
+	free(listed.key);
 	return rc;
 }
 

@@ -1779,7 +1779,7 @@ out:
 	return rc;
 }
 
-int s3_copy(struct s3 *s, const char *src_key, const char *if_match, uint64_t size,
+int s3_copy(struct s3 *s, const char *src_key, const char *if_match, uint64_t size, int in_parts,
             const char *dst_key, char etag_out[S3_ETAG_MAX], struct err *e)
 {
 	struct buf source = BUF_INIT;
@@ -1793,7 +1793,7 @@ int s3_copy(struct s3 *s, const char *src_key, const char *if_match, uint64_t si
 		err_set(e, ERR_IO, "out of memory");
 		goto out;
 	}
-	if (size > S3_COPY_MAX_SINGLE
+	if (size > S3_COPY_MAX_SINGLE || (in_parts && size > 0)
 	            ? copy_multipart(s, source.data, if_match, size, dst_key, etag, e)
 	            : copy_request(s, source.data, if_match, dst_key, NULL, 0, 0, 0, etag, e)) {
 		err_prefix(e, "copying %s to %s", src_key, dst_key);

@@ -122,9 +122,14 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, struct s3_o
  * from a HEAD) is above 5 GiB.  if_match (the source's ETag, quotes
  * included) may be NULL; a changed source gives ERR_PRECONDITION.  An
  * <Error> body under a 200 is a failure.  etag_out (may be NULL) receives
- * the copy's ETag, read back with a HEAD when the answer lacks it. */
+ * the copy's ETag, read back with a HEAD when the answer lacks it.
+ * in_parts: copy with UploadPartCopy whatever the size, for a multipart
+ * source: Swift's s3api lists a CopyObject copy of a multipart object with
+ * the MD5 of its bytes but answers HEAD and If-Match with the source's
+ * "...-N" ETag, so no one ETag names that copy; a copy in parts is a
+ * multipart object like its source, with one ETag everywhere. */
 #define S3_COPY_MAX_SINGLE (5ull * 1024 * 1024 * 1024)
-int s3_copy(struct s3 *s, const char *src_key, const char *if_match, uint64_t size,
+int s3_copy(struct s3 *s, const char *src_key, const char *if_match, uint64_t size, int in_parts,
             const char *dst_key, char etag_out[S3_ETAG_MAX], struct err *e);
 
 /* Counters for stats and tests (per connection). */
