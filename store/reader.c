@@ -96,6 +96,10 @@ struct reader {
 	uint64_t mem_limit, ra_min, ra_max, ra_chunk;
 	double wait_limit_s; /* safety net for waits on someone else's GET */
 
+	/* all-zero blocks for reader_read_iov(): calloc'd, never written, so
+	 * its pages stay the kernel's shared zero page (no RSS) */
+	const unsigned char *zeros;
+
 	pthread_mutex_t mu; /* table, FIFO, entry state and refs, jobs, buffer pool */
 	struct bent *buckets[NBUCKETS];
 	struct bent fifo;   /* sentinel: fifo.next is the oldest */
@@ -913,6 +917,11 @@ int reader_new(const struct reader_opts *o, struct reader **out, struct err *e)
 	if (r->ra_max < r->ra_min)
 		r->ra_max = r->ra_min;
 	r->pool_len = RECORD_DEFAULT_BLOCK_SIZE;
+	if (!(r->zeros = calloc(1, RECORD_MAX_BLOCK_SIZE))) {
+		s3_config_free(&r->cfg);
+		free(r);
+		return err_set(e, ERR_IO, "out of memory");
+	}
 	/* A waiter normally wakes when the GET it waits for ends (bounded by the
 	 * retry budget); this only guards against a lost wakeup. */
 	r->wait_limit_s = 2 * r->cfg.retry_budget_s + r->cfg.connect_timeout_s + 30;
@@ -987,6 +996,7 @@ void reader_free(struct reader *r)
 	for (unsigned i = 0; i < r->nidle; i++)
 		s3_close(r->idle[i]);
 	s3_config_free(&r->cfg);
+	free((void *)r->zeros);
 	pthread_cond_destroy(&r->job_cv);
 	pthread_cond_destroy(&r->mem_cv);
 	pthread_mutex_destroy(&r->conn_mu);
@@ -1175,13 +1185,16 @@ struct slot {
 	struct bent *b;
 	unsigned char *dst;
 	uint32_t poff, plen; /* the piece of the block that the read wants */
+	/* reader_read_iov(): the piece is served from src (b's buffer, which
+	 * the slot keeps its reference to, or the zero area), not copied */
+	const unsigned char *src;
 };
 
 /* Step 1 for one block: serve it now (zero, SQLite straight into dst) or
  * leave an entry in the slot to wait for (S_WAIT) or to fetch (S_OWN).
  * 1: the block needs a buffer and the memory budget has no room now (the
  * slot is left alone). */
-static int classify(struct reader_image *img, size_t i, struct slot *sl, struct err *e)
+static int classify(struct reader_image *img, size_t i, struct slot *sl, int keep, struct err *e)
 {
 	struct reader *r = img->r;
 	unsigned char key[CACHE_KEY_LEN];
@@ -1190,7 +1203,10 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 	struct bent *b, *mine = NULL;
 
 	if (block_is_zero(img, i)) {
-		memset(sl->dst, 0, sl->plen);
+		if (keep)
+			sl->src = r->zeros;
+		else
+			memset(sl->dst, 0, sl->plen);
 		atomic_fetch_add(&r->zero_blocks, 1);
 		sl->kind = S_DONE;
 		return 0;
@@ -1269,8 +1285,9 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 	return 0;
 }
 
-/* Step 4 for one block: wait until it is READY or FAILED; copy. */
-static int collect(struct reader_image *img, struct slot *sl, struct err *e)
+/* Step 4 for one block: wait until it is READY or FAILED; copy, or with
+ * keep point sl->src at the piece (the slot keeps its reference). */
+static int collect(struct reader_image *img, struct slot *sl, int keep, struct err *e)
 {
 	struct reader *r = img->r;
 	struct bent *b = sl->b;
@@ -1297,7 +1314,10 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 		          img->key, sl->plen, sl->poff, b->len);
 		rc = err_set(e, ERR_IO, "reading %s: internal error (block length)", img->key);
 	} else {
-		memcpy(sl->dst, b->data + sl->poff, sl->plen);
+		if (keep)
+			sl->src = b->data + sl->poff;
+		else
+			memcpy(sl->dst, b->data + sl->poff, sl->plen);
 		pthread_mutex_lock(&r->mu);
 		b->pending = 0;
 		/* read whole: the page cache or the caller has it now, and
@@ -1314,9 +1334,10 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 }
 
 /* Steps 3 and 4 for slots [k0, k1) (blocks first + k0...): fetch our own
- * runs, wait for the rest, copy; every entry of these slots is let go. */
+ * runs, wait for the rest, copy; every entry of these slots is let go,
+ * except, with keep and no error, those a piece points into (sl->src). */
 static int finish(struct reader_image *img, size_t first, struct slot *slots, size_t k0, size_t k1,
-                  struct err *e)
+                  int keep, struct err *e)
 {
 	struct reader *r = img->r;
 	struct err fe = {0};
@@ -1358,24 +1379,77 @@ static int finish(struct reader_image *img, size_t first, struct slot *slots, si
 	for (size_t k = k0; k < k1; k++) {
 		if (slots[k].kind == S_DONE)
 			continue;
-		if (collect(img, &slots[k], rc ? NULL : e))
+		if (collect(img, &slots[k], keep, rc ? NULL : e))
 			rc = -1;
 	}
 	pthread_mutex_lock(&r->mu);
 	for (size_t k = k0; k < k1; k++) {
-		if (slots[k].b)
+		if (slots[k].b && (rc || !slots[k].src))
 			ent_put_locked(r, slots[k].b);
-		slots[k].b = NULL;
+		if (rc || !slots[k].src)
+			slots[k].b = NULL;
 	}
 	pthread_mutex_unlock(&r->mu);
 	return rc;
 }
 
-int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
-                void *buf, size_t *got, struct err *e)
+/* Copy the kept pieces of slots [k0, k1) into place and let their entries
+ * go: a read must hold nothing while it waits for memory. */
+static void unkeep(struct reader *r, struct slot *slots, size_t k0, size_t k1)
+{
+	pthread_mutex_lock(&r->mu);
+	for (size_t k = k0; k < k1; k++) {
+		if (slots[k].src)
+			memcpy(slots[k].dst, slots[k].src, slots[k].plen);
+		slots[k].src = NULL;
+		if (slots[k].b)
+			ent_put_locked(r, slots[k].b);
+		slots[k].b = NULL;
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* The pieces of a finished read in order, as an iovec: kept pieces where
+ * they are, the rest (filled from SQLite) in buf, neighbours merged; the
+ * slots' kept entries move to v. */
+static int make_iov(struct slot *slots, size_t n, struct reader_iov *v, struct err *e)
+{
+	struct iovec *iov;
+	size_t ni = 0, nh = 0, len = 0;
+	/* one allocation: n iovecs, then n entry pointers */
+	if (!(iov = malloc(n * (sizeof(*iov) + sizeof(struct bent *)))))
+		return err_set(e, ERR_IO, "out of memory");
+	v->held = (struct bent **)(iov + n);
+	for (size_t k = 0; k < n; k++) {
+		const unsigned char *p = slots[k].src ? slots[k].src : slots[k].dst;
+		len += slots[k].plen;
+		if (ni && (const unsigned char *)iov[ni - 1].iov_base + iov[ni - 1].iov_len == p) {
+			iov[ni - 1].iov_len += slots[k].plen;
+		} else {
+			iov[ni].iov_base = (void *)p;
+			iov[ni].iov_len = slots[k].plen;
+			ni++;
+		}
+		if (slots[k].src && slots[k].b) {
+			v->held[nh++] = slots[k].b;
+			slots[k].b = NULL;
+		}
+		slots[k].src = NULL;
+	}
+	v->iov = iov;
+	v->count = (int)ni;
+	v->len = len;
+	v->nheld = nh;
+	return 0;
+}
+
+/* reader_read(), and with v reader_read_iov(). */
+static int read_impl(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                     void *buf, size_t *got, struct reader_iov *v, struct err *e)
 {
 	struct reader *r = img->r;
 	struct slot stack[STACK_SLOTS], *slots = stack;
+	int keep = v != NULL;
 	size_t first, last, n, done = 0, k = 0;
 	int rc = 0, ra_done = !st;
 	struct timespec dl;
@@ -1403,10 +1477,11 @@ int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off
 			                                                 : bo + block_len(img, i);
 			slots[k].kind = S_DONE;
 			slots[k].b = NULL;
+			slots[k].src = NULL;
 			slots[k].dst = (unsigned char *)buf + (ps - off);
 			slots[k].poff = (uint32_t)(ps - bo);
 			slots[k].plen = (uint32_t)(pe - ps);
-			rc = classify(img, i, &slots[k], e);
+			rc = classify(img, i, &slots[k], keep, e);
 			if (rc < 0)
 				goto release;
 			if (rc == 1) {
@@ -1421,7 +1496,9 @@ int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off
 			ra_done = 1;
 		}
 		/* 3 and 4 for what was classified */
-		rc = finish(img, first, slots, done, k, e);
+		rc = finish(img, first, slots, done, k, keep, e);
+		if (rc || !room)
+			unkeep(r, slots, 0, k);
 		done = k;
 		if (rc)
 			goto release;
@@ -1429,7 +1506,11 @@ int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off
 			goto release;
 	}
 	*got = len;
+	if (keep)
+		rc = make_iov(slots, n, v, e);
 release:
+	if (rc)
+		unkeep(r, slots, 0, done); /* kept pieces of a read that failed */
 	/* after an error in step 1: entries classified and not finished; the
 	 * ones this read was going to fetch must not leave their waiters hanging */
 	pthread_mutex_lock(&r->mu);
@@ -1447,4 +1528,31 @@ release:
 	if (slots != stack)
 		free(slots);
 	return rc ? -1 : 0;
+}
+
+int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                void *buf, size_t *got, struct err *e)
+{
+	return read_impl(img, st, off, len, buf, got, NULL, e);
+}
+
+int reader_read_iov(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                    void *buf, struct reader_iov *v, struct err *e)
+{
+	size_t got = 0;
+	memset(v, 0, sizeof(*v));
+	v->r = img->r;
+	return read_impl(img, st, off, len, buf, &got, v, e);
+}
+
+void reader_iov_release(struct reader_iov *v)
+{
+	if (!v->r)
+		return;
+	pthread_mutex_lock(&v->r->mu);
+	for (size_t i = 0; i < v->nheld; i++)
+		ent_put_locked(v->r, v->held[i]);
+	pthread_mutex_unlock(&v->r->mu);
+	free(v->iov);
+	memset(v, 0, sizeof(*v));
 }

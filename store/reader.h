@@ -37,6 +37,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 struct reader_opts {
 	const struct s3_config *s3; /* copied; retry_budget_s bounds an uncached read */
@@ -88,6 +89,27 @@ void reader_stream_free(struct reader_stream *s);
  * the retry budget), ERR_IO.  No partial data is returned on error. */
 int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
                 void *buf, size_t *got, struct err *e);
+
+/* The same without copying what the reader holds in memory: v->iov lists
+ * the pieces of the range in order, pointing into the reader's verified
+ * block buffers (kept for the caller), a shared all-zero area, or buf
+ * (len bytes: what the SQLite cache filled in).  v->len is the length read
+ * (*got above).  The pieces stay valid until reader_iov_release(v), which
+ * the caller must call after a 0 return (it is a no-op after -1); hold them
+ * no longer than it takes to hand them over, they count against the
+ * reader's memory budget. */
+struct reader_iov {
+	struct iovec *iov;
+	int count;
+	size_t len;
+	/* private */
+	struct reader *r;
+	struct bent **held;
+	size_t nheld;
+};
+int reader_read_iov(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                    void *buf, struct reader_iov *v, struct err *e);
+void reader_iov_release(struct reader_iov *v);
 
 struct reader_stats {
 	uint64_t cache_hits;      /* blocks served from memory or the cache without a GET */
