@@ -45,12 +45,16 @@
 #define MAX_FETCH_THREADS 64
 /* Blocks in memory (read ahead, being read, waiting for the cache writer)
  * and their free pool.  Cold 1 GiB read from the local server, 2 cores
- * (IMGFS_MEM_MIB=N, the cold line of tests/bench/mount.sh): 24 MiB 145 MB/s
- * (peak RSS 94 MiB), 32 MiB 153 (91), 48 MiB 167 (103), 64 MiB 170 (120). */
-#define DEF_MEM_BYTES     (48ull << 20)
+ * (IMGFS_MEM_MIB=N, the cold line of tests/bench/mount.sh), when the cache
+ * wrote through a WAL: 24 MiB 145 MB/s (peak RSS 94 MiB), 32 MiB 153 (91),
+ * 48 MiB 167 (103), 64 MiB 170 (120).  With the rollback journal the
+ * writer keeps up and 24 MiB drops no block (tests/bench/cold.sh: peak RSS
+ * 59-68 MiB through the cold read against 93 with 48 MiB), so the readahead
+ * window stops at 16 MiB, leaving room for the blocks being read. */
+#define DEF_MEM_BYTES     (24ull << 20)
 #define MIN_MEM_BYTES     (2ull * RECORD_MAX_BLOCK_SIZE) /* two reads of the largest blocks */
 #define DEF_RA_MIN        (2ull << 20)
-#define DEF_RA_MAX        (32ull << 20)
+#define DEF_RA_MAX        (16ull << 20)
 #define DEF_RA_CHUNK      (8ull << 20)
 #define UNVERIFIED_BS     RECORD_DEFAULT_BLOCK_SIZE
 #define NBUCKETS          16384

@@ -19,7 +19,7 @@
  *   keeps recently fetched blocks in memory (bounded), so the next read does
  *   not wait for the cache writer (cache inserts are slower than the network).
  * - Sequential reads on a stream grow a readahead window (2 MiB, doubling up
- *   to 32 MiB by default) served by a pool of fetch threads, each with its
+ *   to 16 MiB by default) served by a pool of fetch threads, each with its
  *   own S3 connection; random reads do not trigger readahead.
  * - An uncached read against an unreachable bucket fails after the retry
  *   budget (ERR_NET); cached blocks keep being served.
@@ -43,9 +43,9 @@ struct reader_opts {
 	const struct s3_config *s3; /* copied; retry_budget_s bounds an uncached read */
 	struct cache *cache;        /* not owned; NULL: no persistent cache */
 	unsigned fetch_threads;     /* readahead GETs in parallel; 0: default (4) */
-	uint64_t mem_bytes;       /* block buffers, a hard bound; 0: default (48 MiB), min 8 MiB */
+	uint64_t mem_bytes;       /* block buffers, a hard bound; 0: default (24 MiB), min 8 MiB */
 	uint64_t readahead_min;   /* first readahead window; 0: default (2 MiB) */
-	uint64_t readahead_max;   /* largest window; 0: default (32 MiB) */
+	uint64_t readahead_max;   /* largest window; 0: default (16 MiB) */
 	uint64_t readahead_chunk; /* bytes per readahead GET; 0: default (8 MiB) */
 };
 

@@ -93,11 +93,12 @@
 #define CACHE_JOURNAL        "TRUNCATE"
 
 /* Blocks waiting for the writer (references to the reader's buffers, so
- * they count against memory).  When the writer falls behind, a block past
- * this is not cached and a warm re-read fetches it again: with 16 MiB a cold
- * 1 GiB read on a 2-core host dropped 8% of its blocks, with 48 none
- * (cache_dropped in tests/bench/mount.sh). */
-#define QUEUE_MAX_BYTES  (48u << 20)
+ * they count against its memory budget).  When the writer falls behind, a
+ * block past this is not cached and a warm re-read fetches it again.  With
+ * a WAL, 16 MiB dropped 8% of a cold 1 GiB read on a 2-core host; with the
+ * rollback journal it drops none at a load of 9 and 1% at 12
+ * (tests/bench/cold.sh), and leaves the reader 8 MiB of its 24 to read. */
+#define QUEUE_MAX_BYTES  (16u << 20)
 #define BATCH_MAX_BLOCKS 256
 #define BATCH_MAX_BYTES  (4u << 20)
 #define DISK_SLACK       (8ull << 20) /* the contract: --cache-size + 8 MiB */

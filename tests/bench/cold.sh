@@ -83,6 +83,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	for _ in $(seq 1 300); do mountpoint -q "$MNT" && break; sleep 0.1; done
 	mountpoint -q "$MNT" || { cat "$BENCH_DIR/imgfs.log" >&2; exit 1; }
 	f=$MNT/bench/image.raw
+	rss_mount=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	drop_caches
 	c0=$(cpu_s "$MPID") w0=$(wbytes "$MPID") l0=$(load) t0=$(date +%s.%N)
 	dd if="$f" of=/dev/null bs=1M status=none
@@ -90,6 +91,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	wait_cache
 	c2=$(cpu_s "$MPID") w2=$(wbytes "$MPID")
 	cached=$(stat_of cache_bytes) dropped=$(stat_of cache_dropped)
+	rss_cold=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	drop_caches
 	c3=$(cpu_s "$MPID")
 	dd if="$f" of=/dev/null bs=1M status=none
@@ -100,8 +102,8 @@ for r in $(seq 1 "$ROUNDS"); do
 		"$r" "$(calc "$SIZE / ($t1 - $t0) / 1000000")" "$l0" "$l1" \
 		"$(calc "($c1 - $c0) / $gib")" "$(calc "($c2 - $c0) / $gib")" \
 		"$(calc "($c4 - $c3) / $gib")" "$l4"
-	printf '         written to disk per cached GiB %s GiB (%s GiB cached, %s blocks dropped); peak RSS %s MiB\n' \
-		"$(calc "$cgib > 0 ? ($w2 - $w0) / 1073741824 / $cgib : 0")" "$cgib" "$dropped" "$rss"
+	printf '         written to disk per cached GiB %s GiB (%s GiB cached, %s blocks dropped); peak RSS %s MiB after mounting, %s after the cold read, %s after the warm one\n' \
+		"$(calc "$cgib > 0 ? ($w2 - $w0) / 1073741824 / $cgib : 0")" "$cgib" "$dropped" "$rss_mount" "$rss_cold" "$rss"
 	fusermount3 -u "$MNT"
 	wait "$MPID" || true
 	MPID=
