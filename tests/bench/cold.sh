@@ -1,18 +1,21 @@
 #!/bin/bash
 # Benchmark: what a cold sequential read costs imgfs itself, in figures that
 # a loaded machine does not distort (unlike MB/s): CPU seconds of the imgfs
-# process per GiB read, bytes it wrote to disk per GiB cached, its peak RSS,
-# the FUSE read requests it served (and their mean size), and the same CPU
-# figure for a warm re-read.  The load average is printed with every figure.
+# process per GiB read, bytes it wrote to disk per GiB cached, its peak RSS
+# by phase, the same CPU figure for a warm re-read, and 4 KiB random reads.
+# The load average is printed with every figure.
 #
 #   sudo tests/bench/cold.sh [SIZE_MIB] [ROUNDS]     defaults: 1024 MiB, 2 rounds
 # Environment: IMGSTORE_BUILD (default ./build), BENCH_PORT (default 23600;
-# uses PORT..PORT+4), BENCH_DIR (work dir, default a fresh /tmp dir, removed
-# afterwards), IMGFS_OPTS (extra imgfs flags).  Needs root (drop_caches).
+# uses PORT..PORT+4), BENCH_RUNTIME (fio seconds, default 10), BENCH_DIR
+# (work dir, default a fresh /tmp dir, removed afterwards), IMGFS_OPTS (extra
+# imgfs flags).  Needs root (drop_caches).
 #
 # Each round mounts a fresh imgfs with an empty cache, reads the object with
 # dd bs=1M (no page cache), waits until the cache writer is done, drops the
-# page cache and reads it again (warm), then unmounts.  CPU and write_bytes
+# page cache and reads it again (warm), then runs 4 KiB random O_DIRECT reads
+# (fio, 4 jobs, BENCH_RUNTIME seconds, default 10; skipped without fio) and
+# reports IOPS and imgfs CPU microseconds per read, then unmounts.  CPU and write_bytes
 # are read from /proc/PID/stat and /proc/PID/io before and after each read
 # (the cold write_bytes include the writer finishing after dd).
 set -euo pipefail
@@ -96,6 +99,17 @@ for r in $(seq 1 "$ROUNDS"); do
 	c3=$(cpu_s "$MPID")
 	dd if="$f" of=/dev/null bs=1M status=none
 	c4=$(cpu_s "$MPID") l4=$(load)
+	rand=""
+	if command -v fio >/dev/null; then
+		c5=$(cpu_s "$MPID")
+		iops=$(fio --name=rand --filename="$f" --rw=randread --bs=4k --direct=1 --numjobs=4 \
+			--ioengine=psync --time_based --runtime="${BENCH_RUNTIME:-10}" --group_reporting \
+			--output-format=json 2>/dev/null |
+			$PY -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))')
+		c6=$(cpu_s "$MPID")
+		rand=$(printf '4 KiB random: %s IOPS, imgfs %s CPU us per read (load %s)' "$iops" \
+			"$(calc "($c6 - $c5) * 1000000 / ($iops * ${BENCH_RUNTIME:-10})")" "$(load)")
+	fi
 	rss=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	cgib=$(calc "$cached / 1073741824")
 	printf 'round %d: cold %.1f MB/s (load %s->%s); imgfs CPU s/GiB cold %s (with the writer finishing %s), warm %s (load %s)\n' \
@@ -104,6 +118,7 @@ for r in $(seq 1 "$ROUNDS"); do
 		"$(calc "($c4 - $c3) / $gib")" "$l4"
 	printf '         written to disk per cached GiB %s GiB (%s GiB cached, %s blocks dropped); peak RSS %s MiB after mounting, %s after the cold read, %s after the warm one\n' \
 		"$(calc "$cgib > 0 ? ($w2 - $w0) / 1073741824 / $cgib : 0")" "$cgib" "$dropped" "$rss_mount" "$rss_cold" "$rss"
+	[ -n "$rand" ] && echo "         $rand"
 	fusermount3 -u "$MNT"
 	wait "$MPID" || true
 	MPID=
