@@ -486,7 +486,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct fh *h = (struct fh *)(uintptr_t)fi->fh;
 	struct err e = {0};
-	size_t got = 0;
+	struct reader_iov v;
 	char *buf;
 	(void)ino;
 
@@ -509,11 +509,16 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			size = h->len - (size_t)off;
 		memcpy(buf, h->data + off, size);
 		fuse_reply_buf(req, buf, size);
-	} else if (reader_read(h->ver->img, h->st, (uint64_t)off, size, buf, &got, &e)) {
+	} else if (reader_read_iov(h->ver->img, h->st, (uint64_t)off, size, buf, &v, &e)) {
 		log_debug("read %s at %lld: %s", h->ver->key, (long long)off, e.msg);
 		fuse_reply_err(req, errno_of(&e));
 	} else {
-		fuse_reply_buf(req, buf, got);
+		/* Straight from the reader's verified blocks, which stay held until
+		 * the kernel has copied them (fuse_reply_iov returns after writev).
+		 * Not fuse_reply_data: without splice, libfuse 3.14 copies a
+		 * bufvec of more than one buffer into a fresh one first. */
+		fuse_reply_iov(req, v.iov, v.count);
+		reader_iov_release(&v);
 	}
 	rbuf_put(buf, size);
 }

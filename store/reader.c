@@ -45,12 +45,16 @@
 #define MAX_FETCH_THREADS 64
 /* Blocks in memory (read ahead, being read, waiting for the cache writer)
  * and their free pool.  Cold 1 GiB read from the local server, 2 cores
- * (IMGFS_MEM_MIB=N, the cold line of tests/bench/mount.sh): 24 MiB 145 MB/s
- * (peak RSS 94 MiB), 32 MiB 153 (91), 48 MiB 167 (103), 64 MiB 170 (120). */
-#define DEF_MEM_BYTES     (48ull << 20)
+ * (IMGFS_MEM_MIB=N, the cold line of tests/bench/mount.sh), when the cache
+ * wrote through a WAL: 24 MiB 145 MB/s (peak RSS 94 MiB), 32 MiB 153 (91),
+ * 48 MiB 167 (103), 64 MiB 170 (120).  With the rollback journal the
+ * writer keeps up and 24 MiB drops no block (tests/bench/cold.sh: peak RSS
+ * 59-68 MiB through the cold read against 93 with 48 MiB), so the readahead
+ * window stops at 16 MiB, leaving room for the blocks being read. */
+#define DEF_MEM_BYTES     (24ull << 20)
 #define MIN_MEM_BYTES     (2ull * RECORD_MAX_BLOCK_SIZE) /* two reads of the largest blocks */
 #define DEF_RA_MIN        (2ull << 20)
-#define DEF_RA_MAX        (32ull << 20)
+#define DEF_RA_MAX        (16ull << 20)
 #define DEF_RA_CHUNK      (8ull << 20)
 #define UNVERIFIED_BS     RECORD_DEFAULT_BLOCK_SIZE
 #define NBUCKETS          16384
@@ -95,6 +99,10 @@ struct reader {
 	unsigned nthreads;
 	uint64_t mem_limit, ra_min, ra_max, ra_chunk;
 	double wait_limit_s; /* safety net for waits on someone else's GET */
+
+	/* all-zero blocks for reader_read_iov(): calloc'd, never written, so
+	 * its pages stay the kernel's shared zero page (no RSS) */
+	const unsigned char *zeros;
 
 	pthread_mutex_t mu; /* table, FIFO, entry state and refs, jobs, buffer pool */
 	struct bent *buckets[NBUCKETS];
@@ -917,6 +925,11 @@ int reader_new(const struct reader_opts *o, struct reader **out, struct err *e)
 	if (r->ra_max < r->ra_min)
 		r->ra_max = r->ra_min;
 	r->pool_len = RECORD_DEFAULT_BLOCK_SIZE;
+	if (!(r->zeros = calloc(1, RECORD_MAX_BLOCK_SIZE))) {
+		s3_config_free(&r->cfg);
+		free(r);
+		return err_set(e, ERR_IO, "out of memory");
+	}
 	/* A waiter normally wakes when the GET it waits for ends (bounded by the
 	 * retry budget); this only guards against a lost wakeup. */
 	r->wait_limit_s = 2 * r->cfg.retry_budget_s + r->cfg.connect_timeout_s + 30;
@@ -991,6 +1004,7 @@ void reader_free(struct reader *r)
 	for (unsigned i = 0; i < r->nidle; i++)
 		s3_close(r->idle[i]);
 	s3_config_free(&r->cfg);
+	free((void *)r->zeros);
 	pthread_cond_destroy(&r->job_cv);
 	pthread_cond_destroy(&r->mem_cv);
 	pthread_mutex_destroy(&r->conn_mu);
@@ -1179,13 +1193,16 @@ struct slot {
 	struct bent *b;
 	unsigned char *dst;
 	uint32_t poff, plen; /* the piece of the block that the read wants */
+	/* reader_read_iov(): the piece is served from src (b's buffer, which
+	 * the slot keeps its reference to, or the zero area), not copied */
+	const unsigned char *src;
 };
 
 /* Step 1 for one block: serve it now (zero, SQLite straight into dst) or
  * leave an entry in the slot to wait for (S_WAIT) or to fetch (S_OWN).
  * 1: the block needs a buffer and the memory budget has no room now (the
  * slot is left alone). */
-static int classify(struct reader_image *img, size_t i, struct slot *sl, struct err *e)
+static int classify(struct reader_image *img, size_t i, struct slot *sl, int keep, struct err *e)
 {
 	struct reader *r = img->r;
 	unsigned char key[CACHE_KEY_LEN];
@@ -1194,7 +1211,10 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 	struct bent *b, *mine = NULL;
 
 	if (block_is_zero(img, i)) {
-		memset(sl->dst, 0, sl->plen);
+		if (keep)
+			sl->src = r->zeros;
+		else
+			memset(sl->dst, 0, sl->plen);
 		atomic_fetch_add(&r->zero_blocks, 1);
 		sl->kind = S_DONE;
 		return 0;
@@ -1273,8 +1293,9 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, struct 
 	return 0;
 }
 
-/* Step 4 for one block: wait until it is READY or FAILED; copy. */
-static int collect(struct reader_image *img, struct slot *sl, struct err *e)
+/* Step 4 for one block: wait until it is READY or FAILED; copy, or with
+ * keep point sl->src at the piece (the slot keeps its reference). */
+static int collect(struct reader_image *img, struct slot *sl, int keep, struct err *e)
 {
 	struct reader *r = img->r;
 	struct bent *b = sl->b;
@@ -1301,7 +1322,10 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 		          img->key, sl->plen, sl->poff, b->len);
 		rc = err_set(e, ERR_IO, "reading %s: internal error (block length)", img->key);
 	} else {
-		memcpy(sl->dst, b->data + sl->poff, sl->plen);
+		if (keep)
+			sl->src = b->data + sl->poff;
+		else
+			memcpy(sl->dst, b->data + sl->poff, sl->plen);
 		pthread_mutex_lock(&r->mu);
 		b->pending = 0;
 		/* read whole: the page cache or the caller has it now, and
@@ -1318,9 +1342,10 @@ static int collect(struct reader_image *img, struct slot *sl, struct err *e)
 }
 
 /* Steps 3 and 4 for slots [k0, k1) (blocks first + k0...): fetch our own
- * runs, wait for the rest, copy; every entry of these slots is let go. */
+ * runs, wait for the rest, copy; every entry of these slots is let go,
+ * except, with keep and no error, those a piece points into (sl->src). */
 static int finish(struct reader_image *img, size_t first, struct slot *slots, size_t k0, size_t k1,
-                  struct err *e)
+                  int keep, struct err *e)
 {
 	struct reader *r = img->r;
 	struct err fe = {0};
@@ -1362,24 +1387,77 @@ static int finish(struct reader_image *img, size_t first, struct slot *slots, si
 	for (size_t k = k0; k < k1; k++) {
 		if (slots[k].kind == S_DONE)
 			continue;
-		if (collect(img, &slots[k], rc ? NULL : e))
+		if (collect(img, &slots[k], keep, rc ? NULL : e))
 			rc = -1;
 	}
 	pthread_mutex_lock(&r->mu);
 	for (size_t k = k0; k < k1; k++) {
-		if (slots[k].b)
+		if (slots[k].b && (rc || !slots[k].src))
 			ent_put_locked(r, slots[k].b);
-		slots[k].b = NULL;
+		if (rc || !slots[k].src)
+			slots[k].b = NULL;
 	}
 	pthread_mutex_unlock(&r->mu);
 	return rc;
 }
 
-static int read_range(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
-                      void *buf, size_t *got, struct err *e)
+/* Copy the kept pieces of slots [k0, k1) into place and let their entries
+ * go: a read must hold nothing while it waits for memory. */
+static void unkeep(struct reader *r, struct slot *slots, size_t k0, size_t k1)
+{
+	pthread_mutex_lock(&r->mu);
+	for (size_t k = k0; k < k1; k++) {
+		if (slots[k].src)
+			memcpy(slots[k].dst, slots[k].src, slots[k].plen);
+		slots[k].src = NULL;
+		if (slots[k].b)
+			ent_put_locked(r, slots[k].b);
+		slots[k].b = NULL;
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* The pieces of a finished read in order, as an iovec: kept pieces where
+ * they are, the rest (filled from SQLite) in buf, neighbours merged; the
+ * slots' kept entries move to v. */
+static int make_iov(struct slot *slots, size_t n, struct reader_iov *v, struct err *e)
+{
+	struct iovec *iov;
+	size_t ni = 0, nh = 0, len = 0;
+	/* one allocation: n iovecs, then n entry pointers */
+	if (!(iov = malloc(n * (sizeof(*iov) + sizeof(struct bent *)))))
+		return err_set(e, ERR_IO, "out of memory");
+	v->held = (struct bent **)(iov + n);
+	for (size_t k = 0; k < n; k++) {
+		const unsigned char *p = slots[k].src ? slots[k].src : slots[k].dst;
+		len += slots[k].plen;
+		if (ni && (const unsigned char *)iov[ni - 1].iov_base + iov[ni - 1].iov_len == p) {
+			iov[ni - 1].iov_len += slots[k].plen;
+		} else {
+			iov[ni].iov_base = (void *)p;
+			iov[ni].iov_len = slots[k].plen;
+			ni++;
+		}
+		if (slots[k].src && slots[k].b) {
+			v->held[nh++] = slots[k].b;
+			slots[k].b = NULL;
+		}
+		slots[k].src = NULL;
+	}
+	v->iov = iov;
+	v->count = (int)ni;
+	v->len = len;
+	v->nheld = nh;
+	return 0;
+}
+
+/* reader_read(), and with v reader_read_iov(). */
+static int read_impl(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                     void *buf, size_t *got, struct reader_iov *v, struct err *e)
 {
 	struct reader *r = img->r;
 	struct slot stack[STACK_SLOTS], *slots = stack;
+	int keep = v != NULL;
 	size_t first, last, n, done = 0, k = 0;
 	int rc = 0, ra_done = !st;
 	struct timespec dl;
@@ -1407,10 +1485,11 @@ static int read_range(struct reader_image *img, struct reader_stream *st, uint64
 			                                                 : bo + block_len(img, i);
 			slots[k].kind = S_DONE;
 			slots[k].b = NULL;
+			slots[k].src = NULL;
 			slots[k].dst = (unsigned char *)buf + (ps - off);
 			slots[k].poff = (uint32_t)(ps - bo);
 			slots[k].plen = (uint32_t)(pe - ps);
-			rc = classify(img, i, &slots[k], e);
+			rc = classify(img, i, &slots[k], keep, e);
 			if (rc < 0)
 				goto release;
 			if (rc == 1) {
@@ -1425,7 +1504,9 @@ static int read_range(struct reader_image *img, struct reader_stream *st, uint64
 			ra_done = 1;
 		}
 		/* 3 and 4 for what was classified */
-		rc = finish(img, first, slots, done, k, e);
+		rc = finish(img, first, slots, done, k, keep, e);
+		if (rc || !room)
+			unkeep(r, slots, 0, k);
 		done = k;
 		if (rc)
 			goto release;
@@ -1433,7 +1514,11 @@ static int read_range(struct reader_image *img, struct reader_stream *st, uint64
 			goto release;
 	}
 	*got = len;
+	if (keep)
+		rc = make_iov(slots, n, v, e);
 release:
+	if (rc)
+		unkeep(r, slots, 0, done); /* kept pieces of a read that failed */
 	/* after an error in step 1: entries classified and not finished; the
 	 * ones this read was going to fetch must not leave their waiters hanging */
 	pthread_mutex_lock(&r->mu);
@@ -1461,16 +1546,43 @@ int reader_read(struct reader_image *img, struct reader_stream *st, uint64_t off
 	struct reader *r = img->r;
 	int rc;
 	atomic_fetch_add(&r->demand, 1);
-	rc = read_range(img, st, off, len, buf, got, e);
+	rc = read_impl(img, st, off, len, buf, got, NULL, e);
 	atomic_store(&r->demand_end, time_mono());
 	atomic_fetch_sub(&r->demand, 1);
 	return rc;
 }
 
+int reader_read_iov(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                    void *buf, struct reader_iov *v, struct err *e)
+{
+	struct reader *r = img->r;
+	size_t got = 0;
+	int rc;
+	memset(v, 0, sizeof(*v));
+	v->r = r;
+	atomic_fetch_add(&r->demand, 1);
+	rc = read_impl(img, st, off, len, buf, &got, v, e);
+	atomic_store(&r->demand_end, time_mono());
+	atomic_fetch_sub(&r->demand, 1);
+	return rc;
+}
+
+void reader_iov_release(struct reader_iov *v)
+{
+	if (!v->r)
+		return;
+	pthread_mutex_lock(&v->r->mu);
+	for (size_t i = 0; i < v->nheld; i++)
+		ent_put_locked(v->r, v->held[i]);
+	pthread_mutex_unlock(&v->r->mu);
+	free(v->iov);
+	memset(v, 0, sizeof(*v));
+}
+
 int reader_prefetch(struct reader_image *img, uint64_t off, size_t len, void *buf, struct err *e)
 {
 	size_t got;
-	return read_range(img, NULL, off, len, buf, &got, e);
+	return read_impl(img, NULL, off, len, buf, &got, NULL, e);
 }
 
 unsigned reader_demand(struct reader *r, double *last_end)

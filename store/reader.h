@@ -19,7 +19,7 @@
  *   keeps recently fetched blocks in memory (bounded), so the next read does
  *   not wait for the cache writer (cache inserts are slower than the network).
  * - Sequential reads on a stream grow a readahead window (2 MiB, doubling up
- *   to 32 MiB by default) served by a pool of fetch threads, each with its
+ *   to 16 MiB by default) served by a pool of fetch threads, each with its
  *   own S3 connection; random reads do not trigger readahead.
  * - An uncached read against an unreachable bucket fails after the retry
  *   budget (ERR_NET); cached blocks keep being served.
@@ -37,14 +37,15 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 struct reader_opts {
 	const struct s3_config *s3; /* copied; retry_budget_s bounds an uncached read */
 	struct cache *cache;        /* not owned; NULL: no persistent cache */
 	unsigned fetch_threads;     /* readahead GETs in parallel; 0: default (4) */
-	uint64_t mem_bytes;       /* block buffers, a hard bound; 0: default (48 MiB), min 8 MiB */
+	uint64_t mem_bytes;       /* block buffers, a hard bound; 0: default (24 MiB), min 8 MiB */
 	uint64_t readahead_min;   /* first readahead window; 0: default (2 MiB) */
-	uint64_t readahead_max;   /* largest window; 0: default (32 MiB) */
+	uint64_t readahead_max;   /* largest window; 0: default (16 MiB) */
 	uint64_t readahead_chunk; /* bytes per readahead GET; 0: default (8 MiB) */
 };
 
@@ -102,6 +103,26 @@ size_t reader_image_nblocks(const struct reader_image *img);
 uint32_t reader_image_block_size(const struct reader_image *img);
 int reader_image_block(const struct reader_image *img, size_t i, unsigned char key[CACHE_KEY_LEN],
                        uint32_t *len);
+/* The same without copying what the reader holds in memory: v->iov lists
+ * the pieces of the range in order, pointing into the reader's verified
+ * block buffers (kept for the caller), a shared all-zero area, or buf
+ * (len bytes: what the SQLite cache filled in).  v->len is the length read
+ * (*got above).  The pieces stay valid until reader_iov_release(v), which
+ * the caller must call after a 0 return (it is a no-op after -1); hold them
+ * no longer than it takes to hand them over, they count against the
+ * reader's memory budget. */
+struct reader_iov {
+	struct iovec *iov;
+	int count;
+	size_t len;
+	/* private */
+	struct reader *r;
+	struct bent **held;
+	size_t nheld;
+};
+int reader_read_iov(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
+                    void *buf, struct reader_iov *v, struct err *e);
+void reader_iov_release(struct reader_iov *v);
 
 struct reader_stats {
 	uint64_t cache_hits;      /* blocks served from memory or the cache without a GET */

@@ -1,6 +1,7 @@
 /* The bounded SQLite block cache (see cache.h and DESIGN.md "Cache keys").
  *
- * One database, <dir>/cache.db, in WAL mode with 64 KiB pages:
+ * One database, <dir>/cache.db, with a rollback journal (TRUNCATE) and
+ * 64 KiB pages:
  *
  *   blocks(id INTEGER PRIMARY KEY, data BLOB)      the block bytes, one row per block
  *   idx(key PRIMARY KEY, id, len, atime)            key -> row, length, LRU clock
@@ -21,6 +22,18 @@
  * commit together or not at all, so a crash or power cut can lose recent
  * inserts but never expose a partial block.
  *
+ * Why not WAL: it writes every byte twice (the WAL, then the checkpoint).  A
+ * rollback journal holds only the old content of pages a transaction
+ * changes that existed before it, and SQLite journals neither pages appended
+ * to the file nor free pages it reuses: so the block bytes are written once,
+ * and the journal takes the index pages (tests/bench/cold.sh: 2.15 -> 1.28
+ * bytes written per byte cached, imgfs 3.5 -> 2.5-2.8 CPU s per cold GiB).
+ * synchronous=FULL: the journal is on disk before the file is changed, so a
+ * power cut mid-commit is rolled back at the next open.  The writer's page
+ * cache does not spill (cache_spill=OFF): the batch waits in memory until
+ * COMMIT, so readers are locked out only while the commit writes, not for
+ * the whole batch.
+ *
  * Disk: everything in the directory stays within the limit + 8 MiB
  * (DISK_SLACK).  The limit bounds the block bytes (cache_bytes); the disk is
  * bounded by what the files are made of:
@@ -28,23 +41,20 @@
  *                 the listing and records in meta: all counted) <= target,
  *                 evicted by that measure too, plus at most KEEP_FREE_PAGES
  *                 free pages (incremental vacuum gives back the rest)
- *   cache.db-wal  at most wal_pages plus one transaction: after a commit that
- *                 leaves more, a TRUNCATE checkpoint empties it
- *   cache.db-shm  32 KiB per 4096 WAL pages
- * target = limit + DISK_SLACK - (WAL + a transaction + free pages + 1 MiB):
+ *   cache.db-journal  empty between transactions; during one, the old
+ *                 content of the index pages it changes (and of pages that
+ *                 incremental vacuum moves): bounded by `journal`
+ * target = limit + DISK_SLACK - (journal + a transaction + free pages + 1 MiB):
  * large caches give up a few MiB of blocks for it; small ones, where the
  * pages of the index and the listing weigh most, may keep pages beyond the
- * limit, never block bytes.  (A 64 KiB block takes 72 KiB of pages.  Before,
- * a limit of 48 MiB let the directory reach 75 MiB: a WAL of limit/2 between
- * PASSIVE checkpoints, and up to limit/16 + a batch of free pages.)
+ * limit, never block bytes.  (A 64 KiB block takes 72 KiB of pages.)
  *
  * Reads: a small pool of read-only connections, one per concurrent reader.
  * The key lookup statement stays active while the blob is opened and read,
- * so both happen in the same WAL snapshot (an evicted row id reused by a
+ * so both happen under one shared lock (an evicted row id reused by a
  * later insert can never be read under the old key).  The blob is read with
- * sqlite3_blob_read() straight into the caller's buffer; pages that are in
- * the main file (not the WAL) are then read by SQLite directly into it,
- * bypassing its page cache, which is why the writer checkpoints often.
+ * sqlite3_blob_read() straight into the caller's buffer: SQLite reads
+ * overflow pages directly into it, bypassing its page cache.
  *
  * Checks (CACHE_CHECK): the rows this process has seen hash to their key sit
  * in an in-memory set, key -> row id.  A row gets there when it is first read
@@ -81,31 +91,31 @@
 #define CACHE_APP_ID         0x696d6763 /* "imgc" */
 #define CACHE_SCHEMA_VERSION 2          /* 1: without pins (migrated on open) */
 #define CACHE_PAGE_SIZE      65536
+#define CACHE_JOURNAL        "TRUNCATE"
 
 /* Blocks waiting for the writer (references to the reader's buffers, so
- * they count against memory).  When the writer falls behind, a block past
- * this is not cached and a warm re-read fetches it again: with 16 MiB a cold
- * 1 GiB read on a 2-core host dropped 8% of its blocks, with 48 none
- * (cache_dropped in tests/bench/mount.sh). */
-#define QUEUE_MAX_BYTES   (48u << 20)
-#define BATCH_MAX_BLOCKS  256
-#define BATCH_MAX_BYTES   (4u << 20)
-#define DISK_SLACK        (8ull << 20) /* the contract: --cache-size + 8 MiB */
-#define KEEP_FREE_PAGES   16           /* free pages kept for the next batch */
-#define TX_MAX_BLOCK      (4ull << 20) /* a batch is one block when larger (RECORD_MAX_BLOCK_SIZE) */
-#define TX_INDEX_BYTES    (1ull << 20) /* index pages a batch dirties besides the blocks */
-#define TOUCH_MAX         8192         /* hits recorded between two writer batches */
-#define DELETE_MAX        256
-#define POOL_MAX          12 /* read connections */
-#define BUSY_TIMEOUT_MS   5000
-#define FULL_BACKOFF_S    30.0
-#define ERROR_BACKOFF_S   2.0
-#define IDLE_CHECKPOINT_S 1.0
-/* Page cache per connection.  The writer's is small on purpose: a batch
- * spills to the WAL early and reuses hot buffers; with 32 MiB inserts ran
- * at 130 MB/s instead of 350 (tests/bench/README.md), and 2 MiB still held
- * 31 MiB of pages at peak against 12 MiB with 512 KiB (valgrind --tool=massif
- * on imgfs during a cold read).  Readers keep the pages that small reads
+ * they count against its memory budget).  When the writer falls behind, a
+ * block past this is not cached and a warm re-read fetches it again.  With
+ * a WAL, 16 MiB dropped 8% of a cold 1 GiB read on a 2-core host; with the
+ * rollback journal it drops none at a load of 9 and 1% at 12
+ * (tests/bench/cold.sh), and leaves the reader 8 MiB of its 24 to read. */
+#define QUEUE_MAX_BYTES  (16u << 20)
+#define BATCH_MAX_BLOCKS 256
+#define BATCH_MAX_BYTES  (4u << 20)
+#define DISK_SLACK       (8ull << 20) /* the contract: --cache-size + 8 MiB */
+#define KEEP_FREE_PAGES  16           /* free pages kept for the next batch */
+#define TX_MAX_BLOCK     (4ull << 20) /* a batch is one block when larger (RECORD_MAX_BLOCK_SIZE) */
+#define TX_INDEX_BYTES   (1ull << 20) /* index pages a batch dirties besides the blocks */
+#define TOUCH_MAX        8192         /* hits recorded between two writer batches */
+#define DELETE_MAX       256
+#define POOL_MAX         12 /* read connections */
+#define BUSY_TIMEOUT_MS  5000
+#define FULL_BACKOFF_S   30.0
+#define ERROR_BACKOFF_S  2.0
+/* Page cache per connection.  The writer's is small on purpose (with
+ * 32 MiB, WAL inserts ran at 130 MB/s instead of 350, tests/bench/README.md):
+ * it holds a batch only until its COMMIT (no spill, see the top), then
+ * shrinks back.  Readers keep the pages that small reads
  * pull in: 4 KiB random reads ran at 17k IOPS with 4 MiB, 11k with 256 KiB
  * (times POOL_MAX in memory; tests/bench/mount.sh, fio line). */
 #define WRITER_CACHE_KIB 512
@@ -170,8 +180,7 @@ struct cache {
 	uint64_t limit;
 	uint64_t batch_bytes; /* per transaction */
 	uint64_t target;      /* bytes of database pages in use (see the top) */
-	unsigned wal_pages;   /* checkpoint threshold */
-	int wal_frames;       /* in the WAL after the last commit (writer thread) */
+	uint64_t journal;     /* bound on the rollback journal (journal_size_limit) */
 
 	/* writer connection: used by cache_open, then only by the writer thread */
 	sqlite3 *wdb;
@@ -272,7 +281,7 @@ static int is_corruption(int rc)
 static int is_disk_full(int rc)
 {
 	/* A full disk shows up as SQLITE_FULL, or as a write error (EFBIG,
-	 * quota, ENOSPC while extending the WAL). */
+	 * quota, ENOSPC while extending the file or its journal). */
 	return (rc & 0xff) == SQLITE_FULL || rc == SQLITE_IOERR_WRITE ||
 	       rc == SQLITE_IOERR_TRUNCATE || rc == SQLITE_IOERR_FSYNC;
 }
@@ -469,7 +478,7 @@ static int init_schema(sqlite3 *db)
 	rc = exec(db, "PRAGMA page_size=65536; PRAGMA auto_vacuum=INCREMENTAL;");
 	if (rc != SQLITE_OK)
 		return rc;
-	rc = exec(db, "PRAGMA journal_mode=WAL;");
+	rc = exec(db, "PRAGMA journal_mode=" CACHE_JOURNAL ";");
 	if (rc != SQLITE_OK)
 		return rc;
 	rc = exec(db, "BEGIN IMMEDIATE");
@@ -603,22 +612,13 @@ static int load_state(struct cache *c)
 	return SQLITE_OK;
 }
 
-static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
-{
-	struct cache *c = arg;
-	(void)db;
-	(void)name;
-	c->wal_frames = frames;
-	return SQLITE_OK;
-}
-
 /* Open the writer connection and check the file.  0 ok; 1 the file is not
  * a usable cache (move it aside); -1 another error (e set). */
 static int try_open(struct cache *c, struct err *e)
 {
 	long long appid, version, ntables;
 	int rc, fd;
-	char sql[160];
+	char sql[256];
 
 	/* Create the file ourselves so it is 0600 whatever the umask. */
 	fd = open(c->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -658,14 +658,12 @@ static int try_open(struct cache *c, struct err *e)
 	/* Per-connection settings.  secure_delete is on in Debian's build: it
 	 * would overwrite every evicted block with zeros, doubling the writes. */
 	snprintf(sql, sizeof(sql),
-	         "PRAGMA journal_mode=WAL; PRAGMA secure_delete=OFF; PRAGMA journal_size_limit=%u;",
-	         c->wal_pages * CACHE_PAGE_SIZE);
+	         "PRAGMA journal_mode=" CACHE_JOURNAL "; PRAGMA secure_delete=OFF; "
+	         "PRAGMA journal_size_limit=%u; PRAGMA synchronous=FULL; PRAGMA cache_spill=OFF;",
+	         (unsigned)c->journal);
 	rc = exec(c->wdb, sql);
 	if (rc != SQLITE_OK)
 		goto fail;
-	/* our own checkpoints (writer_main), which TRUNCATE: SQLite's automatic
-	 * ones are PASSIVE and leave the file at its largest */
-	sqlite3_wal_hook(c->wdb, wal_hook, c);
 	rc = prepare_writer(c);
 	if (rc != SQLITE_OK)
 		goto fail;
@@ -691,10 +689,10 @@ static void close_writer_conn(struct cache *c)
 
 static void move_aside(struct cache *c, const char *why)
 {
-	static const char *const sfx[] = {"", "-wal"};
+	static const char *const sfx[] = {"", "-wal", "-journal"};
 	char stamp[32], from[PATH_MAX], to[PATH_MAX];
 	time_format_rfc3339(time(NULL), stamp);
-	for (size_t i = 0; i < 2; i++) {
+	for (size_t i = 0; i < 3; i++) {
 		snprintf(from, sizeof(from), "%s%s", c->path, sfx[i]);
 		snprintf(to, sizeof(to), "%s/" CACHE_CORRUPT_TAG "-%s%s", c->dir, stamp, sfx[i]);
 		if (rename(from, to) && errno != ENOENT)
@@ -1012,15 +1010,6 @@ fail:
 	return rc;
 }
 
-static void checkpoint(struct cache *c, int mode)
-{
-	int nlog = -1, rc = sqlite3_wal_checkpoint_v2(c->wdb, NULL, mode, &nlog, NULL);
-	if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
-		log_debug("block cache: checkpoint: %s", sqlite3_errmsg(c->wdb));
-	if (nlog >= 0)
-		c->wal_frames = nlog;
-}
-
 /* Writer thread: replace the pinned keys of one owner, in one transaction. */
 static int run_pins(struct cache *c, struct meta_req *r)
 {
@@ -1119,8 +1108,6 @@ static int has_work(struct cache *c)
 static void *writer_main(void *arg)
 {
 	struct cache *c = arg;
-	int dirty = 0; /* committed since the last checkpoint */
-	struct timespec ts;
 
 	pthread_mutex_lock(&c->mu);
 	for (;;) {
@@ -1131,19 +1118,8 @@ static void *writer_main(void *arg)
 		struct meta_req *meta;
 		int rc, ran, evict_only;
 
-		while (!c->stop && !has_work(c)) {
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_sec += (time_t)IDLE_CHECKPOINT_S;
-			if (pthread_cond_timedwait(&c->wake, &c->mu, &ts) == ETIMEDOUT && dirty &&
-			    !has_work(c)) {
-				/* Idle: move the WAL into the main file, where
-				 * blob reads bypass the page cache. */
-				pthread_mutex_unlock(&c->mu);
-				checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
-				dirty = 0;
-				pthread_mutex_lock(&c->mu);
-			}
-		}
+		while (!c->stop && !has_work(c))
+			pthread_cond_wait(&c->wake, &c->mu);
 		if (c->stop && !has_work(c))
 			break;
 
@@ -1169,7 +1145,6 @@ static void *writer_main(void *arg)
 
 		if (meta) {
 			run_meta(c, meta);
-			dirty = 1;
 			evict_only = 1; /* the listing counts against the disk bound too */
 		}
 
@@ -1178,17 +1153,12 @@ static void *writer_main(void *arg)
 		if (ran) {
 			rc = run_batch(c, &b);
 			if (rc == SQLITE_OK) {
-				dirty = 1;
 				/* written from bytes the caller had checked */
 				for (struct qent *q = b.head; q; q = q->next)
 					checked_add(c, q->key, q->id);
 				if (b.head && atomic_exchange(&c->full_logged, 0))
 					log_info("block cache %s: caching again", c->path);
 			}
-		}
-		if (c->wal_frames >= (int)c->wal_pages) {
-			checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
-			dirty = c->wal_frames > 0;
 		}
 
 		pthread_mutex_lock(&c->mu);
@@ -1236,15 +1206,8 @@ static void *writer_main(void *arg)
 		if (touch_target > c->touch_done)
 			c->touch_done = touch_target;
 		if (c->flush_done != c->flush_gen && c->done_seq >= c->flush_put_target &&
-		    c->touch_done >= c->flush_touch_target && !c->ndel) {
-			uint64_t gen = c->flush_gen;
-			pthread_mutex_unlock(&c->mu);
-			if (dirty)
-				checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
-			dirty = 0;
-			pthread_mutex_lock(&c->mu);
-			c->flush_done = gen;
-		}
+		    c->touch_done >= c->flush_touch_target && !c->ndel)
+			c->flush_done = c->flush_gen;
 		pthread_cond_broadcast(&c->done);
 	}
 	pthread_mutex_unlock(&c->mu);
@@ -1262,10 +1225,8 @@ static void cache_free(struct cache *c)
 		next = r->next;
 		rconn_free(r);
 	}
-	if (c->wdb) {
-		checkpoint(c, SQLITE_CHECKPOINT_TRUNCATE);
+	if (c->wdb)
 		close_writer_conn(c);
-	}
 	for (struct qent *q = c->qhead, *n; q; q = n) {
 		n = q->next;
 		qent_free(q);
@@ -1291,7 +1252,7 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	struct cache *c;
 	pthread_condattr_t ca;
 	struct rconn *r;
-	uint64_t wal, tx, reserve, used = 0;
+	uint64_t jl, tx, reserve, used = 0;
 	long long nfree = 0;
 	int rc;
 
@@ -1312,25 +1273,25 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	pthread_mutex_init(&c->chk_mu, NULL);
 	c->limit = o->limit_bytes;
 	c->full_backoff = FULL_BACKOFF_S;
-	/* Small limits get small transactions and WAL; the disk bound (see the
-	 * top) takes what the WAL and a transaction may need from the blocks of
-	 * a large cache, never more than the limit from a small one. */
+	/* Small limits get small transactions and journals; the disk bound (see
+	 * the top) takes what the journal and a transaction may need from the
+	 * blocks of a large cache, never more than the limit from a small one. */
 	c->batch_bytes = c->limit / 4;
 	if (c->batch_bytes < (1u << 20))
 		c->batch_bytes = 1u << 20;
 	if (c->batch_bytes > BATCH_MAX_BYTES)
 		c->batch_bytes = BATCH_MAX_BYTES;
-	wal = c->limit / 8;
-	if (wal < (1u << 20))
-		wal = 1u << 20;
-	if (wal > (16u << 20))
-		wal = 16u << 20;
-	c->wal_pages = (unsigned)(wal / CACHE_PAGE_SIZE);
+	jl = c->limit / 8;
+	if (jl < (1u << 20))
+		jl = 1u << 20;
+	if (jl > (16u << 20))
+		jl = 16u << 20;
+	c->journal = jl;
 	/* a transaction: a batch, or one block (never more than the limit) */
 	tx = c->limit < TX_MAX_BLOCK ? c->limit : TX_MAX_BLOCK;
 	if (tx < c->batch_bytes)
 		tx = c->batch_bytes;
-	reserve = wal + tx + TX_INDEX_BYTES + KEEP_FREE_PAGES * CACHE_PAGE_SIZE + (1u << 20);
+	reserve = jl + tx + TX_INDEX_BYTES + KEEP_FREE_PAGES * CACHE_PAGE_SIZE + (1u << 20);
 	c->target = c->limit + DISK_SLACK > reserve ? c->limit + DISK_SLACK - reserve : 0;
 	c->dir = strdup(o->dir);
 	c->path = path_join(o->dir, CACHE_DB_NAME);

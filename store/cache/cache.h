@@ -34,7 +34,7 @@ struct cache_opts {
 };
 
 int cache_open(const struct cache_opts *o, struct cache **out, struct err *e);
-/* Flushes pending inserts, checkpoints the WAL, closes. */
+/* Flushes pending inserts, closes. */
 void cache_close(struct cache *c);
 
 /* 1 hit (exactly len bytes copied into buf), 0 miss, -1 error.  No check:

@@ -249,10 +249,12 @@ static void test_round_trip(void)
 	CHECK(st.bytes == total);
 	CHECK(st.hits == 11 && st.misses == 1);
 	cache_close(c);
-	/* Closing checkpointed and removed the WAL. */
+	/* No WAL; the rollback journal is empty between transactions. */
 	CHECK(file_size(dir, "cache.db-wal") == 0);
+	CHECK(file_size(dir, "cache.db-journal") == 0);
 
-	/* The database really is 64 KiB pages, WAL, incremental auto-vacuum. */
+	/* The database really is 64 KiB pages, a rollback journal truncated
+	 * after each commit, incremental auto-vacuum. */
 	char path[600];
 	sqlite3 *db;
 	sqlite3_stmt *stq;
@@ -260,7 +262,7 @@ static void test_round_trip(void)
 	CHECK(stat(path, &sb) == 0 && (sb.st_mode & 0777) == 0600);
 	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
 	const char *q[] = {"PRAGMA page_size", "PRAGMA journal_mode", "PRAGMA auto_vacuum"};
-	const char *want[] = {"65536", "wal", "2"};
+	const char *want[] = {"65536", "delete", "2"};
 	for (int k = 0; k < 3; k++) {
 		CHECK(sqlite3_prepare_v2(db, q[k], -1, &stq, NULL) == SQLITE_OK);
 		CHECK(sqlite3_step(stq) == SQLITE_ROW);
@@ -851,58 +853,58 @@ static void test_crash(void)
 	munmap((void *)progress, 4096);
 }
 
-/* A power cut can leave the end of the WAL torn.  Simulate it: commit some
- * blocks and checkpoint (set A), commit more without checkpointing (set B),
- * kill, then truncate or damage the WAL.  A must be intact; whatever of B
- * survives must be exact. */
-/* Large enough that set B stays below the writer's WAL threshold (limit / 8)
- * however many transactions a slow machine splits it into: at 64 MiB, a
- * loaded ASan run once crossed it and checkpointed B before the kill. */
+/* A power cut in the middle of a commit leaves the database file with
+ * pages of an unfinished transaction (and a torn last page, mode 1) and a
+ * hot rollback journal.  Simulate it: commit set A, then set B, then start a
+ * transaction that overwrites every block row with zeros, deletes the index
+ * and appends a large row, with a page cache small enough that SQLite writes
+ * those pages into cache.db before the commit; kill the process there.  On
+ * the next open the journal is rolled back: A and B are intact and exact,
+ * and the byte count matches. */
 #define TORN_LIMIT (256 * MIB)
 
-static void test_torn_wal(int mode)
+static void test_torn_commit(int mode)
 {
-	char name[32];
+	char name[32], db[600], journal[600];
 	snprintf(name, sizeof(name), "torn-%d", mode);
 	const char *dir = new_dir(name);
-	char wal[600];
-	int status, present_a = 0, present_b = 0, wrong = 0;
+	int status, present = 0, wrong = 0;
+	struct stat sb;
 	pid_t pid;
 
-	snprintf(wal, sizeof(wal), "%s/cache.db-wal", dir);
+	snprintf(db, sizeof(db), "%s/cache.db", dir);
+	snprintf(journal, sizeof(journal), "%s/cache.db-journal", dir);
 	pid = fork();
 	if (pid == 0) {
 		struct cache *c = open_cache(dir, TORN_LIMIT);
-		struct cache_stats st;
 		unsigned char key[32];
+		sqlite3 *raw = NULL;
 		if (!c)
 			_exit(3);
 		for (uint64_t i = 0; i < 4; i++)
 			put_block(c, i, 64 * KIB, key);
-		cache_flush(c); /* commits and checkpoints A */
-		for (uint64_t i = 100; i < 124; i++) {
+		cache_flush(c);
+		for (uint64_t i = 100; i < 124; i++)
 			put_block(c, i, 64 * KIB, key);
-			if (i % 4 == 0)
-				usleep(5000); /* several transactions */
-		}
-		do {
-			usleep(1000);
-			cache_get_stats(c, &st);
-		} while (st.inserts < 28);
+		cache_flush(c);
+		if (sqlite3_open(db, &raw) != SQLITE_OK ||
+		    sqlite3_exec(raw,
+		                 "PRAGMA journal_mode=TRUNCATE; PRAGMA synchronous=FULL;"
+		                 "PRAGMA cache_size=-256; BEGIN IMMEDIATE;"
+		                 "UPDATE blocks SET data = zeroblob(length(data));"
+		                 "DELETE FROM idx; UPDATE state SET bytes = 0;"
+		                 "INSERT INTO blocks(data) VALUES(zeroblob(3000000));",
+		                 NULL, NULL, NULL) != SQLITE_OK)
+			_exit(5);
 		raise(SIGKILL);
 	}
 	waitpid(pid, &status, 0);
 	CHECK(WIFSIGNALED(status));
-	struct stat sb;
-	CHECK(stat(wal, &sb) == 0 && sb.st_size > 65536);
-	if (mode == 0) {
-		CHECK(truncate(wal, sb.st_size - 1000) == 0); /* torn last frame */
-	} else {
-		/* a damaged frame in the middle: it and all after it are void */
-		int fd = open(wal, O_WRONLY);
-		CHECK(pwrite(fd, "XXXXXXXX", 8, sb.st_size / 2) == 8);
-		close(fd);
-	}
+	/* the unfinished transaction reached the file, and its journal is hot */
+	CHECK(stat(journal, &sb) == 0 && sb.st_size > 65536);
+	CHECK(stat(db, &sb) == 0 && sb.st_size > 3000000);
+	if (mode == 1)
+		CHECK(truncate(db, sb.st_size - 1000) == 0); /* a torn last page */
 	struct cache *c = open_cache(dir, TORN_LIMIT);
 	struct cache_stats st;
 	uint64_t sum = 0;
@@ -912,22 +914,72 @@ static void test_torn_wal(int mode)
 	for (uint64_t i = 0; i < 124; i++) {
 		int rc = check_block(c, i, 64 * KIB);
 		if (rc == 1) {
-			if (i < 4)
-				present_a++;
-			else
-				present_b++;
+			present++;
 			sum += block_len(i, 64 * KIB);
 		}
 		wrong += rc < 0;
 	}
 	cache_get_stats(c, &st);
-	CHECK(present_a == 4);
-	CHECK(present_b < 24);
+	CHECK(present == 28);
 	CHECK(wrong == 0);
 	CHECK(st.bytes == sum);
-	printf("  torn WAL (%s): A 4/4 intact, %d/24 of B survive\n",
-	       mode ? "damaged frame" : "truncated", present_b);
+	printf("  power cut during a commit (%s): 28/28 committed blocks intact\n",
+	       mode ? "torn last page" : "journal hot");
 	cache_close(c);
+}
+
+/* A cache written in WAL mode (by an older imgfs) opens with its blocks,
+ * and leaves WAL mode for the rollback journal: no -wal file afterwards. */
+static void test_from_wal(void)
+{
+	const char *dir = new_dir("from-wal");
+	char db[600];
+	unsigned char key[32];
+	sqlite3 *raw = NULL;
+	sqlite3_stmt *st = NULL;
+	struct cache *c = open_cache(dir, 64 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 0; i < 4; i++)
+		put_block(c, i, 64 * KIB, key);
+	cache_close(c);
+	snprintf(db, sizeof(db), "%s/cache.db", dir);
+	/* what a WAL-mode imgfs killed before its checkpoint leaves: a row only
+	 * in the WAL */
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (sqlite3_open(db, &raw) != SQLITE_OK ||
+		    sqlite3_exec(raw,
+		                 "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;"
+		                 "INSERT INTO meta VALUES('x', 'in the wal');",
+		                 NULL, NULL, NULL) != SQLITE_OK)
+			_exit(3);
+		raise(SIGKILL);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	CHECK(WIFSIGNALED(status));
+	CHECK(file_size(dir, "cache.db-wal") > 0);
+	c = open_cache(dir, 64 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 0; i < 4; i++)
+		CHECK(check_block(c, i, 64 * KIB) == 1);
+	char *m = NULL;
+	size_t n = 0;
+	struct err e = {0};
+	CHECK(cache_meta_get(c, "x", &m, &n, &e) == 1 && m && !strcmp(m, "in the wal"));
+	free(m);
+	cache_close(c);
+	CHECK(file_size(dir, "cache.db-wal") == 0);
+	CHECK(sqlite3_open(db, &raw) == SQLITE_OK);
+	CHECK(sqlite3_prepare_v2(raw, "PRAGMA journal_mode", -1, &st, NULL) == SQLITE_OK);
+	CHECK(sqlite3_step(st) == SQLITE_ROW);
+	CHECK_STR((const char *)sqlite3_column_text(st, 0), "delete");
+	sqlite3_finalize(st);
+	sqlite3_close(raw);
 }
 
 int main(void)
@@ -950,8 +1002,9 @@ int main(void)
 	test_concurrent();
 	test_disk_full();
 	test_crash();
-	test_torn_wal(0);
-	test_torn_wal(1);
+	test_torn_commit(0);
+	test_torn_commit(1);
+	test_from_wal();
 	rm_rf(tmproot);
 	return check_report("cache");
 }

@@ -495,6 +495,105 @@ static void test_altered_cache(void)
 	free(buf);
 }
 
+/* reader_read_iov(): the pieces it points at (block buffers, the zero
+ * area, the caller's buffer for what SQLite filled) are the image's bytes,
+ * stay valid until released while other readers run, and a read that fails
+ * verification holds nothing.  Threads share 16 MiB of block memory. */
+struct iov_arg {
+	struct reader_image *img, *bad;
+	const unsigned char *data;
+	size_t size;
+	unsigned seed;
+	int wrong;
+};
+
+static void *iov_reader(void *p)
+{
+	struct iov_arg *a = p;
+	struct reader_stream *st = reader_stream_new();
+	unsigned char *buf = malloc(3 * BS), *out = malloc(3 * BS);
+	for (int k = 0; k < 200; k++) {
+		struct reader_iov v;
+		struct err e = {0};
+		uint64_t off = rand_r(&a->seed) % (a->size + 100);
+		size_t len = 1 + rand_r(&a->seed) % (3 * BS), pos = 0;
+		size_t want = off >= a->size ? 0 : (a->size - off < len ? a->size - off : len);
+		if (k % 3 == 0) /* sequential from 0 for a while: readahead */
+			off = (uint64_t)(k / 3) * BS % a->size;
+		if (k % 3 == 0)
+			want = a->size - off < len ? a->size - off : len;
+		if (reader_read_iov(a->img, k % 2 ? st : NULL, off, len, buf, &v, &e)) {
+			a->wrong++;
+			continue;
+		}
+		usleep(rand_r(&a->seed) % 200); /* hold the pieces a while */
+		for (int i = 0; i < v.count; i++) {
+			if (pos + v.iov[i].iov_len > 3 * BS)
+				break;
+			memcpy(out + pos, v.iov[i].iov_base, v.iov[i].iov_len);
+			pos += v.iov[i].iov_len;
+		}
+		if (v.len != want || pos != want || (want && memcmp(out, a->data + off, want)))
+			a->wrong++;
+		reader_iov_release(&v);
+		/* a block that fails verification: an error, nothing held */
+		if (k % 50 == 7) {
+			if (!reader_read_iov(a->bad, NULL, BS + 10, 100, buf, &v, &e) ||
+			    e.code != ERR_INTEGRITY || v.nheld != 0)
+				a->wrong++;
+			reader_iov_release(&v);
+		}
+	}
+	free(buf);
+	free(out);
+	reader_stream_free(st);
+	return NULL;
+}
+
+static void test_read_iov(void)
+{
+	struct fake_srv f = {0};
+	struct cache *cache = NULL;
+	struct reader *r = NULL;
+	struct reader_image *img = NULL, *bad = NULL;
+	struct reader_stats rs;
+	struct iov_arg args[6];
+	pthread_t th[6];
+	struct record rec, rec_bad;
+	struct err e = {0};
+	char dir[600];
+
+	f.obj[0] = (struct fake_obj){"/bucket/images/iov.raw", data, SIZE};
+	f.obj[1] = (struct fake_obj){"/bucket/images/bad.raw", data, SIZE};
+	f.nobj = 2;
+	CHECK(fake_start(&f) == 0);
+	snprintf(dir, sizeof(dir), "%s/iov", tmproot);
+	CHECK(open_fake_reader(&f, dir, 16u << 20, &cache, &r) == 0);
+	make_record(&rec);
+	make_record(&rec_bad);
+	rec_bad.hashes[1][0] ^= 1; /* block 1 does not match this record */
+	CHECK(reader_image_open(r, "images/iov.raw", SIZE, ETAG, &rec, &img, &e) == 0);
+	CHECK(reader_image_open(r, "images/bad.raw", SIZE, ETAG, &rec_bad, &bad, &e) == 0);
+	for (int i = 0; i < 6; i++) {
+		args[i] = (struct iov_arg){img, bad, data, SIZE, 77u + (unsigned)i, 0};
+		CHECK(pthread_create(&th[i], NULL, iov_reader, &args[i]) == 0);
+	}
+	for (int i = 0; i < 6; i++) {
+		pthread_join(th[i], NULL);
+		CHECK(args[i].wrong == 0);
+	}
+	reader_get_stats(r, &rs);
+	CHECK(rs.mem_peak_bytes <= rs.mem_limit_bytes);
+	CHECK(rs.verify_failures > 0);
+	reader_image_unref(img);
+	reader_image_unref(bad);
+	reader_free(r);
+	cache_close(cache);
+	fake_stop(&f);
+	record_free(&rec);
+	record_free(&rec_bad);
+}
+
 int main(void)
 {
 	struct s3_config cfg = {0};
@@ -645,6 +744,7 @@ int main(void)
 	test_one_key_two_lengths();
 	test_memory_budget();
 	test_altered_cache();
+	test_read_iov();
 
 	reader_image_unref(reader_image_ref(img));
 	reader_image_unref(img);

@@ -1,11 +1,17 @@
 """A TCP proxy on loopback that adds a fixed one-way delay to every byte in
-both directions (no bandwidth limit, order kept): a stand-in for `tc netem
-delay` where the kernel has no sch_netem (containers, microVMs).
+both directions (order kept): a stand-in for `tc netem delay` where the
+kernel has no sch_netem (containers, microVMs).
 
     python3 -m vmkit.delayproxy --listen PORT --target HOST:PORT --delay-ms N
+                                [--rate-mbps R]
 
 Prints "READY <port>" once listening; runs until killed.  A round trip
-through it takes 2 * N ms more, as with netem on a loopback device.
+through it takes 2 * N ms more, as with netem on a loopback device.  With
+--rate-mbps, each connection carries at most R MB/s (10^6 bytes) in each
+direction, as one long-haul TCP stream to a cloud endpoint gets (its window
+over the round trip), while several connections together get R each.
+Without it there is no bandwidth limit.  At most 4 MiB wait in the proxy per
+direction, so a fast sender is slowed down, not buffered whole.
 """
 import argparse
 import asyncio
@@ -13,25 +19,29 @@ import sys
 import time
 
 
-async def _pump(reader, writer, delay):
+async def _pump(reader, writer, delay, rate):
     """Copy reader -> writer, each chunk released `delay` seconds after it
-    arrived."""
-    q = asyncio.Queue()
+    arrived, and not before the previous ones went out at `rate` bytes/s."""
+    q = asyncio.Queue(maxsize=64)  # chunks of at most 64 KiB
 
     async def rx():
         try:
             while True:
                 data = await reader.read(1 << 16)
-                q.put_nowait((time.monotonic() + delay, data))
+                await q.put((time.monotonic() + delay, data))
                 if not data:
                     return
         except (ConnectionError, asyncio.CancelledError):
             q.put_nowait((time.monotonic() + delay, b""))
 
     async def tx():
+        free = 0.0  # when the modelled link is idle again
         try:
             while True:
                 due, data = await q.get()
+                if rate:
+                    due = max(due, free)
+                    free = due + len(data) / rate
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -47,7 +57,7 @@ async def _pump(reader, writer, delay):
     await asyncio.gather(rx(), tx())
 
 
-async def _serve(listen, host, port, delay):
+async def _serve(listen, host, port, delay, rate):
     async def handle(cr, cw):
         try:
             sr, sw = await asyncio.open_connection(host, port)
@@ -55,7 +65,7 @@ async def _serve(listen, host, port, delay):
             cw.close()
             return
         try:
-            await asyncio.gather(_pump(cr, sw, delay), _pump(sr, cw, delay))
+            await asyncio.gather(_pump(cr, sw, delay, rate), _pump(sr, cw, delay, rate))
         finally:
             for w in (cw, sw):
                 try:
@@ -74,10 +84,13 @@ def main(argv=None):
     ap.add_argument("--listen", type=int, default=0)
     ap.add_argument("--target", required=True, help="HOST:PORT")
     ap.add_argument("--delay-ms", type=float, required=True)
+    ap.add_argument("--rate-mbps", type=float, default=0.0,
+                    help="per connection and direction, MB/s (0: no limit)")
     a = ap.parse_args(argv)
     host, port = a.target.rsplit(":", 1)
     try:
-        asyncio.run(_serve(a.listen, host, int(port), a.delay_ms / 1000.0))
+        asyncio.run(_serve(a.listen, host, int(port), a.delay_ms / 1000.0,
+                           a.rate_mbps * 1e6))
     except KeyboardInterrupt:
         pass
     return 0

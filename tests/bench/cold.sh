@@ -1,0 +1,125 @@
+#!/bin/bash
+# Benchmark: what a cold sequential read costs imgfs itself, in figures that
+# a loaded machine does not distort (unlike MB/s): CPU seconds of the imgfs
+# process per GiB read, bytes it wrote to disk per GiB cached, its peak RSS
+# by phase, the same CPU figure for a warm re-read, and 4 KiB random reads.
+# The load average is printed with every figure.
+#
+#   sudo tests/bench/cold.sh [SIZE_MIB] [ROUNDS]     defaults: 1024 MiB, 2 rounds
+# Environment: IMGSTORE_BUILD (default ./build), BENCH_PORT (default 23600;
+# uses PORT..PORT+4), BENCH_RUNTIME (fio seconds, default 10), BENCH_DIR
+# (work dir, default a fresh /tmp dir, removed afterwards), IMGFS_OPTS (extra
+# imgfs flags).  Needs root (drop_caches).
+#
+# Each round mounts a fresh imgfs with an empty cache, reads the object with
+# dd bs=1M (no page cache), waits until the cache writer is done, drops the
+# page cache and reads it again (warm), then runs 4 KiB random O_DIRECT reads
+# (fio, 4 jobs, BENCH_RUNTIME seconds, default 10; skipped without fio) and
+# reports IOPS and imgfs CPU microseconds per read, then unmounts.  CPU and write_bytes
+# are read from /proc/PID/stat and /proc/PID/io before and after each read
+# (the cold write_bytes include the writer finishing after dd).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+SIZE_MIB=${1:-1024}
+ROUNDS=${2:-2}
+BUILD=${IMGSTORE_BUILD:-$ROOT/build}
+PORT=${BENCH_PORT:-23600}
+IMGFS=$BUILD/fs/imgfs
+LABCTL=$BUILD/sync/labctl
+PY=/usr/bin/python3
+for b in "$IMGFS" "$LABCTL"; do
+	[ -x "$b" ] || { echo "cold.sh: $b is not built (ninja -C $BUILD)" >&2; exit 1; }
+done
+[ "$(id -u)" = 0 ] || { echo "cold.sh: needs root (drop_caches)" >&2; exit 1; }
+
+own_dir=0
+if [ -z "${BENCH_DIR:-}" ]; then
+	BENCH_DIR=$(mktemp -d /tmp/imgstore-bench-cold.XXXXXX)
+	own_dir=1
+fi
+S3DIR=$BENCH_DIR/s3
+MNT=$BENCH_DIR/mnt
+MPID=
+cleanup() {
+	set +e
+	mountpoint -q "$MNT" && fusermount3 -uz "$MNT"
+	[ -n "$MPID" ] && kill "$MPID" 2>/dev/null
+	deploy/local-s3.sh stop "$S3DIR" >/dev/null 2>&1
+	[ $own_dir = 1 ] && rm -rf "$BENCH_DIR"
+}
+trap cleanup EXIT
+
+deploy/local-s3.sh start "$S3DIR" "$PORT" bench >/dev/null
+eval "$(deploy/local-s3.sh env "$S3DIR")"
+export IMGSTORE_LOG=warn
+SIZE=$((SIZE_MIB * 1048576))
+HZ=$(getconf CLK_TCK)
+calc() { awk "BEGIN { printf \"%.3f\", ($1) }"; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+cpu_s() { awk -v hz="$HZ" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
+wbytes() { awk '/^write_bytes/ { print $2 }' "/proc/$1/io"; }
+load() { cut -d' ' -f1 /proc/loadavg; }
+stat_of() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$MNT/.imgstore/stats" "$1"; }
+wait_cache() {
+	local last=-1 cur
+	for _ in $(seq 1 240); do
+		cur=$(stat_of cache_bytes)
+		[ "$cur" = "$last" ] && return 0
+		last=$cur
+		sleep 0.5
+	done
+}
+
+echo "cold.sh: uploading a ${SIZE_MIB} MiB object of random bytes"
+head -c "$SIZE" /dev/urandom >"$BENCH_DIR/image.raw"
+"$LABCTL" images upload --source "$BENCH_DIR/image.raw" --destination bench/image.raw >/dev/null
+rm -f "$BENCH_DIR/image.raw"
+gib=$(calc "$SIZE / 1073741824")
+
+for r in $(seq 1 "$ROUNDS"); do
+	rm -rf "$BENCH_DIR/cache"
+	mkdir -p "$MNT"
+	# shellcheck disable=SC2086
+	"$IMGFS" -f --cache-dir "$BENCH_DIR/cache" ${IMGFS_OPTS:-} "$MNT" >"$BENCH_DIR/imgfs.log" 2>&1 &
+	MPID=$!
+	for _ in $(seq 1 300); do mountpoint -q "$MNT" && break; sleep 0.1; done
+	mountpoint -q "$MNT" || { cat "$BENCH_DIR/imgfs.log" >&2; exit 1; }
+	f=$MNT/bench/image.raw
+	rss_mount=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
+	drop_caches
+	c0=$(cpu_s "$MPID") w0=$(wbytes "$MPID") l0=$(load) t0=$(date +%s.%N)
+	dd if="$f" of=/dev/null bs=1M status=none
+	t1=$(date +%s.%N) c1=$(cpu_s "$MPID") l1=$(load)
+	wait_cache
+	c2=$(cpu_s "$MPID") w2=$(wbytes "$MPID")
+	cached=$(stat_of cache_bytes) dropped=$(stat_of cache_dropped)
+	rss_cold=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
+	drop_caches
+	c3=$(cpu_s "$MPID")
+	dd if="$f" of=/dev/null bs=1M status=none
+	c4=$(cpu_s "$MPID") l4=$(load)
+	rand=""
+	if command -v fio >/dev/null; then
+		c5=$(cpu_s "$MPID")
+		iops=$(fio --name=rand --filename="$f" --rw=randread --bs=4k --direct=1 --numjobs=4 \
+			--ioengine=psync --time_based --runtime="${BENCH_RUNTIME:-10}" --group_reporting \
+			--output-format=json 2>/dev/null |
+			$PY -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))')
+		c6=$(cpu_s "$MPID")
+		rand=$(printf '4 KiB random: %s IOPS, imgfs %s CPU us per read (load %s)' "$iops" \
+			"$(calc "($c6 - $c5) * 1000000 / ($iops * ${BENCH_RUNTIME:-10})")" "$(load)")
+	fi
+	rss=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
+	cgib=$(calc "$cached / 1073741824")
+	printf 'round %d: cold %.1f MB/s (load %s->%s); imgfs CPU s/GiB cold %s (with the writer finishing %s), warm %s (load %s)\n' \
+		"$r" "$(calc "$SIZE / ($t1 - $t0) / 1000000")" "$l0" "$l1" \
+		"$(calc "($c1 - $c0) / $gib")" "$(calc "($c2 - $c0) / $gib")" \
+		"$(calc "($c4 - $c3) / $gib")" "$l4"
+	printf '         written to disk per cached GiB %s GiB (%s GiB cached, %s blocks dropped); peak RSS %s MiB after mounting, %s after the cold read, %s after the warm one\n' \
+		"$(calc "$cgib > 0 ? ($w2 - $w0) / 1073741824 / $cgib : 0")" "$cgib" "$dropped" "$rss_mount" "$rss_cold" "$rss"
+	[ -n "$rand" ] && echo "         $rand"
+	fusermount3 -u "$MNT"
+	wait "$MPID" || true
+	MPID=
+done
