@@ -69,6 +69,11 @@ static const struct metric metrics[] = {
          "Listings of the bucket that failed."},
         {"last_refresh", "last_refresh_timestamp_seconds", "gauge",
          "Unix time of the last listing applied (no sample before the first)."},
+        {"pinned_images", "pinned_images", "gauge",
+         "Images (current and kept versions) that --pin or --pin-file pins."},
+        {"pinned_bytes", "pinned_bytes", "gauge", "Bytes of the pinned images."},
+        {"pinned_cached_bytes", "pinned_cached_bytes", "gauge",
+         "Bytes of the pinned images that are in the block cache."},
         {"bucket_reachable", "bucket_reachable", "gauge",
          "1 when the last listing and the last GET reached the bucket, else 0."},
 };

@@ -156,6 +156,9 @@ FIELDS = {
     "retries": ("imgstore_retries_total", "counter"),
     "refreshes": ("imgstore_refreshes_total", "counter"),
     "refresh_errors": ("imgstore_refresh_errors_total", "counter"),
+    "pinned_images": ("imgstore_pinned_images", "gauge"),
+    "pinned_bytes": ("imgstore_pinned_bytes", "gauge"),
+    "pinned_cached_bytes": ("imgstore_pinned_cached_bytes", "gauge"),
 }
 
 
