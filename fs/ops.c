@@ -481,10 +481,69 @@ static int errno_of(const struct err *e)
 	return EIO;
 }
 
+/* The object an open file reads was replaced in the bucket (412).  When the
+ * listing now holds the same bytes elsewhere -- by-sha256/<hex>, whose bytes
+ * labctl moved to versions/<hex> with a server-side copy before replacing
+ * them -- the read goes on from there: a VM or an overlay standing on a
+ * base must not see EIO because CI published a new one.  Same bytes means
+ * the same checksum and the same block map, both verified; every block is
+ * still checked against that map.  NULL when there is no such version (yet:
+ * a later refresh may publish it). */
+static struct version *same_bytes_now(struct imgfs *fs, const struct fh *h)
+{
+	const char *hex = strchr(h->ver->checksum, ':');
+	struct version *v = NULL, *cur = NULL;
+	struct node *n;
+	if (!h->ver->verified || !hex || strncmp(h->ver->checksum, "sha256:", 7))
+		return NULL;
+	pthread_rwlock_rdlock(&fs->lock);
+	n = fs->bysha ? tree_child(fs->bysha, hex + 1) : NULL;
+	if (n && n->live && n->kind == N_FILE)
+		cur = n->ver;
+	if (cur && cur != h->ver && cur->verified && cur->size == h->ver->size &&
+	    !strcmp(cur->checksum, h->ver->checksum) &&
+	    !memcmp(cur->map_digest, h->ver->map_digest, sizeof(cur->map_digest)))
+		v = version_ref(cur);
+	pthread_rwlock_unlock(&fs->lock);
+	return v;
+}
+
+/* reader_read_iov on the open version, and once more on the same bytes'
+ * new home when that object was replaced.  The handle keeps its version
+ * (fuse may run reads of one handle in parallel): *moved holds the
+ * reference the caller drops after the reply. */
+static int read_following(struct imgfs *fs, struct fh *h, uint64_t off, size_t size, char *buf,
+                          struct reader_iov *v, struct version **moved, struct err *e)
+{
+	struct version *nv;
+	struct reader_stream *st;
+	int rc;
+	*moved = NULL;
+	if (!reader_read_iov(h->ver->img, h->st, off, size, buf, v, e))
+		return 0;
+	if (e->code != ERR_PRECONDITION || !(nv = same_bytes_now(fs, h)))
+		return -1;
+	if (!(st = reader_stream_new())) {
+		version_unref(nv);
+		return -1;
+	}
+	log_debug("read %s at %llu: the object was replaced; reading the same bytes from %s",
+	          h->ver->key, (unsigned long long)off, nv->key);
+	err_clear(e);
+	rc = reader_read_iov(nv->img, st, off, size, buf, v, e);
+	reader_stream_free(st);
+	if (rc)
+		version_unref(nv);
+	else
+		*moved = nv;
+	return rc;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
 	struct fh *h = (struct fh *)(uintptr_t)fi->fh;
+	struct version *moved = NULL;
 	struct err e = {0};
 	struct reader_iov v;
 	char *buf;
@@ -509,7 +568,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			size = h->len - (size_t)off;
 		memcpy(buf, h->data + off, size);
 		fuse_reply_buf(req, buf, size);
-	} else if (reader_read_iov(h->ver->img, h->st, (uint64_t)off, size, buf, &v, &e)) {
+	} else if (read_following(FS(req), h, (uint64_t)off, size, buf, &v, &moved, &e)) {
 		log_debug("read %s at %lld: %s", h->ver->key, (long long)off, e.msg);
 		fuse_reply_err(req, errno_of(&e));
 	} else {
@@ -519,6 +578,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		 * bufvec of more than one buffer into a fresh one first. */
 		fuse_reply_iov(req, v.iov, v.count);
 		reader_iov_release(&v);
+		if (moved)
+			version_unref(moved);
 	}
 	rbuf_put(buf, size);
 }

@@ -1,6 +1,7 @@
 """Image history (issue 13): before an image is replaced by different bytes,
 labctl keeps the previous bytes and record as a version (server-side copy);
 imgfs publishes every kept version under /.imgstore/by-sha256/."""
+import errno
 import json
 import os
 
@@ -182,3 +183,42 @@ def test_prune_leaves_previous_versions_alone(bucket, tmp_path):
     run(labctl("images", "prune", "--manifest", m), env=bucket.env, check=0)
     assert bucket.keys() == before
     check_version(bucket, "keep.raw", old)
+
+
+@pytest.mark.parametrize("opened", ["by-sha256", "destination"])
+def test_open_file_follows_its_bytes_to_the_version(bucket, tmp_path, imgfs,  # noqa: F811
+                                                    opened):
+    """A file open before its image is replaced (a VM's base) reads on: the
+    same bytes now live at versions/<hex>, so an uncached block comes from
+    there, never EIO for good and never the new image's bytes."""
+    old, new = pattern(16 * MiB, 41), pattern(16 * MiB, 42)
+    upload(bucket, tmp_path, "v.raw", old)
+    m = imgfs(extra=["--refresh", "0"])
+    by = m.path / ".imgstore/by-sha256"
+    path = by / sha256(old) if opened == "by-sha256" else m.path / "v.raw"
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        buf = os.pread(fd, 4096, 0)
+        assert buf == old[:4096]
+        upload(bucket, tmp_path, "v.raw", new)
+        m.sighup()
+        wait_for(lambda: (by / sha256(new)).exists(), what="the new by-sha256 name")
+
+        # blocks never read before: images/v.raw has other bytes now (412).
+        # Until a refresh has seen the version, EIO (never other bytes).
+        def reads_old():
+            try:
+                got = os.pread(fd, 128 * 1024, 12 * MiB)
+            except OSError as e:
+                assert e.errno == errno.EIO
+                m.sighup()
+                return False
+            assert got == old[12 * MiB:12 * MiB + 128 * 1024]
+            return True
+        wait_for(reads_old, timeout=60, what="the open file to read from the version")
+        for off in (8 * MiB, 15 * MiB, 2 * MiB):
+            assert os.pread(fd, 128 * 1024, off) == old[off:off + 128 * 1024], off
+    finally:
+        os.close(fd)
+    # a new open of the destination gets the new bytes
+    assert (m.path / "v.raw").read_bytes() == new
