@@ -67,7 +67,9 @@ hash() {
 	dd if=/dev/vda of=/tmp/r bs=256k skip=${1%,*} count=${1#*,} \\
 		iflag=skip_bytes,count_bytes,fullblock,direct 2>/tmp/err
 	rc=$?
-	echo "E2E-$2 rc=$rc $(sha256sum </tmp/r | cut -d' ' -f1) $(tr '\\n' ' ' </tmp/err)"
+	why=
+	[ $rc = 0 ] || why=$(tr '\\n' ' ' </tmp/err)
+	echo "E2E-$2 rc=$rc $(sha256sum </tmp/r | cut -d' ' -f1) $why"
 	rm -f /tmp/r
 }
 hash "$a" A
