@@ -519,6 +519,9 @@ static void *refresh_thread(void *arg)
 			log_debug("eventfd: %s", strerror(errno));
 		if (rc < 0 && errno != EINTR)
 			break;
+		pthread_mutex_lock(&fs->refresh_mu);
+		fs->refresh_started++;
+		pthread_mutex_unlock(&fs->refresh_mu);
 		if (refresh(fs, &conn, 0, &e)) {
 			pins_lock(fs);
 			pins_update(fs); /* SIGHUP re-reads the pin file too */
@@ -533,10 +536,34 @@ static void *refresh_thread(void *arg)
 			          (size_t)atomic_load(&fs->nimages));
 		}
 		notify_status(fs, 0, &e);
+		pthread_mutex_lock(&fs->refresh_mu);
+		fs->refresh_done = fs->refresh_started;
+		pthread_cond_broadcast(&fs->refresh_cv);
+		pthread_mutex_unlock(&fs->refresh_mu);
 	}
 	if (conn)
 		s3_close(conn);
 	return NULL;
+}
+
+int imgfs_refresh_wait(struct imgfs *fs, long timeout_s)
+{
+	uint64_t one = 1, target;
+	struct timespec until;
+	int rc = 0;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += timeout_s;
+	pthread_mutex_lock(&fs->refresh_mu);
+	target = fs->refresh_started + 1;
+	pthread_mutex_unlock(&fs->refresh_mu);
+	if (write(g_efd, &one, sizeof(one)) < 0)
+		return -1;
+	pthread_mutex_lock(&fs->refresh_mu);
+	while (rc == 0 && fs->refresh_done < target && !atomic_load(&g_stop))
+		rc = pthread_cond_timedwait(&fs->refresh_cv, &fs->refresh_mu, &until);
+	rc = fs->refresh_done >= target ? 0 : -1;
+	pthread_mutex_unlock(&fs->refresh_mu);
+	return rc;
 }
 
 static void on_sighup(int sig)

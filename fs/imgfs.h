@@ -79,8 +79,9 @@ struct version {
 	char *source_url;
 	char uploaded_at[32];
 	struct reader_image *img;
-	atomic_int pinned; /* matches a pin (fs/pins.c) */
-	int whole_logged;  /* the prefetch thread said it is whole */
+	atomic_int pinned;          /* matches a pin (fs/pins.c) */
+	_Atomic long refresh_asked; /* monotonic s: a read found it replaced (ops.c) */
+	int whole_logged;           /* the prefetch thread said it is whole */
 };
 
 enum nkind { N_DIR, N_FILE, N_STATS }; /* N_STATS: stats or metrics, made at open */
@@ -146,11 +147,20 @@ struct imgfs {
 	atomic_uint_fast64_t refreshes, refresh_errors;
 	_Atomic time_t last_refresh;
 	atomic_int bucket_ok;
+	/* refreshes started and finished (refresh thread), for a read that
+	 * must see the listing after a change: imgfs_refresh_wait() */
+	pthread_mutex_t refresh_mu;
+	pthread_cond_t refresh_cv; /* CLOCK_MONOTONIC */
+	uint64_t refresh_started, refresh_done;
 
 	struct pins *pins; /* fs/pins.c */
 };
 
 int tree_init(struct imgfs *fs, struct err *e);
+/* Ask the refresh thread for a listing now and wait, at most timeout_s, until
+ * one that started after this call has been applied.  0 when it has, -1 on
+ * timeout (or at shutdown). */
+int imgfs_refresh_wait(struct imgfs *fs, long timeout_s);
 void tree_free(struct imgfs *fs);
 /* Rebuild the tree from a listing state; changes are pushed to the kernel
  * (when mounted) after the lock is released. */

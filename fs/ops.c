@@ -508,6 +508,12 @@ static struct version *same_bytes_now(struct imgfs *fs, const struct fh *h)
 	return v;
 }
 
+static int refresh_due(struct version *v)
+{
+	long now = (long)time_mono(), last = atomic_load(&v->refresh_asked);
+	return now - last >= 5 && atomic_compare_exchange_strong(&v->refresh_asked, &last, now);
+}
+
 /* reader_read_iov on the open version, and once more on the same bytes'
  * new home when that object was replaced.  The handle keeps its version
  * (fuse may run reads of one handle in parallel): *moved holds the
@@ -521,7 +527,21 @@ static int read_following(struct imgfs *fs, struct fh *h, uint64_t off, size_t s
 	*moved = NULL;
 	if (!reader_read_iov(h->ver->img, h->st, off, size, buf, v, e))
 		return 0;
-	if (e->code != ERR_PRECONDITION || !(nv = same_bytes_now(fs, h)))
+	if (e->code != ERR_PRECONDITION)
+		return -1;
+	/* The listing may not show the new home yet: a sync replaced the image
+	 * after the last refresh.  Ask for one now, at most every few seconds
+	 * per opened version (an image replaced without keeping its bytes then
+	 * fails fast, and a listing that lags is asked again). */
+	if (!(nv = same_bytes_now(fs, h)) && refresh_due(h->ver)) {
+		long wait_s = fs->o.timeout_s < 30 ? fs->o.timeout_s : 30;
+		log_info("%s changed in the bucket; refreshing the listing to find where its "
+		         "bytes went",
+		         h->ver->key);
+		if (!imgfs_refresh_wait(fs, wait_s))
+			nv = same_bytes_now(fs, h);
+	}
+	if (!nv)
 		return -1;
 	if (!(st = reader_stream_new())) {
 		version_unref(nv);

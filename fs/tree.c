@@ -1066,6 +1066,14 @@ int tree_init(struct imgfs *fs, struct err *e)
 {
 	pthread_rwlock_init(&fs->lock, NULL);
 	pthread_mutex_init(&fs->pc_mu, NULL);
+	pthread_mutex_init(&fs->refresh_mu, NULL);
+	{
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&fs->refresh_cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	if (grow(fs))
 		return err_set(e, ERR_IO, "out of memory");
 	return 0;

@@ -673,12 +673,14 @@ static void fetch_run(struct reader_image *img, struct s3 *s, size_t first, size
 		        (unsigned long long)off);
 	} else if (e.code == ERR_PRECONDITION) {
 		if (!atomic_exchange(&img->logged_changed, 1))
-			log_warn(
-			        "%s changed in the bucket (it no longer has ETag %s): blocks of "
-			        "the "
-			        "version that was opened and are not cached cannot be read; reopen "
-			        "the file after the next refresh",
-			        img->key, img->etag);
+			log_warn("%s changed in the bucket (it no longer has ETag %s): a file "
+			         "opened "
+			         "before reads its blocks from the previous version the bucket "
+			         "keeps "
+			         "(versions/), or gets EIO for blocks not cached when there is "
+			         "none; "
+			         "reopen it for the new bytes",
+			         img->key, img->etag);
 		err_prefix(&e, "reading %s", img->key);
 	} else if (e.code == ERR_NET) {
 		note_net_error(r, img, &e);
