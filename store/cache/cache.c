@@ -11,7 +11,21 @@
  *   state(k = 0, bytes, clock)                      exact byte count and LRU clock
  *
  * The LRU bookkeeping lives in idx, never in a blob row: a hit only records
- * the key in memory, and the writer thread applies recorded hits in batches.
+ * the key in memory (a set: a key read again before it is written costs a
+ * probe), and the writer applies the set in the next transaction it commits
+ * anyway (a batch of inserts, deletes, an eviction, a flush, the close), or
+ * on its own once the oldest recorded hit is TOUCH_INTERVAL_S old or the set
+ * is full.  So a warm read of cached blocks commits nothing for up to a
+ * minute: a commit takes the EXCLUSIVE lock for its fsyncs
+ * (synchronous=FULL), during which no reader gets a block, and it resets
+ * every reader's page cache (tests/bench/cold.sh, 4 KiB random reads).  The
+ * order is still LRU where it matters: every eviction runs in a transaction
+ * that applies all the hits recorded before it, so this process never
+ * evicts a block it read since its last commit; only the order among the
+ * hits of one interval is coarse (first hit first), and other processes
+ * sharing the directory, or the next mount after a crash, see hits up to
+ * TOUCH_INTERVAL_S late: which of the blocks read within one minute goes
+ * first does not matter for a cache of thousands of blocks.
  *
  * Writes: cache_put() copies the block into a bounded in-memory queue; one
  * writer thread takes everything queued (up to a batch cap) and stores it in
@@ -106,7 +120,9 @@
 #define KEEP_FREE_PAGES  16           /* free pages kept for the next batch */
 #define TX_MAX_BLOCK     (4ull << 20) /* a batch is one block when larger (RECORD_MAX_BLOCK_SIZE) */
 #define TX_INDEX_BYTES   (1ull << 20) /* index pages a batch dirties besides the blocks */
-#define TOUCH_MAX        8192         /* hits recorded between two writer batches */
+#define TOUCH_MAX        8192         /* distinct keys hit between two commits */
+#define TOUCH_SLOTS      (2 * TOUCH_MAX) /* their hash index: at most half full */
+#define TOUCH_INTERVAL_S 60.0            /* hits wait at most this long for a commit (top) */
 #define DELETE_MAX       256
 #define POOL_MAX         12 /* read connections */
 #define BUSY_TIMEOUT_MS  5000
@@ -195,7 +211,11 @@ struct cache {
 	uint64_t put_seq, done_seq;
 	unsigned char (*touch)[CACHE_KEY_LEN], (*touch_spare)[CACHE_KEY_LEN];
 	size_t ntouch;
+	uint16_t *touch_slot; /* hash index into touch[]: 1 + position, 0 free */
+	double touch_since;   /* time_mono() of the first hit in touch[] */
+	double touch_interval;
 	uint64_t touch_seq, touch_done;
+	uint64_t commits; /* writer transactions (cache_test_commits) */
 	unsigned char (*del)[CACHE_KEY_LEN];
 	size_t ndel;
 	uint64_t flush_gen, flush_done, flush_put_target, flush_touch_target;
@@ -1088,21 +1108,51 @@ static void take_batch(struct cache *c, struct batch *b)
 	}
 	if (!c->qhead)
 		c->qtail = NULL;
-	/* Swap the hit buffer with the spare: readers keep appending. */
+	/* Every transaction takes the recorded hits along (see the top).  Swap
+	 * the hit buffer with the spare: readers keep appending. */
 	b->touch = c->touch;
 	b->ntouch = c->ntouch;
 	c->touch = c->touch_spare;
 	c->touch_spare = b->touch;
+	if (c->ntouch)
+		memset(c->touch_slot, 0, TOUCH_SLOTS * sizeof(*c->touch_slot));
 	c->ntouch = 0;
 	memcpy(b->del, c->del, c->ndel * CACHE_KEY_LEN);
 	b->ndel = c->ndel;
 	c->ndel = 0;
 }
 
+/* Recorded hits that need a transaction of their own (mu held). */
+static int touch_due(struct cache *c)
+{
+	return c->ntouch && (c->stop || c->ntouch >= TOUCH_MAX ||
+	                     time_mono() >= c->touch_since + c->touch_interval);
+}
+
 static int has_work(struct cache *c)
 {
-	return c->qhead || c->ntouch || c->ndel || c->need_evict || c->meta_head ||
-	       c->flush_done != c->flush_gen;
+	return c->qhead || c->ndel || c->need_evict || c->meta_head ||
+	       c->flush_done != c->flush_gen || touch_due(c);
+}
+
+/* Sleep until there is work, or until the recorded hits are due (mu held). */
+static void writer_wait(struct cache *c)
+{
+	struct timespec ts;
+	double at;
+	if (!c->ntouch) {
+		pthread_cond_wait(&c->wake, &c->mu);
+		return;
+	}
+	/* wake is on CLOCK_MONOTONIC, the clock of time_mono() */
+	at = c->touch_since + c->touch_interval;
+	if (at > time_mono() + 3600)
+		at = time_mono() + 3600;
+	ts.tv_sec = (time_t)at;
+	ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+	if (ts.tv_nsec >= 1000000000L)
+		ts.tv_nsec = 999999999L;
+	pthread_cond_timedwait(&c->wake, &c->mu, &ts);
 }
 
 static void *writer_main(void *arg)
@@ -1119,7 +1169,7 @@ static void *writer_main(void *arg)
 		int rc, ran, evict_only;
 
 		while (!c->stop && !has_work(c))
-			pthread_cond_wait(&c->wake, &c->mu);
+			writer_wait(c);
 		if (c->stop && !has_work(c))
 			break;
 
@@ -1163,8 +1213,10 @@ static void *writer_main(void *arg)
 
 		pthread_mutex_lock(&c->mu);
 		if (rc == SQLITE_OK) {
-			if (ran)
+			if (ran) {
 				c->bytes = b.bytes;
+				c->commits++;
+			}
 			atomic_fetch_add(&c->inserts, b.inserts);
 			atomic_fetch_add(&c->evictions, b.evictions);
 			atomic_fetch_add(&c->dropped, b.dropped);
@@ -1233,6 +1285,7 @@ static void cache_free(struct cache *c)
 	}
 	free(c->touch);
 	free(c->touch_spare);
+	free(c->touch_slot);
 	free(c->del);
 	free(c->dir);
 	free(c->path);
@@ -1273,6 +1326,7 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	pthread_mutex_init(&c->chk_mu, NULL);
 	c->limit = o->limit_bytes;
 	c->full_backoff = FULL_BACKOFF_S;
+	c->touch_interval = TOUCH_INTERVAL_S;
 	/* Small limits get small transactions and journals; the disk bound (see
 	 * the top) takes what the journal and a transaction may need from the
 	 * blocks of a large cache, never more than the limit from a small one. */
@@ -1298,8 +1352,10 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	c->marker = path_join(o->dir, CACHE_CORRUPT_TAG);
 	c->touch = malloc(TOUCH_MAX * CACHE_KEY_LEN);
 	c->touch_spare = malloc(TOUCH_MAX * CACHE_KEY_LEN);
+	c->touch_slot = calloc(TOUCH_SLOTS, sizeof(*c->touch_slot));
 	c->del = malloc(DELETE_MAX * CACHE_KEY_LEN);
-	if (!c->dir || !c->path || !c->marker || !c->touch || !c->touch_spare || !c->del) {
+	if (!c->dir || !c->path || !c->marker || !c->touch || !c->touch_spare || !c->touch_slot ||
+	    !c->del) {
 		err_set(e, ERR_IO, "out of memory");
 		goto fail;
 	}
@@ -1369,19 +1425,30 @@ void cache_close(struct cache *c)
 	cache_free(c);
 }
 
-/* Record a hit for the LRU (applied by the writer in its next batch). */
+/* Record a hit for the LRU, once per key until the writer applies it (see
+ * the top).  A full set waits for the writer; the hits it misses meanwhile
+ * only make the order coarser. */
 static void record_touch(struct cache *c, const unsigned char *key)
 {
+	uint64_t h;
+	size_t i;
+	memcpy(&h, key, sizeof(h)); /* keys are hashes: any 8 bytes are uniform */
 	pthread_mutex_lock(&c->mu);
-	/* A block read over and over (a qcow2 header) is recorded once. */
-	if (c->ntouch && !memcmp(c->touch[c->ntouch - 1], key, CACHE_KEY_LEN)) {
-		c->touch_seq++;
-	} else if (c->ntouch < TOUCH_MAX) {
+	for (i = h & (TOUCH_SLOTS - 1); c->touch_slot[i]; i = (i + 1) & (TOUCH_SLOTS - 1))
+		if (!memcmp(c->touch[c->touch_slot[i] - 1], key, CACHE_KEY_LEN))
+			break;
+	if (!c->touch_slot[i] && c->ntouch < TOUCH_MAX) {
 		memcpy(c->touch[c->ntouch++], key, CACHE_KEY_LEN);
-		c->touch_seq++;
-		if (c->ntouch == TOUCH_MAX / 2)
+		c->touch_slot[i] = (uint16_t)c->ntouch;
+		if (c->ntouch == 1) {
+			/* the writer sets its timer */
+			c->touch_since = time_mono();
 			pthread_cond_signal(&c->wake);
+		} else if (c->ntouch == TOUCH_MAX) {
+			pthread_cond_signal(&c->wake);
+		}
 	}
+	c->touch_seq++;
 	pthread_mutex_unlock(&c->mu);
 }
 
@@ -1749,4 +1816,21 @@ void cache_test_set_full_backoff(struct cache *c, double seconds)
 	pthread_mutex_lock(&c->mu);
 	c->full_backoff = seconds;
 	pthread_mutex_unlock(&c->mu);
+}
+
+void cache_test_set_touch_interval(struct cache *c, double seconds)
+{
+	pthread_mutex_lock(&c->mu);
+	c->touch_interval = seconds;
+	pthread_cond_signal(&c->wake);
+	pthread_mutex_unlock(&c->mu);
+}
+
+uint64_t cache_test_commits(struct cache *c)
+{
+	uint64_t n;
+	pthread_mutex_lock(&c->mu);
+	n = c->commits;
+	pthread_mutex_unlock(&c->mu);
+	return n;
 }
