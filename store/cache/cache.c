@@ -1672,12 +1672,11 @@ void cache_flush(struct cache *c)
 	pthread_mutex_unlock(&c->mu);
 }
 
-int cache_meta_put(struct cache *c, const char *name, const void *data, size_t len, struct err *e)
+/* Hand req to the writer thread (the only connection that writes) and wait
+ * for it.  -1 when the cache is closed; else 0 and req->rc is the result. */
+static int writer_call(struct cache *c, struct meta_req *req, struct err *e)
 {
-	struct meta_req req = {.name = name, .data = len ? data : "", .len = len};
 	struct meta_req **tail;
-	if (len > INT_MAX)
-		return err_set(e, ERR_INVALID, "block cache: metadata %s is too large", name);
 	pthread_mutex_lock(&c->mu);
 	if (!c->writer_started || c->stop) {
 		pthread_mutex_unlock(&c->mu);
@@ -1685,11 +1684,21 @@ int cache_meta_put(struct cache *c, const char *name, const void *data, size_t l
 	}
 	for (tail = &c->meta_head; *tail; tail = &(*tail)->next)
 		;
-	*tail = &req;
+	*tail = req;
 	pthread_cond_signal(&c->wake);
-	while (!req.done)
+	while (!req->done)
 		pthread_cond_wait(&c->done, &c->mu);
 	pthread_mutex_unlock(&c->mu);
+	return 0;
+}
+
+int cache_meta_put(struct cache *c, const char *name, const void *data, size_t len, struct err *e)
+{
+	struct meta_req req = {.name = name, .data = len ? data : "", .len = len};
+	if (len > INT_MAX)
+		return err_set(e, ERR_INVALID, "block cache: metadata %s is too large", name);
+	if (writer_call(c, &req, e))
+		return -1;
 	if (req.rc == SQLITE_OK)
 		return 0;
 	return err_set(e, ERR_IO, "block cache: caching %s: %s", name, req.msg);
@@ -1708,19 +1717,8 @@ int cache_pins_set(struct cache *c, const char *owner, const unsigned char (*key
                    size_t n, struct err *e)
 {
 	struct meta_req req = {.name = owner, .data = keys, .len = n, .pins = 1};
-	struct meta_req **tail;
-	pthread_mutex_lock(&c->mu);
-	if (!c->writer_started || c->stop) {
-		pthread_mutex_unlock(&c->mu);
-		return err_set(e, ERR_IO, "block cache: closed");
-	}
-	for (tail = &c->meta_head; *tail; tail = &(*tail)->next)
-		;
-	*tail = &req;
-	pthread_cond_signal(&c->wake);
-	while (!req.done)
-		pthread_cond_wait(&c->done, &c->mu);
-	pthread_mutex_unlock(&c->mu);
+	if (writer_call(c, &req, e))
+		return -1;
 	if (req.rc == SQLITE_OK)
 		return 0;
 	return err_set(e, ERR_IO, "block cache: recording %zu pinned blocks: %s", n, req.msg);
