@@ -44,6 +44,18 @@ def images(bucket):
     return out
 
 
+def stop_server(proc):
+    """SIGTERM a server the test started, SIGKILL after 20 s; None is fine."""
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+
 # ------------------------------------------------ the kernel's file handles
 
 class FileHandle(ctypes.Structure):
@@ -249,13 +261,7 @@ class Ganesha:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_server(self.proc)
 
     def url(self, path):
         # libnfs URL arguments (libnfs 4.0, nfs-cat(1)): version=4 speaks NFSv4
@@ -361,13 +367,7 @@ class Samba:
         raise AssertionError("smbd did not listen:\n" + self.out.read_text(errors="replace"))
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_server(self.proc)
 
     def client(self, command):
         return subprocess.run([SMBCLIENT, "//127.0.0.1/images", "-p", str(self.port), "-N",
