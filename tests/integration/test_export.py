@@ -55,7 +55,6 @@ def stop_server(proc):
             proc.wait()
 
 
-
 # ------------------------------------------------ the kernel's file handles
 
 class FileHandle(ctypes.Structure):
