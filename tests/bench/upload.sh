@@ -6,7 +6,8 @@
 #
 #   tests/bench/upload.sh [SIZE_MIB] [ROUNDS]      defaults: 1024 MiB, 3 rounds
 # Environment: IMGSTORE_BUILD (default ./build), BENCH_PORT (default 24000),
-# BENCH_DIR (work dir, default a fresh /tmp dir, removed afterwards).
+# BENCH_DIR (work dir, default a fresh /tmp dir, removed afterwards),
+# BENCH_UPLOAD_ARGS (extra labctl upload options, e.g. "--part-size 64M").
 #
 # curl 7.88's --aws-sigv4 sends no x-amz-content-sha256 header, which Swift's
 # s3api requires; passing `x-amz-content-sha256: UNSIGNED-PAYLOAD` ourselves
@@ -83,7 +84,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	s2=$(server_cpu)
 	t2=$(now)
 	/usr/bin/time -f '%U %S %M' -o "$BENCH_DIR/time.out" "$LABCTL" images upload \
-		--source "$FILE" --destination "labctl/image-$r.raw" >/dev/null
+		--source "$FILE" --destination "labctl/image-$r.raw" ${BENCH_UPLOAD_ARGS:-} >/dev/null
 	t3=$(now)
 	s3=$(server_cpu)
 	c=$(calc "$t1 - $t0")
