@@ -29,7 +29,8 @@ static const struct optdef upload_opts[] = {
          "expected sha256:/sha512: checksum; a mismatch stores nothing"},
         {"parallel", OPT_PARALLEL, 1, "N", "parts uploaded at once (default 3)"},
         {"part-size", OPT_PART_SIZE, 1, "SIZE",
-         "multipart part size, 5M to 1G (default 8M; memory is about (N+2) x SIZE)"},
+         "multipart part size, 5M to 1G (default: a file in N parts or a multiple of N, "
+         "at most 1G each; standard input in 8M parts)"},
         CLI_OPT_CREDENTIALS,
         CLI_OPT_SOPS_AGE_KEY_FILE,
         CLI_OPT_CA_BUNDLE,
@@ -75,6 +76,48 @@ static const char *base_name(const char *path)
 {
 	const char *s = strrchr(path, '/');
 	return s ? s + 1 : path;
+}
+
+static void on_progress(void *ud, uint64_t done)
+{
+	progress_update(ud, done);
+}
+
+/* Anything else (standard input, a pipe, a small file) is read into the
+ * pipeline's part buffers. */
+static int stream(struct pipeline *p, int fd, const char *source, uint64_t total,
+                  struct progress *prog, struct err *e)
+{
+	for (;;) {
+		void *buf;
+		size_t avail;
+		ssize_t n;
+		if (pipeline_buffer(p, &buf, &avail, e))
+			return -1;
+		n = read(fd, buf, avail);
+		if (interrupted()) {
+			err_set(e, ERR_NET, "interrupted by %s",
+			        interrupted() == SIGINT ? "SIGINT" : "SIGTERM");
+			return -1;
+		}
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			err_errno(e, "reading %s", source);
+			return -1;
+		}
+		if (n == 0)
+			break;
+		if (pipeline_commit(p, n, e))
+			return -1;
+		progress_update(prog, pipeline_bytes(p));
+	}
+	if (total && pipeline_bytes(p) != total) {
+		err_set(e, ERR_IO, "%s changed size while it was read (%llu bytes, then %llu)",
+		        source, (unsigned long long)total, (unsigned long long)pipeline_bytes(p));
+		return -1;
+	}
+	return 0;
 }
 
 static int upload_file(const struct upload_args *a, const struct s3_config *cfg, struct err *e)
@@ -126,36 +169,11 @@ static int upload_file(const struct upload_args *a, const struct s3_config *cfg,
 		goto out;
 	log_info("uploading %s to images/%s", a->source, a->destination);
 	prog = progress_start(a->destination, total);
-	for (;;) {
-		void *buf;
-		size_t avail;
-		ssize_t n;
-		if (pipeline_buffer(p, &buf, &avail, e))
-			goto out;
-		n = read(fd, buf, avail);
-		if (interrupted()) {
-			err_set(e, ERR_NET, "interrupted by %s",
-			        interrupted() == SIGINT ? "SIGINT" : "SIGTERM");
-			goto out;
-		}
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			err_errno(e, "reading %s", a->source);
-			goto out;
-		}
-		if (n == 0)
-			break;
-		if (pipeline_commit(p, n, e))
-			goto out;
-		progress_update(prog, pipeline_bytes(p));
-	}
-	if (total && pipeline_bytes(p) != total) {
-		err_set(e, ERR_IO, "%s changed size while it was read (%llu bytes, then %llu)",
-		        a->source, (unsigned long long)total,
-		        (unsigned long long)pipeline_bytes(p));
+	/* a regular file: its parts are read from it as they go out */
+	if (S_ISREG(st.st_mode) && total > PIPELINE_PART_SIZE
+	            ? pipeline_send_file(p, fd, on_progress, prog, e)
+	            : stream(p, fd, a->source, total, prog, e))
 		goto out;
-	}
 	if (pipeline_finish(p, &rec, e))
 		goto out;
 	progress_end(prog, "uploaded");

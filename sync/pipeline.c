@@ -5,17 +5,22 @@
 #include "store/record_index.h"
 #include "sync/interrupt.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MIB           (1024u * 1024u)
 #define MIN_PART_SIZE (5u * MIB) /* S3: every part but the last */
 #define MAX_PARTS     10000
-#define TIER_PARTS    2000 /* the part size doubles every TIER_PARTS parts ... */
-#define MAX_TIER      4    /* ... four times: 8 MiB base -> up to 496 GiB */
+#define TIER_PARTS    2000          /* the part size doubles every TIER_PARTS parts ... */
+#define MAX_TIER      4             /* ... four times: 8 MiB base -> up to 496 GiB */
+#define FILE_PART_MAX (1024u * MIB) /* pipeline_send_file: what one retry re-sends */
 
 struct pbuf {
 	unsigned char *data;
@@ -41,6 +46,7 @@ struct pipeline {
 	char origin[16];
 	enum hash_alg alg;
 	size_t base_part;
+	size_t part_opt; /* --part-size, or 0 */
 	int nworkers;
 
 	struct s3 *s3; /* the producer's connection: create, complete, abort, PUT */
@@ -69,6 +75,14 @@ struct pipeline {
 	pthread_t hasher;
 	pthread_t *workers;
 	int nthreads; /* started: hasher + workers */
+
+	/* pipeline_send_file: parts read from the file by the workers */
+	int file_fd;
+	uint64_t file_size;
+	size_t file_part;
+	int file_nparts, file_next, file_exited;
+	volatile sig_atomic_t abort_flag; /* stops the workers' requests */
+	_Atomic uint64_t sent;            /* body bytes the workers sent */
 
 	struct pbuf *cur; /* being filled by the producer */
 	uint64_t bytes;
@@ -293,6 +307,7 @@ struct pipeline *pipeline_new(const struct pipeline_opts *o, struct err *e)
 	p->alg = o->alg;
 	p->nworkers = o->workers > 0 ? o->workers : PIPELINE_WORKERS;
 	p->max_bufs = p->nworkers + 2; /* one filling, one hashing, one per worker */
+	p->part_opt = o->part_size;
 	p->base_part = o->part_size ? o->part_size : PIPELINE_PART_SIZE;
 	if (p->base_part < MIN_PART_SIZE)
 		p->base_part = MIN_PART_SIZE;
@@ -338,7 +353,10 @@ fail:
 	return NULL;
 }
 
-static int start_multipart(struct pipeline *p, struct err *e)
+/* The multipart upload and one connection per worker; cancel stops the
+ * workers' requests where they are (the producer's connection stays able to
+ * abort the upload). */
+static int open_multipart(struct pipeline *p, const volatile sig_atomic_t *cancel, struct err *e)
 {
 	if (s3_mpu_create(p->s3, p->key, "application/octet-stream", &p->upload_id, e))
 		return err_prefix(e, "starting the upload of %s", p->key);
@@ -352,10 +370,17 @@ static int start_multipart(struct pipeline *p, struct err *e)
 		p->wconn[i] = s3_open(&p->cfg, e);
 		if (!p->wconn[i])
 			return -1;
-		/* a signal stops the parts in flight; the producer's connection
-		 * stays able to abort the upload */
-		s3_set_cancel(p->wconn[i], interrupt_flag());
+		s3_set_cancel(p->wconn[i], cancel);
+		s3_count_sent(p->wconn[i], &p->sent);
 	}
+	return 0;
+}
+
+static int start_multipart(struct pipeline *p, struct err *e)
+{
+	/* a signal stops the parts in flight */
+	if (open_multipart(p, interrupt_flag(), e))
+		return -1;
 	if (pthread_create(&p->hasher, NULL, hash_main, p))
 		return err_set(e, ERR_IO, "cannot start a thread");
 	p->nthreads = 1;
@@ -531,6 +556,224 @@ int pipeline_write(struct pipeline *p, const void *data, size_t n, struct err *e
 uint64_t pipeline_bytes(const struct pipeline *p)
 {
 	return p->bytes;
+}
+
+/* The parts of a file of size bytes.  Each part costs the server a request,
+ * a segment and a line of the manifest: so without --part-size, as few as
+ * keep every worker busy to the end (a multiple of the workers, each at most
+ * FILE_PART_MAX, at least PIPELINE_PART_SIZE); with it, that size. */
+static void plan_file_parts(struct pipeline *p, uint64_t size, size_t explicit_part)
+{
+	uint64_t part;
+	if (explicit_part) {
+		part = p->base_part;
+	} else {
+		uint64_t n = (size + FILE_PART_MAX - 1) / FILE_PART_MAX;
+		n = (n + p->nworkers - 1) / p->nworkers * p->nworkers;
+		part = (size + n - 1) / n;
+		if (part < PIPELINE_PART_SIZE)
+			part = PIPELINE_PART_SIZE;
+	}
+	if (part < (size + MAX_PARTS - 1) / MAX_PARTS)
+		part = (size + MAX_PARTS - 1) / MAX_PARTS;
+	part = (part + MIB - 1) / MIB * MIB; /* whole blocks per part */
+	p->file_part = (size_t)part;
+	p->file_nparts = (int)((size + part - 1) / part);
+}
+
+static void *file_worker_main(void *arg)
+{
+	struct pipeline *p = ((struct worker_arg *)arg)->p;
+	struct s3 *s3 = ((struct worker_arg *)arg)->s3;
+	free(arg);
+	for (;;) {
+		struct err e = {0};
+		char etag[S3_ETAG_MAX] = "";
+		uint64_t off;
+		size_t len;
+		int part;
+		pthread_mutex_lock(&p->mu);
+		if (p->failed || p->file_next > p->file_nparts) {
+			pthread_mutex_unlock(&p->mu);
+			break;
+		}
+		part = p->file_next++;
+		pthread_mutex_unlock(&p->mu);
+		off = (uint64_t)(part - 1) * p->file_part;
+		len = p->file_size - off < p->file_part ? (size_t)(p->file_size - off)
+		                                        : p->file_part;
+		log_debug("%s: uploading part %d (%zu bytes from offset %llu)", p->key, part, len,
+		          (unsigned long long)off);
+		if (s3_mpu_put_part_file(s3, p->key, p->upload_id, part, p->file_fd, off, len, etag,
+		                         &e)) {
+			err_prefix(&e, "uploading part %d of %s", part, p->key);
+			set_failed(p, &e);
+			p->abort_flag = 1; /* the other parts in flight stop too */
+			break;
+		}
+		pthread_mutex_lock(&p->mu);
+		p->parts[part - 1].number = part;
+		memcpy(p->parts[part - 1].etag, etag, S3_ETAG_MAX);
+		pthread_mutex_unlock(&p->mu);
+	}
+	pthread_mutex_lock(&p->mu);
+	p->file_exited++;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+/* Stop the workers at the first failure (of theirs, a read here, a signal)
+ * and wait for every one of them. */
+static void fail_file(struct pipeline *p, const struct err *e)
+{
+	set_failed(p, e);
+	p->abort_flag = 1;
+}
+
+static int read_full(int fd, void *buf, size_t n, uint64_t off, struct err *e)
+{
+	unsigned char *d = buf;
+	while (n) {
+		ssize_t got = pread(fd, d, n, (off_t)off);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			return err_errno(e, "reading at offset %llu", (unsigned long long)off);
+		if (got == 0)
+			return err_set(e, ERR_IO, "the file got shorter while it was read");
+		d += got;
+		off += (uint64_t)got;
+		n -= (size_t)got;
+	}
+	return 0;
+}
+
+static int same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* This thread hashes the file in order (checksum and block map) while the
+ * workers send its parts, each read from the file as it goes out. */
+static int hash_file(struct pipeline *p, void (*progress)(void *, uint64_t), void *ud,
+                     struct err *e)
+{
+	unsigned char *buf = malloc(RECORD_DEFAULT_BLOCK_SIZE);
+	int rc = -1;
+	if (!buf)
+		return err_set(e, ERR_IO, "out of memory");
+	for (uint64_t off = 0; off < p->file_size; off += RECORD_DEFAULT_BLOCK_SIZE) {
+		size_t n = p->file_size - off < RECORD_DEFAULT_BLOCK_SIZE
+		                   ? (size_t)(p->file_size - off)
+		                   : RECORD_DEFAULT_BLOCK_SIZE;
+		uint64_t sent = atomic_load_explicit(&p->sent, memory_order_relaxed);
+		if (get_failure(p, e) || check_interrupt(e) ||
+		    read_full(p->file_fd, buf, n, off, e))
+			goto out;
+		hash_update(p->whole, buf, n);
+		if (p->mwhole)
+			hash_update(p->mwhole, buf, n);
+		hash_blocks(buf, n, &p->hashes[off / RECORD_DEFAULT_BLOCK_SIZE]);
+		if (progress)
+			progress(ud, sent < off + n ? sent : off + n);
+	}
+	rc = 0;
+out:
+	free(buf);
+	return rc;
+}
+
+int pipeline_send_file(struct pipeline *p, int fd, void (*progress)(void *, uint64_t), void *ud,
+                       struct err *e)
+{
+	struct stat before, after;
+	double t0 = time_mono();
+	int started = 0, rc = -1;
+
+	if (p->bytes || p->upload_id || p->cur)
+		return err_set(e, ERR_IO, "%s: pipeline_send_file after pipeline_write", p->key);
+	if (fstat(fd, &before))
+		return err_errno(e, "fstat");
+	p->file_fd = fd;
+	p->file_size = (uint64_t)before.st_size;
+	plan_file_parts(p, p->file_size, p->part_opt);
+	p->parts = calloc(p->file_nparts, sizeof(*p->parts));
+	p->hashes = malloc(nblocks(p->file_size) * 32 + 1);
+	if (!p->parts || !p->hashes)
+		return err_set(e, ERR_IO, "out of memory");
+	p->parts_cap = p->file_nparts;
+	p->hashes_cap = nblocks(p->file_size);
+	p->file_next = 1;
+	log_debug("%s: %llu bytes in %d part(s) of %zu bytes, read from the file", p->key,
+	          (unsigned long long)p->file_size, p->file_nparts, p->file_part);
+	if (open_multipart(p, &p->abort_flag, e))
+		return -1;
+	for (; started < p->nworkers; started++) {
+		struct worker_arg *a = malloc(sizeof(*a));
+		if (a) {
+			a->p = p;
+			a->s3 = p->wconn[started];
+		}
+		if (!a || pthread_create(&p->workers[started], NULL, file_worker_main, a)) {
+			free(a);
+			err_set(e, ERR_IO, "cannot start a thread");
+			fail_file(p, e);
+			break;
+		}
+	}
+	if (started == p->nworkers && hash_file(p, progress, ud, e))
+		fail_file(p, e);
+	p->t_hash = time_mono() - t0;
+	/* the workers: a signal now stops them too */
+	pthread_mutex_lock(&p->mu);
+	while (p->file_exited < started) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 200 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		if (interrupted() && !p->abort_flag) {
+			pthread_mutex_unlock(&p->mu);
+			struct err ie = {0};
+			check_interrupt(&ie);
+			fail_file(p, &ie);
+			pthread_mutex_lock(&p->mu);
+		}
+		if (progress) {
+			uint64_t sent = atomic_load_explicit(&p->sent, memory_order_relaxed);
+			pthread_mutex_unlock(&p->mu);
+			progress(ud, sent < p->file_size ? sent : p->file_size);
+			pthread_mutex_lock(&p->mu);
+		}
+	}
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < started; i++)
+		pthread_join(p->workers[i], NULL);
+	if (get_failure(p, e))
+		goto out;
+	if (fstat(fd, &after)) {
+		err_errno(e, "fstat");
+		goto out;
+	}
+	/* the workers and this thread each read the file once: the record
+	 * describes what was sent only if nobody wrote to it meanwhile */
+	if (!same_file(&before, &after)) {
+		err_set(e, ERR_IO,
+		        "the file changed while it was uploaded (size or modification time); "
+		        "nothing was stored: upload it again once it is complete");
+		goto out;
+	}
+	p->bytes = p->submitted = p->file_size;
+	p->next_part = p->file_nparts + 1;
+	p->base_part = p->file_part;
+	rc = 0;
+out:
+	return rc;
 }
 
 static int verify(struct pipeline *p, const struct record *r, struct err *e)

@@ -60,6 +60,15 @@ int pipeline_buffer(struct pipeline *p, void **buf, size_t *avail, struct err *e
 int pipeline_commit(struct pipeline *p, size_t n, struct err *e);
 /* Copying convenience on top of the two above. */
 int pipeline_write(struct pipeline *p, const void *data, size_t n, struct err *e);
+/* Instead of pipeline_write: the whole regular file fd (nothing written
+ * before).  Its parts go out straight from the file, each read by a worker
+ * as it is sent, while this thread reads it in order for the checksum and
+ * the block map: no part is held in memory, so parts can be few and large
+ * (fewer requests for the server).  Fails when the file changes meanwhile
+ * (size, modification time).  progress (may be NULL) gets the bytes done.
+ * Then pipeline_finish(). */
+int pipeline_send_file(struct pipeline *p, int fd, void (*progress)(void *, uint64_t), void *ud,
+                       struct err *e);
 /* Verify, complete and commit the record.  out (may be NULL) receives the
  * record as written; free it with record_free. */
 int pipeline_finish(struct pipeline *p, struct record *out, struct err *e);

@@ -233,6 +233,9 @@ struct req {
 	size_t nextra;
 	const void *body; /* PUT/POST */
 	size_t body_len;
+	int body_fd;          /* with body_from_fd: the body is body_len bytes of this */
+	uint64_t body_offset; /* file from this offset, read as it is sent */
+	int body_from_fd;
 	char payload_sha[65];
 	struct get_state *get; /* streaming GET, or NULL */
 	struct buf *out;       /* 2xx body (XML) collected here, or NULL to drop */
@@ -263,11 +266,18 @@ struct s3 {
 	struct req *cur;
 	size_t upload_pos;
 	const volatile sig_atomic_t *cancel; /* s3_set_cancel */
+	_Atomic uint64_t *sent;              /* s3_count_sent */
+	int body_errno;                      /* reading a file body failed */
 };
 
 void s3_set_cancel(struct s3 *s, const volatile sig_atomic_t *flag)
 {
 	s->cancel = flag;
+}
+
+void s3_count_sent(struct s3 *s, _Atomic uint64_t *counter)
+{
+	s->sent = counter;
 }
 
 static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
@@ -631,9 +641,26 @@ static size_t on_read(char *dst, size_t size, size_t nitems, void *ud)
 	size_t n = size * nitems, left = s->cur->body_len - s->upload_pos;
 	if (n > left)
 		n = left;
-	memcpy(dst, (const char *)s->cur->body + s->upload_pos, n);
+	if (s->cur->body_from_fd) {
+		/* straight from the page cache into curl's buffer: a file body
+		 * is never held in memory whole */
+		ssize_t got;
+		do
+			got = pread(s->cur->body_fd, dst, n,
+			            (off_t)(s->cur->body_offset + s->upload_pos));
+		while (got < 0 && errno == EINTR);
+		if (got <= 0 && n) {
+			s->body_errno = got < 0 ? errno : EIO; /* 0: the file got shorter */
+			return CURL_READFUNC_ABORT;
+		}
+		n = (size_t)got;
+	} else {
+		memcpy(dst, (const char *)s->cur->body + s->upload_pos, n);
+	}
 	s->upload_pos += n;
 	s->stats.bytes_out += n;
+	if (s->sent)
+		atomic_fetch_add_explicit(s->sent, n, memory_order_relaxed);
 	return n;
 }
 
@@ -642,6 +669,9 @@ static int on_seek(void *ud, curl_off_t off, int origin)
 	struct s3 *s = ud;
 	if (origin != SEEK_SET || off < 0 || (uint64_t)off > s->cur->body_len)
 		return CURL_SEEKFUNC_CANTSEEK;
+	if (s->sent)
+		atomic_fetch_sub_explicit(s->sent, s->upload_pos - (size_t)off,
+		                          memory_order_relaxed);
 	s->upload_pos = (size_t)off;
 	return CURL_SEEKFUNC_OK;
 }
@@ -1021,6 +1051,7 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 	char range[64];
 	r->attempts = 0;
 	s->cur = r;
+	s->upload_pos = 0;
 	for (;;) {
 		struct buf url = BUF_INIT;
 		struct curl_slist *hdrs = NULL;
@@ -1056,6 +1087,8 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 		buf_reset(&s->errbody);
 		s->errbody_cut = 0;
 		s->errbuf[0] = '\0';
+		if (s->sent && s->upload_pos) /* sent again: not progress */
+			atomic_fetch_sub_explicit(s->sent, s->upload_pos, memory_order_relaxed);
 		s->upload_pos = 0;
 		s->stats.requests++;
 		c = curl_easy_perform(s->curl);
@@ -1070,6 +1103,14 @@ static int perform(struct s3 *s, struct req *r, const char *if_match, struct err
 
 		if (c == CURLE_ABORTED_BY_CALLBACK && s->cancel && *s->cancel) {
 			err_set(e, ERR_NET, "%s: interrupted", r->what);
+			break;
+		}
+		if (c == CURLE_ABORTED_BY_CALLBACK && s->body_errno) {
+			/* a local file: another attempt would read the same */
+			err_set(e, ERR_IO, "%s: reading the body from the file: %s", r->what,
+			        s->body_errno == EIO ? "input/output error, or the file got shorter"
+			                             : strerror(s->body_errno));
+			s->body_errno = 0;
 			break;
 		}
 		if (r->get && r->get->too_big) {
@@ -1408,6 +1449,66 @@ int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int nu
 	snprintf(w, sizeof(w), "UploadPart %d of %s", number, key);
 	r.what = w;
 	body_payload_hash(s, data, n, r.payload_sha);
+	if (perform(s, &r, NULL, e))
+		return -1;
+	if (!s->resp.etag[0])
+		return err_set(e, ERR_SERVER, "%s: the server sent no ETag", w);
+	copy_etag(etag_out, s->resp.etag);
+	return 0;
+}
+
+/* SHA-256 of n bytes of fd from off, for a signed file body. */
+static int file_payload_hash(int fd, uint64_t off, size_t n, char out[65], struct err *e)
+{
+	enum { CHUNK = 1 << 20 };
+	unsigned char *b = malloc(CHUNK);
+	struct hash *h = hash_new(HASH_SHA256);
+	int rc = -1;
+	if (!b || !h) {
+		err_set(e, ERR_IO, "out of memory");
+		goto out;
+	}
+	while (n) {
+		ssize_t got = pread(fd, b, n < CHUNK ? n : CHUNK, (off_t)off);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			err_set(e, ERR_IO, "reading the body from the file: %s",
+			        got < 0 ? strerror(errno) : "the file got shorter");
+			goto out;
+		}
+		hash_update(h, b, (size_t)got);
+		off += (uint64_t)got;
+		n -= (size_t)got;
+	}
+	hash_final_hex(h, out);
+	rc = 0;
+out:
+	hash_free(h);
+	free(b);
+	return rc;
+}
+
+int s3_mpu_put_part_file(struct s3 *s, const char *key, const char *upload_id, int number, int fd,
+                         uint64_t offset, size_t n, char etag_out[S3_ETAG_MAX], struct err *e)
+{
+	char num[16], w[WHAT_MAX];
+	struct sigv4_param params[] = {{"partNumber", num}, {"uploadId", upload_id}};
+	struct req r = {.method = "PUT",
+	                .key = key,
+	                .params = params,
+	                .nparams = 2,
+	                .body_len = n,
+	                .body_fd = fd,
+	                .body_offset = offset,
+	                .body_from_fd = 1};
+	snprintf(num, sizeof(num), "%d", number);
+	snprintf(w, sizeof(w), "UploadPart %d of %s", number, key);
+	r.what = w;
+	if (s->unsigned_payload)
+		snprintf(r.payload_sha, sizeof(r.payload_sha), "%s", SIGV4_UNSIGNED_PAYLOAD);
+	else if (file_payload_hash(fd, offset, n, r.payload_sha, e))
+		return err_prefix(e, "%s", w);
 	if (perform(s, &r, NULL, e))
 		return -1;
 	if (!s->resp.etag[0])

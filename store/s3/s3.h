@@ -63,6 +63,9 @@ struct s3 *s3_open(const struct s3_config *cfg, struct err *e);
 /* While *flag is non-zero (a signal handler sets it), requests on s stop
  * where they are and fail without a retry ("interrupted").  NULL: never. */
 void s3_set_cancel(struct s3 *s, const volatile sig_atomic_t *flag);
+/* Body bytes sent on s are added to *counter (shared by several
+ * connections; a retried attempt takes its bytes back).  NULL: not counted. */
+void s3_count_sent(struct s3 *s, _Atomic uint64_t *counter);
 void s3_close(struct s3 *s);
 
 /* HEAD: ERR_NOTFOUND when missing.  out->key is left NULL. */
@@ -101,6 +104,10 @@ int s3_mpu_create(struct s3 *s, const char *key, const char *content_type, char 
                   struct err *e);
 int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
                     const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e);
+/* The part is n bytes of fd from offset, read (pread) as they are sent:
+ * the file must not change meanwhile. */
+int s3_mpu_put_part_file(struct s3 *s, const char *key, const char *upload_id, int number, int fd,
+                         uint64_t offset, size_t n, char etag_out[S3_ETAG_MAX], struct err *e);
 /* etag_out (may be NULL) is the ETag the Complete answer gave this upload;
  * only when the answer has none (radosgw 16.2's <ETag></ETag>, a retried
  * request) is it read back with HEAD. */
