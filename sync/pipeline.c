@@ -54,7 +54,7 @@ struct pipeline {
 	char *upload_id;
 	struct hash *whole;          /* the object's SHA-256: the hash thread, in order */
 	struct hash *mwhole;         /* ... and in alg, when that is not SHA-256 (or NULL) */
-	unsigned char (*hashes)[32]; /* block map: the workers, each for its own part */
+	unsigned char (*hashes)[32]; /* block map: the hash thread, in order */
 	size_t hashes_cap;
 	uint64_t submitted; /* bytes handed to the hash thread */
 
@@ -143,9 +143,41 @@ static int get_failure(struct pipeline *p, struct err *e)
 	return failed ? -1 : 0;
 }
 
+static size_t nblocks(uint64_t len)
+{
+	return (size_t)((len + RECORD_DEFAULT_BLOCK_SIZE - 1) / RECORD_DEFAULT_BLOCK_SIZE);
+}
+
+static int all_zero(const unsigned char *d, size_t n)
+{
+	return n == 0 || (d[0] == 0 && !memcmp(d, d + 1, n - 1));
+}
+
+/* The next len bytes of the object, in order, starting on a block boundary:
+ * into the object's checksum(s), and the SHA-256 of each block into out (the
+ * block map).  Zero blocks, common in disk images, take the precomputed zero
+ * hash. */
+static void hash_part(struct pipeline *p, const unsigned char *data, size_t len,
+                      unsigned char (*out)[32])
+{
+	for (size_t i = 0, off = 0; off < len; i++, off += RECORD_DEFAULT_BLOCK_SIZE) {
+		size_t n = len - off < RECORD_DEFAULT_BLOCK_SIZE ? len - off
+		                                                 : RECORD_DEFAULT_BLOCK_SIZE;
+		hash_update(p->whole, data + off, n);
+		if (all_zero(data + off, n))
+			record_zero_hash((uint32_t)n, out[i]);
+		else
+			hash_sha256(data + off, n, out[i]);
+	}
+	if (p->mwhole)
+		hash_update(p->mwhole, data, len);
+}
+
 static void *hash_main(void *arg)
 {
 	struct pipeline *p = arg;
+	unsigned char(*bh)[32] = NULL; /* the block map of one part */
+	size_t bh_cap = 0;
 	for (;;) {
 		struct pbuf *b;
 		int failed;
@@ -158,12 +190,24 @@ static void *hash_main(void *arg)
 		if (!b)
 			break; /* stopping, queue drained */
 		double t0 = time_mono();
-		if (!failed) {
-			hash_update(p->whole, b->data, b->len);
-			if (p->mwhole)
-				hash_update(p->mwhole, b->data, b->len);
+		size_t nb = nblocks(b->len);
+		if (!failed && nb > bh_cap) {
+			free(bh);
+			bh = malloc(nb * 32);
+			bh_cap = bh ? nb : 0;
+			if (!bh) {
+				struct err e = {0};
+				err_set(&e, ERR_IO, "out of memory");
+				set_failed(p, &e);
+				failed = 1;
+			}
 		}
+		if (!failed)
+			hash_part(p, b->data, b->len, bh);
 		pthread_mutex_lock(&p->mu);
+		/* into the map under the lock: submit() may grow it meanwhile */
+		if (!failed)
+			memcpy(p->hashes[b->offset / RECORD_DEFAULT_BLOCK_SIZE], bh, nb * 32);
 		p->t_hash += time_mono() - t0;
 		if (failed || p->failed) {
 			b->next = p->free_list;
@@ -175,31 +219,8 @@ static void *hash_main(void *arg)
 		pthread_cond_broadcast(&p->cv);
 		pthread_mutex_unlock(&p->mu);
 	}
+	free(bh);
 	return NULL;
-}
-
-static size_t nblocks(uint64_t len)
-{
-	return (size_t)((len + RECORD_DEFAULT_BLOCK_SIZE - 1) / RECORD_DEFAULT_BLOCK_SIZE);
-}
-
-static int all_zero(const unsigned char *d, size_t n)
-{
-	return n == 0 || (d[0] == 0 && !memcmp(d, d + 1, n - 1));
-}
-
-/* SHA-256 of each block of a part (parts start on a block boundary); zero
- * blocks, common in disk images, come from the precomputed zero hash. */
-static void hash_blocks(const unsigned char *data, size_t len, unsigned char (*out)[32])
-{
-	for (size_t i = 0, off = 0; off < len; i++, off += RECORD_DEFAULT_BLOCK_SIZE) {
-		size_t n = len - off < RECORD_DEFAULT_BLOCK_SIZE ? len - off
-		                                                 : RECORD_DEFAULT_BLOCK_SIZE;
-		if (all_zero(data + off, n))
-			record_zero_hash((uint32_t)n, out[i]);
-		else
-			hash_sha256(data + off, n, out[i]);
-	}
 }
 
 struct worker_arg {
@@ -225,21 +246,6 @@ static void *worker_main(void *arg)
 		pthread_mutex_unlock(&p->mu);
 		if (!b)
 			break;
-		if (!failed) {
-			unsigned char(*bh)[32] = b->len ? malloc(nblocks(b->len) * 32) : NULL;
-			if (b->len && !bh) {
-				err_set(&e, ERR_IO, "out of memory");
-				set_failed(p, &e);
-				failed = 1;
-			} else {
-				hash_blocks(b->data, b->len, bh);
-				pthread_mutex_lock(&p->mu);
-				memcpy(p->hashes[b->offset / RECORD_DEFAULT_BLOCK_SIZE], bh,
-				       nblocks(b->len) * 32);
-				pthread_mutex_unlock(&p->mu);
-			}
-			free(bh);
-		}
 		if (!failed) {
 			log_debug("%s: uploading part %d (%zu bytes)", p->key, b->part, b->len);
 			rc = s3_mpu_put_part(s3, p->key, p->upload_id, b->part, b->data, b->len,
@@ -672,10 +678,7 @@ static int hash_file(struct pipeline *p, void (*progress)(void *, uint64_t), voi
 		if (get_failure(p, e) || check_interrupt(e) ||
 		    read_full(p->file_fd, buf, n, off, e))
 			goto out;
-		hash_update(p->whole, buf, n);
-		if (p->mwhole)
-			hash_update(p->mwhole, buf, n);
-		hash_blocks(buf, n, &p->hashes[off / RECORD_DEFAULT_BLOCK_SIZE]);
+		hash_part(p, buf, n, &p->hashes[off / RECORD_DEFAULT_BLOCK_SIZE]);
 		if (progress)
 			progress(ud, sent < off + n ? sent : off + n);
 	}
@@ -1167,17 +1170,14 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 		/* smaller than one part: hash and verify, then a single PUT */
 		const void *data = p->cur ? (const void *)p->cur->data : "";
 		size_t len = p->cur ? p->cur->len : 0;
-		hash_update(p->whole, data, len);
-		if (p->mwhole)
-			hash_update(p->mwhole, data, len);
 		if (len) {
 			p->hashes = malloc(nblocks(len) * 32);
 			if (!p->hashes) {
 				err_set(e, ERR_IO, "out of memory");
 				goto out;
 			}
-			hash_blocks(data, len, p->hashes);
 		}
+		hash_part(p, data, len, p->hashes);
 		if (make_record(p, len, &r, e) || verify(p, &r, e) || keep_previous(p, &r, e))
 			goto out;
 		if (s3_put(p->s3, p->key, data, len, "application/octet-stream", etag, e)) {

@@ -3,10 +3,10 @@
  * One streaming pass with bounded memory, whatever the size:
  *
  *   caller writes bytes -> part buffer (a bounded pool) -> hash thread: the
- *   object's checksum, in order -> upload workers (each with its own S3
- *   connection): the SHA-256 of each block of their part (the block map),
- *   then PUT the part, in parallel -> finish: checksum verified, the
- *   multipart upload completed, the record PUT last (the commit point).
+ *   object's checksum and the SHA-256 of each block (the block map), in
+ *   order, in one pass -> upload workers (each with its own S3 connection):
+ *   PUT the part, in parallel -> finish: checksum verified, the multipart
+ *   upload completed, the record PUT last (the commit point).
  *
  * An object smaller than one part goes up with a single PUT, after it is
  * hashed and verified.  Any failure, a checksum mismatch or pipeline_free()
