@@ -290,6 +290,8 @@ static void feed_aligned(struct sha256_state *s, const unsigned char *p, size_t 
 	s->len += n;
 }
 
+/* update_ni and update2_ni do no pointer arithmetic when n == 0: p may then
+ * be NULL, and NULL + 0 is undefined. */
 static void update_ni(struct sha256_state *s, const unsigned char *p, size_t n)
 {
 	size_t took = fill_buf(s, p, n);
@@ -301,10 +303,15 @@ static void update_ni(struct sha256_state *s, const unsigned char *p, size_t n)
 static void update2_ni(struct sha256_state *a, const unsigned char *pa, struct sha256_state *b,
                        const unsigned char *pb, size_t n)
 {
-	size_t ta = fill_buf(a, pa, n), tb = fill_buf(b, pb, n);
-	size_t na = n - ta, nb = n - tb;
-	size_t blocks = (na < nb ? na : nb) / 64;
+	size_t ta, tb, na, nb, blocks;
 
+	if (!n)
+		return;
+	ta = fill_buf(a, pa, n);
+	tb = fill_buf(b, pb, n);
+	na = n - ta;
+	nb = n - tb;
+	blocks = (na < nb ? na : nb) / 64;
 	pa += ta;
 	pb += tb;
 	/* Both buffers are empty now, or that stream has nothing left. */

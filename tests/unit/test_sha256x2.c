@@ -99,6 +99,17 @@ static void test_vectors(void)
 	CHECK(a && b);
 	if (!a || !b)
 		goto out;
+	/* Nothing, from a NULL pointer: allowed, and the empty digest. */
+	sha256_update(a, NULL, 0);
+	sha256x2_update(a, NULL, b, NULL, 0);
+	sha256x2_block(a, NULL, 0, d);
+	hex_encode(d, 32, hex);
+	CHECK_STR(hex, vectors[0].hex);
+	final_hex(a, hex);
+	CHECK_STR(hex, vectors[0].hex);
+	final_hex(b, hex);
+	CHECK_STR(hex, vectors[0].hex);
+
 	for (size_t i = 0; i < sizeof(vectors) / sizeof(vectors[0]); i++) {
 		const char *m = vectors[i].msg;
 		size_t n = strlen(m);
