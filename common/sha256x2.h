@@ -7,15 +7,22 @@
  *
  * The upload's use: one running state for the whole file, and for each block
  *
- *	unsigned char block_digest[32];
- *	sha256x2_block(whole, block, block_len, block_digest);
- *	...
+ *	struct sha256_state *whole = sha256_state_new();   (NULL: out of memory)
+ *	for each block:
+ *		sha256x2_block(whole, block, block_len, block_digest);
  *	sha256_final(whole, file_digest);
+ *	sha256_state_free(whole);
  *
- * On x86-64 with SHA-NI and SSE4.1 (checked once, at run time) the states are
- * hashed by hand-written code; elsewhere, or with IMGSTORE_SHA_NI=off in the
- * environment, by OpenSSL.  The digests are the same either way.  A state is
- * used by one thread at a time; different states are independent.
+ * Any lengths work; the fastest case is a running state at a multiple of 64
+ * bytes (1 MiB blocks), where both streams read the same 64-byte blocks and
+ * share one message schedule (about 5% faster than two different streams).
+ *
+ * On x86-64 with SHA-NI and SSE4.1 the states are hashed by hand-written
+ * code; elsewhere, or with IMGSTORE_SHA_NI=off in the environment, by
+ * OpenSSL.  Both are decided once per process, at the first
+ * sha256_state_new() or sha256_accelerated().  The digests are the same
+ * either way.  A state is used by one thread at a time; different states are
+ * independent.
  */
 #ifndef IMGSTORE_COMMON_SHA256X2_H
 #define IMGSTORE_COMMON_SHA256X2_H
