@@ -145,7 +145,7 @@ SHA_TARGET static void compress2(uint32_t ha[8], const unsigned char *pa, uint32
 
 /* The same bytes into both (the upload's block and whole-file states): the
  * compiler computes the message schedule once for both, which leaves
- * sha256rnds2 alone on the SHA unit (about 6% faster with GCC 12 here). */
+ * sha256rnds2 alone on the SHA unit (about 5% faster with GCC 12 here). */
 SHA_TARGET static void compress2_same(uint32_t ha[8], uint32_t hb[8], const unsigned char *p,
                                       size_t nblocks)
 {
