@@ -144,13 +144,13 @@ P
 	write_manifest "$r"
 	settle
 	t0=$(now)
-	(cd "$WORK/repo" && /usr/bin/time -f '%M' -o "$WORK/time.out" "$LABCTL" images sync --ca-bundle "$CA" >"$WORK/sync.out")
+	(cd "$WORK/repo" && /usr/bin/time -f '%M %U %S' -o "$WORK/time.out" "$LABCTL" images sync --ca-bundle "$CA" >"$WORK/sync.out")
 	t1=$(now)
 	l=$(calc "$t1 - $t0")
-	m=$(tail -n1 "$WORK/time.out")
+	read -r m lu ls < <(tail -n1 "$WORK/time.out")
 	grep -q "1 uploaded" "$WORK/sync.out" || { cat "$WORK/sync.out" >&2; exit 1; }
-	printf 'round %d: (a) curl|xz -dc %.2f s   (b) sequential %.2f s   labctl sync %.2f s (peak RSS %d MiB)\n' \
-		"$r" "$a" "$b" "$l" $((m / 1024))
+	printf 'round %d: (a) curl|xz -dc %.2f s   (b) sequential %.2f s   labctl sync %.2f s (peak RSS %d MiB, %.2f CPU s, load %s)\n' \
+		"$r" "$a" "$b" "$l" $((m / 1024)) "$(calc "$lu + $ls")" "$(cut -d' ' -f1 /proc/loadavg)"
 	best_a=$(min "$a" "$best_a")
 	best_b=$(min "$b" "$best_b")
 	best_l=$(min "$l" "$best_l")
