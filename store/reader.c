@@ -1213,6 +1213,33 @@ struct slot {
 	const unsigned char *src;
 };
 
+/* The buffer of the oldest block in memory that nobody holds and that no
+ * reader is about to read (readahead not read yet, unless stale: as in
+ * mem_room_locked), taken out of the budget; NULL when there is none. */
+static unsigned char *evict_idle_locked(struct reader *r)
+{
+	double now = 0;
+	for (struct bent *b = r->fifo.next; b != &r->fifo; b = b->next) {
+		unsigned char *p = b->data;
+		if (b->refs || b->len != r->pool_len)
+			continue;
+		if (b->pending) {
+			if (!now)
+				now = time_mono();
+			if (now - b->t_ready <= PENDING_MAX_AGE_S)
+				continue;
+		}
+		table_remove(r, b);
+		r->mem_bytes -= b->len;
+		free(b->err_msg);
+		pthread_cond_destroy(&b->cv);
+		free(b);
+		mem_freed_locked(r);
+		return p;
+	}
+	return NULL;
+}
+
 static unsigned char *reply_get(struct reader *r, struct reply *rp)
 {
 	int big = rp->len > r->pool_len / 2 && rp->len <= r->pool_len;
@@ -1220,18 +1247,19 @@ static unsigned char *reply_get(struct reader *r, struct reply *rp)
 		return rp->p;
 	rp->alloc = big ? r->pool_len : (uint32_t)rp->len;
 	if (big) {
+		/* Out of the budget from now on, like a caller's buffer (a read
+		 * holding it may still wait for memory): a free one, else the
+		 * oldest idle block's -- after a cold read they all sit there,
+		 * resident, while a warm one reads SQLite.  A fresh one only
+		 * when neither is there, even with room in the budget: else
+		 * each warm read in flight added 1 MiB to the full budget. */
 		pthread_mutex_lock(&r->mu);
-		/* With the budget full, the oldest block in memory that nobody
-		 * holds or waits for gives its buffer: after a cold read they
-		 * all sit there, resident, while a warm one reads SQLite. */
-		if (!r->pool)
-			mem_room_locked(r, r->pool_len, 0);
 		if (r->pool) {
-			/* out of the budget from now on, like a caller's buffer:
-			 * a read holding it may still wait for memory */
 			rp->p = r->pool;
 			r->pool = *(void **)rp->p;
 			r->npool--;
+		} else {
+			rp->p = evict_idle_locked(r);
 		}
 		pthread_mutex_unlock(&r->mu);
 	}
