@@ -441,38 +441,6 @@ fail:
 	fuse_reply_err(req, err);
 }
 
-/* Read buffers of IMGFS_MAX_READ bytes, reused: a fresh 1 MiB allocation
- * costs 256 page faults; a few are kept, the rest go back. */
-#define RBUF_KEEP 4
-static pthread_mutex_t rbuf_mu = PTHREAD_MUTEX_INITIALIZER;
-static void *rbuf_free[RBUF_KEEP];
-static unsigned rbuf_n;
-
-static char *rbuf_get(size_t size)
-{
-	void *p = NULL;
-	if (size > IMGFS_MAX_READ)
-		return malloc(size);
-	pthread_mutex_lock(&rbuf_mu);
-	if (rbuf_n)
-		p = rbuf_free[--rbuf_n];
-	pthread_mutex_unlock(&rbuf_mu);
-	return p ? p : malloc(IMGFS_MAX_READ);
-}
-
-static void rbuf_put(char *p, size_t size)
-{
-	if (size <= IMGFS_MAX_READ) {
-		pthread_mutex_lock(&rbuf_mu);
-		if (rbuf_n < RBUF_KEEP) {
-			rbuf_free[rbuf_n++] = p;
-			p = NULL;
-		}
-		pthread_mutex_unlock(&rbuf_mu);
-	}
-	free(p);
-}
-
 /* Every failure of a read is EIO: a checksum mismatch, a changed object, an
  * unreachable bucket (after the retry budget). */
 static int errno_of(const struct err *e)
@@ -518,14 +486,14 @@ static int refresh_due(struct version *v)
  * new home when that object was replaced.  The handle keeps its version
  * (fuse may run reads of one handle in parallel): *moved holds the
  * reference the caller drops after the reply. */
-static int read_following(struct imgfs *fs, struct fh *h, uint64_t off, size_t size, char *buf,
+static int read_following(struct imgfs *fs, struct fh *h, uint64_t off, size_t size,
                           struct reader_iov *v, struct version **moved, struct err *e)
 {
 	struct version *nv;
 	struct reader_stream *st;
 	int rc;
 	*moved = NULL;
-	if (!reader_read_iov(h->ver->img, h->st, off, size, buf, v, e))
+	if (!reader_read_iov(h->ver->img, h->st, off, size, NULL, v, e))
 		return 0;
 	if (e->code != ERR_PRECONDITION)
 		return -1;
@@ -550,7 +518,7 @@ static int read_following(struct imgfs *fs, struct fh *h, uint64_t off, size_t s
 	log_debug("read %s at %llu: the object was replaced; reading the same bytes from %s",
 	          h->ver->key, (unsigned long long)off, nv->key);
 	err_clear(e);
-	rc = reader_read_iov(nv->img, st, off, size, buf, v, e);
+	rc = reader_read_iov(nv->img, st, off, size, NULL, v, e);
 	reader_stream_free(st);
 	if (rc)
 		version_unref(nv);
@@ -573,12 +541,6 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	/* A buffer per request, not per thread: memory follows the reads in
-	 * flight, not the number of (mostly idle) worker threads. */
-	if (!(buf = rbuf_get(size))) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
 	if (h->kind == N_STATS) {
 		/* Reply from a copy: once the kernel has the bytes, the reader may
 		 * close and RELEASE (another thread) free h before writev returns. */
@@ -586,14 +548,22 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			size = 0;
 		else if (size > h->len - (size_t)off)
 			size = h->len - (size_t)off;
+		if (!(buf = malloc(size ? size : 1))) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
 		memcpy(buf, h->data + off, size);
 		fuse_reply_buf(req, buf, size);
-	} else if (read_following(FS(req), h, (uint64_t)off, size, buf, &v, &moved, &e)) {
+		free(buf);
+	} else if (read_following(FS(req), h, (uint64_t)off, size, &v, &moved, &e)) {
 		log_debug("read %s at %lld: %s", h->ver->key, (long long)off, e.msg);
 		fuse_reply_err(req, errno_of(&e));
 	} else {
 		/* Straight from the reader's verified blocks, which stay held until
-		 * the kernel has copied them (fuse_reply_iov returns after writev).
+		 * the kernel has copied them (fuse_reply_iov returns after writev),
+		 * and what SQLite filled in a buffer the reader lent: no buffer
+		 * per request here, whose 1 MiB a warm read would touch on top
+		 * of the reader's idle ones (peak RSS, tests/bench/cold.sh).
 		 * Not fuse_reply_data: without splice, libfuse 3.14 copies a
 		 * bufvec of more than one buffer into a fresh one first. */
 		fuse_reply_iov(req, v.iov, v.count);
@@ -601,7 +571,6 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (moved)
 			version_unref(moved);
 	}
-	rbuf_put(buf, size);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

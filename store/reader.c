@@ -1190,15 +1190,100 @@ void reader_stream_free(struct reader_stream *s)
 /* S_FILLED: an entry this read filled from the cache itself (ready, counted) */
 enum slot_kind { S_DONE, S_WAIT, S_OWN, S_FILLED };
 
+/* Where a read copies what it cannot point at (SQLite pieces, kept pieces
+ * let go early): the caller's buffer, or with reader_read_iov(buf NULL) one
+ * the reader takes on first use.  Most of a block: a block buffer from the
+ * free pool or the memory budget (see reply_get), given back to the pool;
+ * a warm read then touches no memory that a cold one did not.  Smaller:
+ * malloc'd. */
+struct reply {
+	unsigned char *p;
+	size_t len;
+	uint32_t alloc; /* bytes allocated when the reader took it */
+};
+
 struct slot {
 	enum slot_kind kind;
 	struct bent *b;
-	unsigned char *dst;
+	struct reply *out;
+	size_t doff;         /* of the piece in out */
 	uint32_t poff, plen; /* the piece of the block that the read wants */
 	/* reader_read_iov(): the piece is served from src (b's buffer, which
 	 * the slot keeps its reference to, or the zero area), not copied */
 	const unsigned char *src;
 };
+
+/* The buffer of the oldest block in memory that nobody holds and that no
+ * reader is about to read (readahead not read yet, unless stale: as in
+ * mem_room_locked), taken out of the budget; NULL when there is none. */
+static unsigned char *evict_idle_locked(struct reader *r)
+{
+	double now = 0;
+	for (struct bent *b = r->fifo.next; b != &r->fifo; b = b->next) {
+		unsigned char *p = b->data;
+		if (b->refs || b->len != r->pool_len)
+			continue;
+		if (b->pending) {
+			if (!now)
+				now = time_mono();
+			if (now - b->t_ready <= PENDING_MAX_AGE_S)
+				continue;
+		}
+		table_remove(r, b);
+		r->mem_bytes -= b->len;
+		free(b->err_msg);
+		pthread_cond_destroy(&b->cv);
+		free(b);
+		mem_freed_locked(r);
+		return p;
+	}
+	return NULL;
+}
+
+static unsigned char *reply_get(struct reader *r, struct reply *rp)
+{
+	int big = rp->len > r->pool_len / 2 && rp->len <= r->pool_len;
+	if (rp->p)
+		return rp->p;
+	rp->alloc = big ? r->pool_len : (uint32_t)rp->len;
+	if (big) {
+		/* Out of the budget from now on, like a caller's buffer (a read
+		 * holding it may still wait for memory): a free one, else the
+		 * oldest idle block's -- after a cold read they all sit there,
+		 * resident, while a warm one reads SQLite.  A fresh one only
+		 * when neither is there, even with room in the budget: else
+		 * each warm read in flight added 1 MiB to the full budget. */
+		pthread_mutex_lock(&r->mu);
+		if (r->pool) {
+			rp->p = r->pool;
+			r->pool = *(void **)rp->p;
+			r->npool--;
+		} else {
+			rp->p = evict_idle_locked(r);
+		}
+		pthread_mutex_unlock(&r->mu);
+	}
+	if (!rp->p)
+		rp->p = malloc(rp->alloc);
+	return rp->p;
+}
+
+static void reply_put(struct reader *r, unsigned char *p, uint32_t alloc)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&r->mu);
+	buf_release(r, p, alloc);
+	mem_freed_locked(r);
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* The destination of a slot's piece; NULL: no memory. */
+static unsigned char *slot_dst(struct reader *r, struct slot *sl)
+{
+	unsigned char *p = reply_get(r, sl->out);
+	return p ? p + sl->doff : NULL;
+}
 
 /* Step 1 for one block: serve it now (zero, SQLite straight into dst) or
  * leave an entry in the slot to wait for (S_WAIT) or to fetch (S_OWN).
@@ -1211,12 +1296,13 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, int kee
 	uint32_t len = block_len(img, i);
 	int full = sl->plen == len, rc = 0;
 	struct bent *b, *mine = NULL;
+	unsigned char *dst;
 
 	if (block_is_zero(img, i)) {
 		if (keep)
 			sl->src = r->zeros;
 		else
-			memset(sl->dst, 0, sl->plen);
+			memset(slot_dst(r, sl), 0, sl->plen); /* the caller's buffer */
 		atomic_fetch_add(&r->zero_blocks, 1);
 		sl->kind = S_DONE;
 		return 0;
@@ -1244,8 +1330,10 @@ static int classify(struct reader_image *img, size_t i, struct slot *sl, int kee
 	 * pieces of a row it has not checked yet come back CACHE_UNCHECKED. */
 	if (r->cache) {
 		struct err ce = {0};
+		if (!(dst = slot_dst(r, sl)))
+			return err_set(e, ERR_IO, "out of memory");
 		cache_slot_get(r);
-		rc = cache_get_range(r->cache, key, len, sl->poff, sl->dst, sl->plen,
+		rc = cache_get_range(r->cache, key, len, sl->poff, dst, sl->plen,
 		                     img->verified ? CACHE_CHECK : 0, &ce);
 		cache_slot_put(r);
 		if (rc < 0)
@@ -1327,7 +1415,7 @@ static int collect(struct reader_image *img, struct slot *sl, int keep, struct e
 		if (keep)
 			sl->src = b->data + sl->poff;
 		else
-			memcpy(sl->dst, b->data + sl->poff, sl->plen);
+			memcpy(slot_dst(r, sl), b->data + sl->poff, sl->plen); /* the caller's */
 		pthread_mutex_lock(&r->mu);
 		b->pending = 0;
 		/* read whole: the page cache or the caller has it now, and
@@ -1403,25 +1491,36 @@ static int finish(struct reader_image *img, size_t first, struct slot *slots, si
 	return rc;
 }
 
-/* Copy the kept pieces of slots [k0, k1) into place and let their entries
- * go: a read must hold nothing while it waits for memory. */
-static void unkeep(struct reader *r, struct slot *slots, size_t k0, size_t k1)
+/* Let the kept pieces of slots [k0, k1) and their entries go, with copy
+ * copying them into place first: a read must hold nothing while it waits
+ * for memory.  -1: no memory to copy them to (they are let go all the same). */
+static int unkeep(struct reader *r, struct slot *slots, size_t k0, size_t k1, int copy)
 {
+	unsigned char *base = NULL;
+	int rc = 0;
+	for (size_t k = k0; copy && k < k1; k++) {
+		if (slots[k].src) {
+			if (!(base = reply_get(r, slots[k].out)))
+				rc = -1;
+			break;
+		}
+	}
 	pthread_mutex_lock(&r->mu);
 	for (size_t k = k0; k < k1; k++) {
-		if (slots[k].src)
-			memcpy(slots[k].dst, slots[k].src, slots[k].plen);
+		if (slots[k].src && base)
+			memcpy(base + slots[k].doff, slots[k].src, slots[k].plen);
 		slots[k].src = NULL;
 		if (slots[k].b)
 			ent_put_locked(r, slots[k].b);
 		slots[k].b = NULL;
 	}
 	pthread_mutex_unlock(&r->mu);
+	return rc;
 }
 
 /* The pieces of a finished read in order, as an iovec: kept pieces where
- * they are, the rest (filled from SQLite) in buf, neighbours merged; the
- * slots' kept entries move to v. */
+ * they are, the rest (filled from SQLite) in the reply buffer, neighbours
+ * merged; the slots' kept entries move to v. */
 static int make_iov(struct slot *slots, size_t n, struct reader_iov *v, struct err *e)
 {
 	struct iovec *iov;
@@ -1431,7 +1530,8 @@ static int make_iov(struct slot *slots, size_t n, struct reader_iov *v, struct e
 		return err_set(e, ERR_IO, "out of memory");
 	v->held = (struct bent **)(iov + n);
 	for (size_t k = 0; k < n; k++) {
-		const unsigned char *p = slots[k].src ? slots[k].src : slots[k].dst;
+		const unsigned char *p =
+		        slots[k].src ? slots[k].src : slots[k].out->p + slots[k].doff;
 		len += slots[k].plen;
 		if (ni && (const unsigned char *)iov[ni - 1].iov_base + iov[ni - 1].iov_len == p) {
 			iov[ni - 1].iov_len += slots[k].plen;
@@ -1459,6 +1559,7 @@ static int read_impl(struct reader_image *img, struct reader_stream *st, uint64_
 {
 	struct reader *r = img->r;
 	struct slot stack[STACK_SLOTS], *slots = stack;
+	struct reply out = {buf, 0, 0};
 	int keep = v != NULL;
 	size_t first, last, n, done = 0, k = 0;
 	int rc = 0, ra_done = !st;
@@ -1472,6 +1573,7 @@ static int read_impl(struct reader_image *img, struct reader_stream *st, uint64_
 	first = (size_t)(off / img->bs);
 	last = (size_t)((off + len - 1) / img->bs);
 	n = last - first + 1;
+	out.len = len;
 	if (n > STACK_SLOTS && !(slots = calloc(n, sizeof(*slots))))
 		return err_set(e, ERR_IO, "out of memory");
 	abs_deadline(&dl, r->wait_limit_s);
@@ -1488,7 +1590,8 @@ static int read_impl(struct reader_image *img, struct reader_stream *st, uint64_
 			slots[k].kind = S_DONE;
 			slots[k].b = NULL;
 			slots[k].src = NULL;
-			slots[k].dst = (unsigned char *)buf + (ps - off);
+			slots[k].out = &out;
+			slots[k].doff = (size_t)(ps - off);
 			slots[k].poff = (uint32_t)(ps - bo);
 			slots[k].plen = (uint32_t)(pe - ps);
 			rc = classify(img, i, &slots[k], keep, e);
@@ -1507,8 +1610,10 @@ static int read_impl(struct reader_image *img, struct reader_stream *st, uint64_
 		}
 		/* 3 and 4 for what was classified */
 		rc = finish(img, first, slots, done, k, keep, e);
-		if (rc || !room)
-			unkeep(r, slots, 0, k);
+		if (rc)
+			unkeep(r, slots, 0, k, 0);
+		else if (!room && unkeep(r, slots, 0, k, 1))
+			rc = err_set(e, ERR_IO, "out of memory");
 		done = k;
 		if (rc)
 			goto release;
@@ -1516,11 +1621,16 @@ static int read_impl(struct reader_image *img, struct reader_stream *st, uint64_
 			goto release;
 	}
 	*got = len;
-	if (keep)
-		rc = make_iov(slots, n, v, e);
+	if (keep && !(rc = make_iov(slots, n, v, e))) {
+		v->own = out.p;
+		v->own_alloc = out.alloc;
+		out.alloc = 0;
+	}
 release:
 	if (rc)
-		unkeep(r, slots, 0, done); /* kept pieces of a read that failed */
+		unkeep(r, slots, 0, done, 0); /* kept pieces of a read that failed */
+	if (out.alloc)
+		reply_put(r, out.p, out.alloc);
 	/* after an error in step 1: entries classified and not finished; the
 	 * ones this read was going to fetch must not leave their waiters hanging */
 	pthread_mutex_lock(&r->mu);
@@ -1577,6 +1687,8 @@ void reader_iov_release(struct reader_iov *v)
 	for (size_t i = 0; i < v->nheld; i++)
 		ent_put_locked(v->r, v->held[i]);
 	pthread_mutex_unlock(&v->r->mu);
+	if (v->own_alloc)
+		reply_put(v->r, v->own, v->own_alloc);
 	free(v->iov);
 	memset(v, 0, sizeof(*v));
 }

@@ -106,7 +106,11 @@ int reader_image_block(const struct reader_image *img, size_t i, unsigned char k
 /* The same without copying what the reader holds in memory: v->iov lists
  * the pieces of the range in order, pointing into the reader's verified
  * block buffers (kept for the caller), a shared all-zero area, or buf
- * (len bytes: what the SQLite cache filled in).  v->len is the length read
+ * (len bytes: what the SQLite cache filled in).  With buf NULL the reader
+ * takes such a buffer itself when a piece needs one, from its idle block
+ * buffers when it has some (a read served from memory needs none; one
+ * served from SQLite reuses memory that is resident already), and gives it
+ * back in reader_iov_release().  v->len is the length read
  * (*got above).  The pieces stay valid until reader_iov_release(v), which
  * the caller must call after a 0 return (it is a no-op after -1); hold them
  * no longer than it takes to hand them over, they count against the
@@ -119,6 +123,8 @@ struct reader_iov {
 	struct reader *r;
 	struct bent **held;
 	size_t nheld;
+	unsigned char *own; /* the reply buffer the reader took (buf NULL) */
+	uint32_t own_alloc;
 };
 int reader_read_iov(struct reader_image *img, struct reader_stream *st, uint64_t off, size_t len,
                     void *buf, struct reader_iov *v, struct err *e);

@@ -124,18 +124,21 @@
 #define TOUCH_SLOTS      (2 * TOUCH_MAX) /* their hash index: at most half full */
 #define TOUCH_INTERVAL_S 60.0            /* hits wait at most this long for a commit (top) */
 #define DELETE_MAX       256
-#define POOL_MAX         12 /* read connections */
+#define POOL_MAX         8 /* read connections: the reader's 6 slots and a few lookups */
 #define BUSY_TIMEOUT_MS  5000
 #define FULL_BACKOFF_S   30.0
 #define ERROR_BACKOFF_S  2.0
 /* Page cache per connection.  The writer's is small on purpose (with
  * 32 MiB, WAL inserts ran at 130 MB/s instead of 350, tests/bench/README.md):
  * it holds a batch only until its COMMIT (no spill, see the top), then
- * shrinks back.  Readers keep the pages that small reads
- * pull in: 4 KiB random reads ran at 17k IOPS with 4 MiB, 11k with 256 KiB
- * (times POOL_MAX in memory; tests/bench/mount.sh, fio line). */
+ * gives it back (sqlite3_db_release_memory: SQLite itself kept 7.9 MiB).
+ * Readers keep the pages that small reads pull in: the index, interior and
+ * pointer-map pages a 4 KiB read walks.  4 KiB random reads ran at 17k IOPS
+ * with 4 MiB, 11k with 256 KiB (3 pages); 512 KiB (7 pages) ran as fast as
+ * 1 MiB side by side, with half the memory times POOL_MAX
+ * (tests/bench/cold.sh, tests/bench/README.md). */
 #define WRITER_CACHE_KIB 512
-#define READER_CACHE_KIB 1024
+#define READER_CACHE_KIB 512
 /* The set of checked rows: 40 bytes a slot, at most half full.  The largest
  * (10 MiB) holds 128k rows, 128 GiB of 1 MiB blocks; when it is full it
  * starts over, which only means hashing rows again. */
@@ -1202,6 +1205,11 @@ static void *writer_main(void *arg)
 		ran = b.head || b.ntouch || b.ndel || evict_only;
 		if (ran) {
 			rc = run_batch(c, &b);
+			/* SQLite keeps up to ~120 of a batch's pages (7.9 MiB) in
+			 * the writer's cache after the COMMIT, whatever cache_size
+			 * says; given back, the next batch reuses the same heap
+			 * (tests/bench/README.md, cold.sh). */
+			sqlite3_db_release_memory(c->wdb);
 			if (rc == SQLITE_OK) {
 				/* written from bytes the caller had checked */
 				for (struct qent *q = b.head; q; q = q->next)
@@ -1300,8 +1308,19 @@ static void cache_free(struct cache *c)
 	free(c);
 }
 
+/* SQLite gives each connection's page cache a first bulk of 20 pages
+ * (1.3 MiB of 64 KiB pages) when it reads the schema, before cache_size
+ * applies: with the pool of read connections most of SQLite's memory was
+ * that.  Without it, pages come one at a time, up to cache_size.  Only
+ * possible before SQLite initializes (SQLITE_MISUSE after: harmless). */
+static void sqlite_config_once(void)
+{
+	sqlite3_config(SQLITE_CONFIG_PAGECACHE, NULL, 0, 0);
+}
+
 int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 {
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
 	struct cache *c;
 	pthread_condattr_t ca;
 	struct rconn *r;
@@ -1312,6 +1331,7 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	*out = NULL;
 	if (!o->dir || !*o->dir)
 		return err_set(e, ERR_USAGE, "block cache: no cache directory given");
+	pthread_once(&once, sqlite_config_once);
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return err_set(e, ERR_IO, "out of memory");

@@ -594,6 +594,146 @@ static void test_read_iov(void)
 	record_free(&rec_bad);
 }
 
+/* reader_read_iov() with buf NULL: the reader lends a buffer for what
+ * SQLite fills in, from its idle 1 MiB block buffers (evicting blocks that
+ * nobody holds) or the heap, and takes it back on release.  Blocks of
+ * 1 MiB, 8 MiB of block memory (the least), all blocks cached on disk: threads reading
+ * whole and partial blocks get the image's bytes and the budget holds. */
+#define LBS   (1u << 20)
+#define LSIZE (16u * LBS + 4096u)
+
+struct lent_arg {
+	struct reader_image *img;
+	const unsigned char *data;
+	unsigned seed;
+	int wrong;
+};
+
+static void *lent_reader(void *p)
+{
+	struct lent_arg *a = p;
+	unsigned char *out = malloc(LBS);
+	for (int k = 0; k < 60 && out; k++) {
+		struct reader_iov v;
+		struct err e = {0};
+		uint64_t off = (uint64_t)(rand_r(&a->seed) % 17) * LBS;
+		size_t len = LBS, pos = 0, want;
+		if (k % 3 == 1) { /* unaligned, across two blocks */
+			off += rand_r(&a->seed) % LBS;
+			len = 1 + rand_r(&a->seed) % LBS;
+		}
+		if (off >= LSIZE)
+			off = LSIZE - 100;
+		want = LSIZE - off < len ? LSIZE - off : len;
+		if (reader_read_iov(a->img, NULL, off, len, NULL, &v, &e)) {
+			a->wrong++;
+			continue;
+		}
+		usleep(rand_r(&a->seed) % 300); /* hold the pieces a while */
+		for (int i = 0; i < v.count && pos + v.iov[i].iov_len <= LBS; i++) {
+			memcpy(out + pos, v.iov[i].iov_base, v.iov[i].iov_len);
+			pos += v.iov[i].iov_len;
+		}
+		if (v.len != want || pos != want || memcmp(out, a->data + off, want))
+			a->wrong++;
+		reader_iov_release(&v);
+	}
+	free(out);
+	return NULL;
+}
+
+static void test_read_iov_lent(void)
+{
+	struct fake_srv f = {0};
+	struct cache *cache = NULL;
+	struct reader *r = NULL;
+	struct reader_image *img = NULL;
+	struct reader_stats rs;
+	struct lent_arg args[5];
+	pthread_t th[5];
+	struct record rec;
+	struct blockmap *bm = blockmap_new(HASH_SHA256, LBS);
+	struct err e = {0};
+	unsigned char *big = malloc(LSIZE);
+	char dir[600];
+	size_t got;
+
+	CHECK(big != NULL && bm != NULL);
+	for (size_t i = 0, x = 88172645463325252u; i < LSIZE; i++) { /* xorshift: no repeats */
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		big[i] = (unsigned char)(x >> 32);
+	}
+	memset(&rec, 0, sizeof(rec));
+	CHECK(blockmap_update(bm, big, LSIZE, &e) == 0);
+	CHECK(blockmap_finish(bm, &rec, &e) == 0);
+	blockmap_free(bm);
+	rec.name = strdup("lent");
+	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
+	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
+	f.obj[0] = (struct fake_obj){"/bucket/images/lent.raw", big, LSIZE};
+	f.nobj = 1;
+	CHECK(fake_start(&f) == 0);
+	snprintf(dir, sizeof(dir), "%s/lent", tmproot);
+	CHECK(open_fake_reader(&f, dir, 8u << 20, &cache, &r) == 0);
+	CHECK(reader_image_open(r, "images/lent.raw", LSIZE, ETAG, &rec, &img, &e) == 0);
+	/* cold: every block fetched once and cached on disk */
+	for (uint64_t off = 0; off < LSIZE; off += LBS) {
+		unsigned char *one = malloc(LBS);
+		CHECK(one && reader_read(img, NULL, off, LBS, one, &got, &e) == 0);
+		CHECK(!memcmp(one, big + off, got));
+		free(one);
+	}
+	cache_flush(cache);
+	/* Three reads of blocks that only SQLite has, held at once, get
+	 * their buffers from the idle blocks in memory, not on top of them
+	 * (each warm read in flight added 1 MiB to a full budget). */
+	{
+		struct reader_iov held[3];
+		uint64_t from_sqlite[16];
+		size_t n = 0;
+		for (uint64_t off = 0; off < 16u * LBS; off += LBS) {
+			CHECK(reader_read_iov(img, NULL, off, LBS, NULL, &held[0], &e) == 0);
+			if (held[0].nheld == 0)
+				from_sqlite[n++] = off;
+			reader_iov_release(&held[0]);
+		}
+		CHECK(n >= 3);
+		for (size_t i = 0; i < 3 && i < n; i++) {
+			CHECK(reader_read_iov(img, NULL, from_sqlite[i], LBS, NULL, &held[i], &e) ==
+			      0);
+			CHECK(held[i].len == LBS && held[i].count == 1);
+			CHECK(!memcmp(held[i].iov[0].iov_base, big + from_sqlite[i], LBS));
+		}
+		reader_get_stats(r, &rs);
+		CHECK(rs.mem_bytes + 3u * LBS <= rs.mem_limit_bytes);
+		for (size_t i = 0; i < 3 && i < n; i++)
+			reader_iov_release(&held[i]);
+		reader_get_stats(r, &rs);
+		CHECK(rs.mem_bytes <= rs.mem_limit_bytes);
+	}
+	for (int i = 0; i < 5; i++) {
+		args[i] = (struct lent_arg){img, big, 31u + (unsigned)i, 0};
+		CHECK(pthread_create(&th[i], NULL, lent_reader, &args[i]) == 0);
+	}
+	for (int i = 0; i < 5; i++) {
+		pthread_join(th[i], NULL);
+		CHECK(args[i].wrong == 0);
+	}
+	reader_get_stats(r, &rs);
+	CHECK(rs.mem_peak_bytes <= rs.mem_limit_bytes);
+	CHECK(rs.mem_bytes <= rs.mem_limit_bytes);
+	CHECK(rs.bytes_fetched == LSIZE); /* the rest came from memory or SQLite */
+	CHECK(rs.cache_hits > rs.mem_hits);
+	reader_image_unref(img);
+	reader_free(r);
+	cache_close(cache);
+	fake_stop(&f);
+	record_free(&rec);
+	free(big);
+}
+
 int main(void)
 {
 	struct s3_config cfg = {0};
@@ -745,6 +885,7 @@ int main(void)
 	test_memory_budget();
 	test_altered_cache();
 	test_read_iov();
+	test_read_iov_lent();
 
 	reader_image_unref(reader_image_ref(img));
 	reader_image_unref(img);
