@@ -900,8 +900,10 @@ int main(int argc, char **argv)
 	/* Block buffers (1 MiB) stay on malloc's heap (below the mmap
 	 * threshold), and up to 16 MiB of freed heap is kept instead of handed
 	 * back: as mappings of their own every block cost 256 page faults and a
-	 * cold 1 GiB read took 7.6 CPU s instead of 3.6 (peak RSS 64 against
-	 * ~85 MiB), measured with IMGFS_MEM_MIB=24 and tests/bench/mount.sh. */
+	 * cold 1 GiB read took 7.6 CPU s instead of 3.6, measured with
+	 * IMGFS_MEM_MIB=24 and tests/bench/mount.sh (before the reply buffers
+	 * were lent from the block buffers; tests/bench/README.md has the
+	 * peak RSS figures since). */
 	mallopt(M_MMAP_THRESHOLD, 4 << 20);
 	mallopt(M_ARENA_MAX, 4);
 	mallopt(M_TRIM_THRESHOLD, 16 << 20);

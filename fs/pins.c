@@ -39,7 +39,7 @@
  * than the bandwidth: the refresh of tests/bench/pin.sh (51 scattered
  * blocks of a 1 GiB image) took 2.2 s with 4, 4.2 s with one GET at a time
  * (2 cores, load average 10-15).  At most 4 x RUN_MAX_BYTES of the reader's
- * 48 MiB of block memory. */
+ * 24 MiB of block memory (the default). */
 #define WORKERS  4
 #define RECHECKS 3 /* passes over one image whose blocks the writer dropped */
 
