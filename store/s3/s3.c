@@ -1434,29 +1434,6 @@ out:
 	return rc;
 }
 
-int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
-                    const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e)
-{
-	char num[16], w[WHAT_MAX];
-	struct sigv4_param params[] = {{"partNumber", num}, {"uploadId", upload_id}};
-	struct req r = {.method = "PUT",
-	                .key = key,
-	                .params = params,
-	                .nparams = 2,
-	                .body = data,
-	                .body_len = n};
-	snprintf(num, sizeof(num), "%d", number);
-	snprintf(w, sizeof(w), "UploadPart %d of %s", number, key);
-	r.what = w;
-	body_payload_hash(s, data, n, r.payload_sha);
-	if (perform(s, &r, NULL, e))
-		return -1;
-	if (!s->resp.etag[0])
-		return err_set(e, ERR_SERVER, "%s: the server sent no ETag", w);
-	copy_etag(etag_out, s->resp.etag);
-	return 0;
-}
-
 /* SHA-256 of n bytes of fd from off, for a signed file body. */
 static int file_payload_hash(int fd, uint64_t off, size_t n, char out[65], struct err *e)
 {
@@ -1489,32 +1466,45 @@ out:
 	return rc;
 }
 
-int s3_mpu_put_part_file(struct s3 *s, const char *key, const char *upload_id, int number, int fd,
-                         uint64_t offset, size_t n, char etag_out[S3_ETAG_MAX], struct err *e)
+/* UploadPart of the body r describes (from memory or from a file). */
+static int upload_part(struct s3 *s, const char *key, const char *upload_id, int number,
+                       struct req *r, char etag_out[S3_ETAG_MAX], struct err *e)
 {
 	char num[16], w[WHAT_MAX];
 	struct sigv4_param params[] = {{"partNumber", num}, {"uploadId", upload_id}};
-	struct req r = {.method = "PUT",
-	                .key = key,
-	                .params = params,
-	                .nparams = 2,
-	                .body_len = n,
-	                .body_fd = fd,
-	                .body_offset = offset,
-	                .body_from_fd = 1};
 	snprintf(num, sizeof(num), "%d", number);
 	snprintf(w, sizeof(w), "UploadPart %d of %s", number, key);
-	r.what = w;
-	if (s->unsigned_payload)
-		snprintf(r.payload_sha, sizeof(r.payload_sha), "%s", SIGV4_UNSIGNED_PAYLOAD);
-	else if (file_payload_hash(fd, offset, n, r.payload_sha, e))
+	r->method = "PUT";
+	r->key = key;
+	r->params = params;
+	r->nparams = 2;
+	r->what = w;
+	if (!r->body_from_fd)
+		body_payload_hash(s, r->body, r->body_len, r->payload_sha);
+	else if (s->unsigned_payload)
+		snprintf(r->payload_sha, sizeof(r->payload_sha), "%s", SIGV4_UNSIGNED_PAYLOAD);
+	else if (file_payload_hash(r->body_fd, r->body_offset, r->body_len, r->payload_sha, e))
 		return err_prefix(e, "%s", w);
-	if (perform(s, &r, NULL, e))
+	if (perform(s, r, NULL, e))
 		return -1;
 	if (!s->resp.etag[0])
 		return err_set(e, ERR_SERVER, "%s: the server sent no ETag", w);
 	copy_etag(etag_out, s->resp.etag);
 	return 0;
+}
+
+int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
+                    const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e)
+{
+	struct req r = {.body = data, .body_len = n};
+	return upload_part(s, key, upload_id, number, &r, etag_out, e);
+}
+
+int s3_mpu_put_part_file(struct s3 *s, const char *key, const char *upload_id, int number, int fd,
+                         uint64_t offset, size_t n, char etag_out[S3_ETAG_MAX], struct err *e)
+{
+	struct req r = {.body_len = n, .body_fd = fd, .body_offset = offset, .body_from_fd = 1};
+	return upload_part(s, key, upload_id, number, &r, etag_out, e);
 }
 
 int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,

@@ -12,6 +12,14 @@ from test_history import slow_parts
 from test_labctl_upload import MIB, check_record, labctl, pattern
 
 
+def upload_first(bucket, src, dest, data):
+    """Upload data as dest's first version; the bucket as it is then."""
+    src.write_bytes(data)
+    run(labctl("images", "upload", "--source", src, "--destination", dest),
+        env=bucket.env, check=0)
+    return {k: bucket.get(k) for k in bucket.keys()}
+
+
 def multipart_count(bucket, dest):
     etag = bucket.s3.head_object(Bucket=bucket.name, Key=f"images/{dest}")["ETag"]
     return int(etag.strip('"').rsplit("-", 1)[1])
@@ -54,12 +62,8 @@ def test_file_zero_blocks_and_sha512(bucket, tmp_path):
 
 
 def test_file_checksum_mismatch_stores_nothing(bucket, tmp_path):
-    old = pattern(9 * MIB + 1, seed=33)
     src = tmp_path / "m.raw"
-    src.write_bytes(old)
-    run(labctl("images", "upload", "--source", src, "--destination", "m.raw"),
-        env=bucket.env, check=0)
-    before = {k: bucket.get(k) for k in bucket.keys()}
+    before = upload_first(bucket, src, "m.raw", pattern(9 * MIB + 1, seed=33))
     src.write_bytes(pattern(30 * MIB, seed=34))
     p = run(labctl("images", "upload", "--source", src, "--destination", "m.raw",
                    "--checksum", "sha256:" + "0" * 64), env=bucket.env, check=1)
@@ -74,12 +78,8 @@ def test_file_changed_during_upload_stores_nothing(bucket, tmp_path, change):
     """Parts are read from the file as they go out, and the checksum from a
     read of its own: a file written to meanwhile would get a record of bytes
     that were not sent.  The upload fails instead and stores nothing."""
-    old = pattern(9 * MIB + 2, seed=35)
     src = tmp_path / "c.raw"
-    src.write_bytes(old)
-    run(labctl("images", "upload", "--source", src, "--destination", "c.raw"),
-        env=bucket.env, check=0)
-    before = {k: bucket.get(k) for k in bucket.keys()}
+    before = upload_first(bucket, src, "c.raw", pattern(9 * MIB + 2, seed=35))
     src.write_bytes(pattern(40 * MIB, seed=36))
     proxy = slow_parts(bucket, delay=1.0)
     try:
