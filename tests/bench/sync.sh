@@ -13,7 +13,8 @@
 # the S3 server uses PORT..PORT+4), BENCH_CACHE (where the test image and its
 # .xz are kept between runs; default /tmp/imgstore-bench-cache), XZ_THREADS
 # (threads used to compress the test image, default 2: multi-block .xz like
-# xz 5.4 -T makes; 1 gives one block).
+# xz 5.4 -T makes; 1 gives one block), BENCH_SYNC_ARGS (extra labctl sync
+# options, e.g. "--xz-threads 2").
 #
 # The image is made of real files (a tar of /usr/lib and /usr/share) and
 # zeros, like a disk image: that decides how fast xz decompresses.
@@ -144,7 +145,7 @@ P
 	write_manifest "$r"
 	settle
 	t0=$(now)
-	(cd "$WORK/repo" && /usr/bin/time -f '%M %U %S' -o "$WORK/time.out" "$LABCTL" images sync --ca-bundle "$CA" >"$WORK/sync.out")
+	(cd "$WORK/repo" && /usr/bin/time -f '%M %U %S' -o "$WORK/time.out" "$LABCTL" images sync --ca-bundle "$CA" ${BENCH_SYNC_ARGS:-} >"$WORK/sync.out")
 	t1=$(now)
 	l=$(calc "$t1 - $t0")
 	read -r m lu ls < <(tail -n1 "$WORK/time.out")
