@@ -633,8 +633,9 @@ static void *file_worker_main(void *arg)
 	return NULL;
 }
 
-/* Stop the workers at the first failure (of theirs, a read here, a signal)
- * and wait for every one of them. */
+/* The first failure (a worker's, a read here, a signal) stops the other
+ * workers: they take no further part, and their requests in flight end
+ * (pipeline_send_file then waits for them). */
 static void fail_file(struct pipeline *p, const struct err *e)
 {
 	set_failed(p, e);

@@ -65,6 +65,9 @@ printf 'machine 127.0.0.1 login %s password %s\n' "$E2_ACCESS_KEY" "$E2_SECRET_K
 umask 022
 
 now() { date +%s.%N; }
+# curl -T: the file in one signed PUT with an unsigned body; add the URL
+CURL_PUT=(curl -sS -f -o /dev/null --aws-sigv4 "aws:amz:${E2_REGION}:s3" --netrc-file "$NETRC"
+	-H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -T "$FILE")
 # flush what the previous contender left dirty (its files, the server's objects)
 # so that its writeback does not land in the next one's time
 settle() {
@@ -90,9 +93,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	settle
 	s0=$(server_cpu)
 	t0=$(now)
-	/usr/bin/time -f '%U %S' -o "$BENCH_DIR/curl.time" curl -sS -f -o /dev/null --aws-sigv4 "aws:amz:${E2_REGION}:s3" --netrc-file "$NETRC" \
-		-H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -T "$FILE" \
-		"$E2_ENDPOINT/$E2_BUCKET/curl/image-$r.raw"
+	/usr/bin/time -f '%U %S' -o "$BENCH_DIR/curl.time" "${CURL_PUT[@]}" "$E2_ENDPOINT/$E2_BUCKET/curl/image-$r.raw"
 	t1=$(now)
 	s1=$(server_cpu)
 	settle
@@ -127,9 +128,7 @@ if [ "$WAN_RATE" != 0 ]; then
 	[ "$ready" = READY ] || { echo "upload.sh: the delay proxy did not start" >&2; exit 1; }
 	settle
 	t0=$(now)
-	curl -sS -f -o /dev/null --aws-sigv4 "aws:amz:${E2_REGION}:s3" --netrc-file "$NETRC" \
-		-H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -T "$FILE" \
-		"http://127.0.0.1:$wport/$E2_BUCKET/curl/image-wan.raw"
+	"${CURL_PUT[@]}" "http://127.0.0.1:$wport/$E2_BUCKET/curl/image-wan.raw"
 	t1=$(now)
 	settle
 	t2=$(now)
