@@ -572,10 +572,10 @@ uint64_t pipeline_bytes(const struct pipeline *p)
  * a segment and a line of the manifest: so without --part-size, as few as
  * keep every worker busy to the end (a multiple of the workers, each at most
  * FILE_PART_MAX, at least PIPELINE_PART_SIZE); with it, that size. */
-static void plan_file_parts(struct pipeline *p, uint64_t size, size_t explicit_part)
+static void plan_file_parts(struct pipeline *p)
 {
-	uint64_t part;
-	if (explicit_part) {
+	uint64_t size = p->file_size, part;
+	if (p->part_opt) {
 		part = p->base_part;
 	} else {
 		uint64_t n = (size + FILE_PART_MAX - 1) / FILE_PART_MAX;
@@ -693,22 +693,57 @@ out:
 	return rc;
 }
 
+/* Wait until the started workers have ended, a signal meanwhile stopping
+ * them too, with progress from the bytes they sent. */
+static void wait_file_workers(struct pipeline *p, int started, void (*progress)(void *, uint64_t),
+                              void *ud)
+{
+	for (;;) {
+		struct timespec ts;
+		uint64_t sent;
+		int done;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 200 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_mutex_lock(&p->mu);
+		if (p->file_exited < started)
+			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		done = p->file_exited >= started;
+		pthread_mutex_unlock(&p->mu);
+		if (done)
+			return;
+		if (interrupted() && !p->abort_flag) {
+			struct err ie = {0};
+			check_interrupt(&ie);
+			fail_file(p, &ie);
+		}
+		sent = atomic_load_explicit(&p->sent, memory_order_relaxed);
+		if (progress)
+			progress(ud, sent < p->file_size ? sent : p->file_size);
+	}
+}
+
 int pipeline_send_file(struct pipeline *p, int fd, void (*progress)(void *, uint64_t), void *ud,
                        struct err *e)
 {
 	struct stat before, after;
 	double t0 = time_mono();
-	int started = 0, rc = -1;
+	int started = 0;
 
 	if (p->bytes || p->upload_id || p->cur)
 		return err_set(e, ERR_IO, "%s: pipeline_send_file after pipeline_write", p->key);
 	if (fstat(fd, &before))
 		return err_errno(e, "fstat");
+	if (before.st_size <= 0) /* no parts to cut: pipeline_write() stores it */
+		return err_set(e, ERR_INVALID, "%s: pipeline_send_file of an empty file", p->key);
 	p->file_fd = fd;
 	p->file_size = (uint64_t)before.st_size;
-	plan_file_parts(p, p->file_size, p->part_opt);
+	plan_file_parts(p);
 	p->parts = calloc(p->file_nparts, sizeof(*p->parts));
-	p->hashes = malloc(nblocks(p->file_size) * 32 + 1);
+	p->hashes = malloc(nblocks(p->file_size) * 32 + 1); /* + 1: never malloc(0) */
 	if (!p->parts || !p->hashes)
 		return err_set(e, ERR_IO, "out of memory");
 	p->parts_cap = p->file_nparts;
@@ -734,54 +769,24 @@ int pipeline_send_file(struct pipeline *p, int fd, void (*progress)(void *, uint
 	if (started == p->nworkers && hash_file(p, progress, ud, e))
 		fail_file(p, e);
 	p->t_hash = time_mono() - t0;
-	/* the workers: a signal now stops them too */
-	pthread_mutex_lock(&p->mu);
-	while (p->file_exited < started) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 200 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
-		if (interrupted() && !p->abort_flag) {
-			pthread_mutex_unlock(&p->mu);
-			struct err ie = {0};
-			check_interrupt(&ie);
-			fail_file(p, &ie);
-			pthread_mutex_lock(&p->mu);
-		}
-		if (progress) {
-			uint64_t sent = atomic_load_explicit(&p->sent, memory_order_relaxed);
-			pthread_mutex_unlock(&p->mu);
-			progress(ud, sent < p->file_size ? sent : p->file_size);
-			pthread_mutex_lock(&p->mu);
-		}
-	}
-	pthread_mutex_unlock(&p->mu);
+	wait_file_workers(p, started, progress, ud);
 	for (int i = 0; i < started; i++)
 		pthread_join(p->workers[i], NULL);
 	if (get_failure(p, e))
-		goto out;
-	if (fstat(fd, &after)) {
-		err_errno(e, "fstat");
-		goto out;
-	}
+		return -1;
+	if (fstat(fd, &after))
+		return err_errno(e, "fstat");
 	/* the workers and this thread each read the file once: the record
 	 * describes what was sent only if nobody wrote to it meanwhile */
-	if (!same_file(&before, &after)) {
-		err_set(e, ERR_IO,
+	if (!same_file(&before, &after))
+		return err_set(
+		        e, ERR_IO,
 		        "the file changed while it was uploaded (size or modification time); "
 		        "nothing was stored: upload it again once it is complete");
-		goto out;
-	}
 	p->bytes = p->submitted = p->file_size;
 	p->next_part = p->file_nparts + 1;
 	p->base_part = p->file_part;
-	rc = 0;
-out:
-	return rc;
+	return 0;
 }
 
 static int verify(struct pipeline *p, const struct record *r, struct err *e)
