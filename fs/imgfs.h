@@ -130,7 +130,7 @@ struct imgfs {
 	gid_t gid;
 	time_t start_time;
 
-	pthread_rwlock_t lock; /* the tree */
+	pthread_rwlock_t lock; /* the tree; taken after pins_lock, never before */
 	struct node **by_ino, **by_path;
 	size_t cap, nnodes;
 	struct node *root, *ctl, *stats, *metrics, *bysha;
@@ -185,7 +185,10 @@ int pins_init(struct imgfs *fs, struct err *e);
  * re-read the pin file, match the tree, record the pinned blocks in the
  * cache, wake the prefetch thread when the set changed.  Under pins_lock(),
  * which the refresh takes before it changes the tree: pins_get_stats() waits
- * for both, so it never reports the old set's progress for a new version. */
+ * for both, so it never reports the old set's progress for a new version.
+ * Lock order: pins_lock, then fs->lock.  So nothing that holds fs->lock may
+ * call pins_get_stats (a stats snapshot): a refresh waiting for fs->lock as
+ * a writer while holding pins_lock would never get it. */
 void pins_update(struct imgfs *fs);
 void pins_lock(struct imgfs *fs);
 void pins_unlock(struct imgfs *fs);

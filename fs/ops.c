@@ -72,6 +72,7 @@ struct fh {
 struct dent {
 	char *name;
 	struct stat st;
+	int stats; /* enum stats_kind: st_size is still to be filled */
 };
 
 struct dh {
@@ -166,7 +167,16 @@ static char *snapshot(struct imgfs *fs, const struct node *n, size_t *len)
 
 /* ---- attributes ---- */
 
-static void fill_attr(struct imgfs *fs, const struct node *n, struct stat *st)
+/* What fill_attr leaves to the caller for a stats node: its size, which is
+ * the length of a fresh snapshot.  The snapshot takes pins_lock, and the
+ * refresh holds pins_lock while it waits for fs->lock as a writer (lock
+ * order: pins_lock, then fs->lock); so it is made after fs->lock is
+ * released (stats_size), never under it. */
+enum stats_kind { NOT_STATS, STATS_JSON, STATS_METRICS };
+
+/* n's attributes, under fs->lock; a stats node's size is left to
+ * stats_size, with the kind returned */
+static enum stats_kind fill_attr(struct imgfs *fs, const struct node *n, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
@@ -187,18 +197,28 @@ static void fill_attr(struct imgfs *fs, const struct node *n, struct stat *st)
 		st->st_blksize = IMGFS_FILE_BLKSZ;
 		st->st_blocks = (st->st_size + 511) / 512;
 		break;
-	case N_STATS: {
-		size_t len = 0;
-		char *s = snapshot(fs, n, &len);
-		free(s);
+	case N_STATS:
 		st->st_mode = S_IFREG | 0444;
 		st->st_nlink = 1;
-		st->st_size = (off_t)len;
 		st->st_blksize = 4096;
 		st->st_mtime = st->st_ctime = st->st_atime = time(NULL);
-		break;
+		return n == fs->metrics ? STATS_METRICS : STATS_JSON;
 	}
-	}
+	return NOT_STATS;
+}
+
+/* The size of a stats node, with fs->lock not held (see stats_kind) */
+static void stats_size(struct imgfs *fs, enum stats_kind k, struct stat *st)
+{
+	size_t len = 0;
+	char *s = NULL;
+	if (k == STATS_METRICS)
+		s = imgfs_metrics_text(fs, &len);
+	else if (k == STATS_JSON)
+		s = imgfs_stats_json(fs, &len);
+	free(s);
+	if (k != NOT_STATS)
+		st->st_size = (off_t)len;
 }
 
 static double attr_ttl(const struct node *n)
@@ -206,14 +226,15 @@ static double attr_ttl(const struct node *n)
 	return n->kind == N_STATS ? 0.0 : IMGFS_TTL;
 }
 
-static void fill_entry(struct imgfs *fs, const struct node *n, struct fuse_entry_param *e)
+static enum stats_kind fill_entry(struct imgfs *fs, const struct node *n,
+                                  struct fuse_entry_param *e)
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = n->ino;
 	e->generation = 1;
-	fill_attr(fs, n, &e->attr);
 	e->attr_timeout = attr_ttl(n);
 	e->entry_timeout = IMGFS_TTL;
+	return fill_attr(fs, n, &e->attr);
 }
 
 /* ---- lifecycle ---- */
@@ -258,6 +279,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct imgfs *fs = FS(req);
 	struct fuse_entry_param e;
 	struct node *p, *n;
+	enum stats_kind sk = NOT_STATS;
 	int err = 0;
 
 	pthread_rwlock_rdlock(&fs->lock);
@@ -265,16 +287,18 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (!p || !p->live)
 		err = ENOENT;
 	else if (!strcmp(name, "."))
-		fill_entry(fs, p, &e); /* any kind: an NFS file handle of a forgotten inode */
+		sk = fill_entry(fs, p, &e); /* any kind: an NFS file handle of a forgotten inode */
 	else if (p->kind != N_DIR)
 		err = ENOTDIR;
 	else if (!strcmp(name, ".."))
-		fill_entry(fs, p->parent ? p->parent : p, &e); /* reconnecting a directory handle */
+		sk = fill_entry(fs, p->parent ? p->parent : p, &e); /* reconnecting a dir handle */
 	else if (!(n = tree_child(p, name)))
 		err = ENOENT;
 	else
-		fill_entry(fs, n, &e);
+		sk = fill_entry(fs, n, &e);
 	pthread_rwlock_unlock(&fs->lock);
+	if (!err)
+		stats_size(fs, sk, &e.attr);
 	if (err)
 		fuse_reply_err(req, err);
 	else
@@ -300,15 +324,18 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct imgfs *fs = FS(req);
 	struct stat st;
 	struct node *n;
+	enum stats_kind sk = NOT_STATS;
 	double ttl = 0;
 	(void)fi;
 	pthread_rwlock_rdlock(&fs->lock);
 	n = tree_by_ino(fs, ino);
 	if (n) {
-		fill_attr(fs, n, &st);
+		sk = fill_attr(fs, n, &st);
 		ttl = attr_ttl(n);
 	}
 	pthread_rwlock_unlock(&fs->lock);
+	if (n)
+		stats_size(fs, sk, &st);
 	if (!n)
 		fuse_reply_err(req, ENOENT);
 	else
@@ -617,7 +644,7 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 
 /* ---- directories ---- */
 
-static int dh_add(struct dh *d, size_t *cap, const char *name, const struct stat *st)
+static int dh_add(struct dh *d, size_t *cap, const char *name, const struct stat *st, int stats)
 {
 	if (d->n == *cap) {
 		size_t nc = *cap ? *cap * 2 : 16;
@@ -630,6 +657,7 @@ static int dh_add(struct dh *d, size_t *cap, const char *name, const struct stat
 	if (!(d->v[d->n].name = strdup(name)))
 		return -1;
 	d->v[d->n].st = *st;
+	d->v[d->n].stats = stats;
 	d->n++;
 	return 0;
 }
@@ -664,18 +692,20 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	} else if (n->kind != N_DIR) {
 		err = ENOTDIR;
 	} else {
-		fill_attr(fs, n, &st);
-		err = dh_add(d, &cap, ".", &st) ? ENOMEM : 0;
+		int sk = fill_attr(fs, n, &st);
+		err = dh_add(d, &cap, ".", &st, sk) ? ENOMEM : 0;
 		if (!err) {
-			fill_attr(fs, n->parent ? n->parent : n, &st);
-			err = dh_add(d, &cap, "..", &st) ? ENOMEM : 0;
+			sk = fill_attr(fs, n->parent ? n->parent : n, &st);
+			err = dh_add(d, &cap, "..", &st, sk) ? ENOMEM : 0;
 		}
 		for (size_t i = 0; !err && i < n->nkids; i++) {
-			fill_attr(fs, n->kids[i], &st);
-			err = dh_add(d, &cap, n->kids[i]->name, &st) ? ENOMEM : 0;
+			sk = fill_attr(fs, n->kids[i], &st);
+			err = dh_add(d, &cap, n->kids[i]->name, &st, sk) ? ENOMEM : 0;
 		}
 	}
 	pthread_rwlock_unlock(&fs->lock);
+	for (size_t i = 0; !err && i < d->n; i++)
+		stats_size(fs, (enum stats_kind)d->v[i].stats, &d->v[i].st);
 	if (err) {
 		dh_free(d);
 		fuse_reply_err(req, err);

@@ -17,6 +17,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
+import hangwatch
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("IMGSTORE_BUILD", ROOT / "build")).resolve()
 TEST_DATA = ROOT / "tests" / "data"
@@ -91,6 +93,18 @@ def s3server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def hang_watch(request, tmp_path_factory):
+    """A test that hangs fails with the stacks of imgfs and labctl instead of
+    holding the run up (hangwatch.py)."""
+    watch = hangwatch.Watch(request.node.nodeid, tmp_path_factory.getbasetemp())
+    yield
+    watch.stop()
+    if watch.hung:
+        pytest.fail(f"hung for {hangwatch.limit_s():.0f} s (IMGSTORE_TEST_HANG_S); "
+                    "the stacks are in the run's stderr")
 
 
 def pytest_collection_modifyitems(items):

@@ -9,6 +9,7 @@ new version costs only its changed blocks.
 import errno
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -135,6 +136,58 @@ def test_pin_file_reread_on_sighup(bucket, tmp_path, imgfs):
     wait_for(lambda: "keeping the pins it had" in m.logtext(), what="the warning")
     assert xattr(m.path / "dir/b.raw", "pinned") == "1"
     assert m.stats()["pinned_images"] == 1
+
+
+# stats, metrics and the listing of .imgstore, from three threads, for the
+# given seconds: each stat asks imgfs for the attributes (a stats node's
+# are never cached), and its size is the length of a fresh snapshot
+STAT_LOOP = """
+import os, sys, threading, time
+ctl, end = sys.argv[1], time.monotonic() + float(sys.argv[2])
+def loop(f):
+    while time.monotonic() < end:
+        f()
+threads = [threading.Thread(target=loop, args=(f,)) for f in (
+    lambda: os.stat(ctl + "/stats"),
+    lambda: os.stat(ctl + "/metrics"),
+    lambda: [os.stat(ctl + "/" + n) for n in os.listdir(ctl)])]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_stats_during_refreshes_never_deadlock(bucket, tmp_path, imgfs):
+    """A refresh holds the pins' lock while it waits for the tree's lock as a
+    writer; a stat of a stats file used to hold the tree's lock while it
+    asked for the pins' one (the size of a snapshot). The two at once hung
+    the mount for good (seen in CI). Here stats are taken without a pause
+    while refreshes follow one another."""
+    upload(bucket, tmp_path, "a.raw", pattern(2 * MiB, 6))
+    m = imgfs(extra=["--pin", "a.raw", "--refresh", "0"])
+    wait_whole(m)
+    before = m.stats()["refreshes"]
+    ctl = m.path / ".imgstore"
+    loop = subprocess.Popen([sys.executable, "-c", STAT_LOOP, ctl, "5"])
+    deadline = time.monotonic() + 35
+    while loop.poll() is None and time.monotonic() < deadline:
+        m.sighup()
+        time.sleep(0.002)
+    # a request that imgfs has read and never answers keeps its caller in
+    # the kernel, unkillable, until the mount's process is gone
+    probe = subprocess.Popen(["stat", ctl / "stats"], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while loop.poll() is not None and probe.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if loop.poll() is None or probe.poll() is None:
+        m.kill9()
+        for p in (loop, probe):
+            p.kill()
+            p.wait()
+        pytest.fail("the mount stopped answering while it refreshed:\n" + m.logtext())
+    assert (loop.returncode, probe.returncode) == (0, 0)
+    assert m.stats()["refreshes"] > before + 10
 
 
 def test_new_version_fetches_only_changed_blocks(bucket, s3server, tmp_path, imgfs):
