@@ -58,6 +58,9 @@ HZ=$(getconf CLK_TCK)
 calc() { awk "BEGIN { printf \"%.3f\", ($1) }"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 cpu_s() { awk -v hz="$HZ" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
+# user CPU alone: what imgfs's own code costs, without the kernel's copies,
+# which vary most from run to run on a shared host
+user_s() { awk -v hz="$HZ" '{ sub(/.*\) /, ""); printf "%.2f", $12 / hz }' "/proc/$1/stat"; }
 wbytes() { awk '/^write_bytes/ { print $2 }' "/proc/$1/io"; }
 load() { cut -d' ' -f1 /proc/loadavg; }
 stat_of() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$MNT/.imgstore/stats" "$1"; }
@@ -88,9 +91,9 @@ for r in $(seq 1 "$ROUNDS"); do
 	f=$MNT/bench/image.raw
 	rss_mount=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	drop_caches
-	c0=$(cpu_s "$MPID") w0=$(wbytes "$MPID") l0=$(load) t0=$(date +%s.%N)
+	c0=$(cpu_s "$MPID") u0=$(user_s "$MPID") w0=$(wbytes "$MPID") l0=$(load) t0=$(date +%s.%N)
 	dd if="$f" of=/dev/null bs=1M status=none
-	t1=$(date +%s.%N) c1=$(cpu_s "$MPID") l1=$(load)
+	t1=$(date +%s.%N) c1=$(cpu_s "$MPID") u1=$(user_s "$MPID") l1=$(load)
 	wait_cache
 	c2=$(cpu_s "$MPID") w2=$(wbytes "$MPID")
 	cached=$(stat_of cache_bytes) dropped=$(stat_of cache_dropped)
@@ -112,9 +115,9 @@ for r in $(seq 1 "$ROUNDS"); do
 	fi
 	rss=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	cgib=$(calc "$cached / 1073741824")
-	printf 'round %d: cold %.1f MB/s (load %s->%s); imgfs CPU s/GiB cold %s (with the writer finishing %s), warm %s (load %s)\n' \
+	printf 'round %d: cold %.1f MB/s (load %s->%s); imgfs CPU s/GiB cold %s (user %s; with the writer finishing %s), warm %s (load %s)\n' \
 		"$r" "$(calc "$SIZE / ($t1 - $t0) / 1000000")" "$l0" "$l1" \
-		"$(calc "($c1 - $c0) / $gib")" "$(calc "($c2 - $c0) / $gib")" \
+		"$(calc "($c1 - $c0) / $gib")" "$(calc "($u1 - $u0) / $gib")" "$(calc "($c2 - $c0) / $gib")" \
 		"$(calc "($c4 - $c3) / $gib")" "$l4"
 	printf '         written to disk per cached GiB %s GiB (%s GiB cached, %s blocks dropped); peak RSS %s MiB after mounting, %s after the cold read, %s after the warm one\n' \
 		"$(calc "$cgib > 0 ? ($w2 - $w0) / 1073741824 / $cgib : 0")" "$cgib" "$dropped" "$rss_mount" "$rss_cold" "$rss"

@@ -107,6 +107,7 @@ struct fake_obj {
 	const char *path; /* "/bucket/images/a.raw" */
 	const unsigned char *data;
 	size_t size;
+	size_t cut; /* when set: no byte from this offset on is sent (the body ends early) */
 };
 
 struct fake_srv {
@@ -153,6 +154,8 @@ static void fake_answer(struct fake_srv *f, int fd)
 	         "Content-Length: %llu\r\nETag: " ETAG "\r\nConnection: close\r\n\r\n",
 	         a, b, o->size, b - a + 1);
 	(void)!write(fd, hdr, strlen(hdr));
+	if (o->cut && b >= o->cut)
+		b = o->cut > a ? o->cut - 1 : a - 1;
 	for (size_t off = a; off <= b;) {
 		ssize_t n = write(fd, o->data + off, b + 1 - off);
 		if (n <= 0)
@@ -193,6 +196,8 @@ static void fake_stop(struct fake_srv *f)
 	close(f->lfd);
 }
 
+static double fake_retry_budget_s = 5;
+
 static int open_fake_reader(struct fake_srv *f, const char *dir, uint64_t mem, struct cache **cache,
                             struct reader **r)
 {
@@ -207,7 +212,7 @@ static int open_fake_reader(struct fake_srv *f, const char *dir, uint64_t mem, s
 	cfg.bucket = strdup("bucket");
 	cfg.access_key = strdup("AK");
 	cfg.secret_key = strdup("SK");
-	cfg.retry_budget_s = 5;
+	cfg.retry_budget_s = fake_retry_budget_s;
 	s3_config_defaults(&cfg);
 	rc = cache_open(&co, cache, &e);
 	ro.s3 = &cfg;
@@ -249,10 +254,10 @@ static void test_one_key_two_lengths(void)
 		a[i] = (unsigned char)(i * 13 + 1);
 	for (size_t i = 0; i < sizeof(b); i++)
 		b[i] = (unsigned char)(i * 17 + 5);
-	f.obj[0] = (struct fake_obj){"/bucket/images/forged.raw", forged, fsize};
+	f.obj[0] = (struct fake_obj){"/bucket/images/forged.raw", forged, fsize, 0};
 	/* unverified images use 1 MiB blocks: a's block 1 is half of b's */
-	f.obj[1] = (struct fake_obj){"/bucket/images/a.raw", a, sizeof(a)};
-	f.obj[2] = (struct fake_obj){"/bucket/images/b.raw", b, sizeof(b)};
+	f.obj[1] = (struct fake_obj){"/bucket/images/a.raw", a, sizeof(a), 0};
+	f.obj[2] = (struct fake_obj){"/bucket/images/b.raw", b, sizeof(b), 0};
 	f.nobj = 3;
 	CHECK(fake_start(&f) == 0);
 	snprintf(dir, sizeof(dir), "%s/forged", tmproot);
@@ -299,6 +304,112 @@ static void test_one_key_two_lengths(void)
 	free(buf);
 }
 
+/* One GET of several blocks verifies them two at a time (the first of a
+ * pair waits for the second).  Each block still stands alone: a bad one
+ * fails by itself, whichever of its pair it is (and paired with the short
+ * tail), its partner is served and kept; a GET that ends early still
+ * publishes the block it was holding for a pair. */
+static void record_of(const unsigned char *d, size_t size, const char *name, struct record *rec)
+{
+	struct blockmap *bm = blockmap_new(HASH_SHA256, BS);
+	struct err e = {0};
+	memset(rec, 0, sizeof(*rec));
+	CHECK(bm && blockmap_update(bm, d, size, &e) == 0 && blockmap_finish(bm, rec, &e) == 0);
+	blockmap_free(bm);
+	rec->name = strdup(name);
+	snprintf(rec->etag, sizeof(rec->etag), "%s", ETAG);
+	snprintf(rec->uploaded_at, sizeof(rec->uploaded_at), "2024-12-20T10:00:00Z");
+}
+
+static void test_pairs_verified_apart(void)
+{
+	const size_t nb = 8, size = 7 * BS + 1000; /* block 7: the short tail */
+	const size_t bad[] = {1, 4, 7};
+	unsigned char *d = malloc(size), *d2 = malloc(size), *buf = malloc(size);
+	struct fake_srv f = {0};
+	struct cache *cache = NULL;
+	struct reader *r = NULL;
+	struct reader_image *img = NULL, *cut = NULL;
+	struct reader_stats rs;
+	struct record rec, rec2;
+	struct err e = {0};
+	char dir[600];
+	size_t got = 0;
+	enum err_code code;
+	int gets;
+
+	for (size_t i = 0; i < size; i++) {
+		d[i] = (unsigned char)(i * 11 + 7 + (i >> 16));
+		d2[i] = (unsigned char)(d[i] ^ 0x5a); /* other blocks, other cache keys */
+	}
+	f.obj[0] = (struct fake_obj){"/bucket/images/p.raw", d, size, 0};
+	/* the body stops inside block 1: block 0 is complete, held for a pair */
+	f.obj[1] = (struct fake_obj){"/bucket/images/cut.raw", d2, size, BS + 100};
+	f.nobj = 2;
+	CHECK(fake_start(&f) == 0);
+	snprintf(dir, sizeof(dir), "%s/pairs", tmproot);
+	fake_retry_budget_s = 1;
+	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
+	fake_retry_budget_s = 5;
+
+	record_of(d, size, "p", &rec);
+	CHECK(rec.nblocks == nb);
+	for (size_t k = 0; k < sizeof(bad) / sizeof(*bad); k++)
+		rec.hashes[bad[k]][5] ^= 0x40;
+	CHECK(reader_image_open(r, "images/p.raw", size, ETAG, &rec, &img, &e) == 0);
+	record_of(d2, size, "cut", &rec2);
+	CHECK(reader_image_open(r, "images/cut.raw", size, ETAG, &rec2, &cut, &e) == 0);
+
+	/* pairs: bad second, both good, bad first, good and the bad short tail;
+	 * a read of two blocks is one GET */
+	for (size_t i = 0; i < nb; i += 2) {
+		int want = i == 2 ? 0 : -1;
+		gets = atomic_load(&f.gets);
+		CHECK(read_all(img, NULL, i * BS, i == 6 ? size - 6 * BS : 2 * BS, buf, &got,
+		               &code) == want);
+		CHECK(want == 0 ? !memcmp(buf, d + i * BS, 2 * BS) : code == ERR_INTEGRITY);
+		CHECK(atomic_load(&f.gets) == gets + 1);
+	}
+	reader_get_stats(r, &rs);
+	CHECK(rs.verify_failures == 3);
+	/* the good ones were verified and kept: no GET for them */
+	gets = atomic_load(&f.gets);
+	for (size_t i = 0; i < nb; i++) {
+		uint64_t off = (uint64_t)i * BS;
+		size_t len = i == nb - 1 ? size - off : BS;
+		int is_bad = i == 1 || i == 4 || i == 7;
+		if (is_bad) {
+			CHECK(read_all(img, NULL, off, len, buf, &got, &code) == -1 &&
+			      code == ERR_INTEGRITY);
+			continue;
+		}
+		CHECK(read_all(img, NULL, off, len, buf, &got, NULL) == 0 && got == len);
+		CHECK(!memcmp(buf, d + off, len));
+	}
+	CHECK(atomic_load(&f.gets) == gets + 3); /* one GET again for each bad block */
+
+	/* the GET of blocks 0.. ends inside block 1: the read fails, block 0 is
+	 * served from memory afterwards, verified */
+	CHECK(read_all(cut, NULL, 0, 4 * BS, buf, &got, &code) == -1 && code != ERR_INTEGRITY);
+	gets = atomic_load(&f.gets);
+	CHECK(read_all(cut, NULL, 0, BS, buf, &got, NULL) == 0 && got == BS);
+	CHECK(!memcmp(buf, d2, BS));
+	CHECK(atomic_load(&f.gets) == gets);
+	reader_get_stats(r, &rs);
+	CHECK(rs.verify_failures == 6); /* the three, and each once more */
+
+	reader_image_unref(img);
+	reader_image_unref(cut);
+	reader_free(r);
+	cache_close(cache);
+	fake_stop(&f);
+	record_free(&rec);
+	record_free(&rec2);
+	free(d);
+	free(d2);
+	free(buf);
+}
+
 /* The memory budget is hard: 24 readers of distinct 1 MiB blocks with an
  * 8 MiB budget never hold more than 8 MiB of block buffers, and all get
  * their bytes (they wait for room instead). */
@@ -340,7 +451,7 @@ static void test_memory_budget(void)
 
 	for (size_t i = 0; i < size; i++)
 		d[i] = (unsigned char)(i * 31 + (i >> 20));
-	f.obj[0] = (struct fake_obj){"/bucket/images/m.raw", d, size};
+	f.obj[0] = (struct fake_obj){"/bucket/images/m.raw", d, size, 0};
 	f.nobj = 1;
 	CHECK(fake_start(&f) == 0);
 	snprintf(dir, sizeof(dir), "%s/membudget", tmproot);
@@ -437,7 +548,7 @@ static void test_altered_cache(void)
 	CHECK(alter_cached(dir, rec.hashes[1], 100) == 0);
 	CHECK(alter_cached(dir, rec.hashes[2], 40000) == 0);
 
-	f.obj[0] = (struct fake_obj){"/bucket/images/c.raw", d, size};
+	f.obj[0] = (struct fake_obj){"/bucket/images/c.raw", d, size, 0};
 	f.nobj = 1;
 	CHECK(fake_start(&f) == 0);
 	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
@@ -563,8 +674,8 @@ static void test_read_iov(void)
 	struct err e = {0};
 	char dir[600];
 
-	f.obj[0] = (struct fake_obj){"/bucket/images/iov.raw", data, SIZE};
-	f.obj[1] = (struct fake_obj){"/bucket/images/bad.raw", data, SIZE};
+	f.obj[0] = (struct fake_obj){"/bucket/images/iov.raw", data, SIZE, 0};
+	f.obj[1] = (struct fake_obj){"/bucket/images/bad.raw", data, SIZE, 0};
 	f.nobj = 2;
 	CHECK(fake_start(&f) == 0);
 	snprintf(dir, sizeof(dir), "%s/iov", tmproot);
@@ -672,7 +783,7 @@ static void test_read_iov_lent(void)
 	rec.name = strdup("lent");
 	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
 	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
-	f.obj[0] = (struct fake_obj){"/bucket/images/lent.raw", big, LSIZE};
+	f.obj[0] = (struct fake_obj){"/bucket/images/lent.raw", big, LSIZE, 0};
 	f.nobj = 1;
 	CHECK(fake_start(&f) == 0);
 	snprintf(dir, sizeof(dir), "%s/lent", tmproot);
@@ -882,6 +993,7 @@ int main(void)
 	}
 
 	test_one_key_two_lengths();
+	test_pairs_verified_apart();
 	test_memory_budget();
 	test_altered_cache();
 	test_read_iov();
