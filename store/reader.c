@@ -590,8 +590,8 @@ static void publish_one(struct sink_ctx *c, size_t k)
 	publish_fetched(c, k, got);
 }
 
-/* Blocks a and b (a before b), hashed in one pass; the shorter one (the
- * image's last block) is done first, the rest of the other after. */
+/* Blocks a and b (a before b), hashed in one pass as far as both go; b may
+ * be the image's short last block, and the rest of a is hashed alone. */
 static void publish_pair(struct sink_ctx *c, size_t a, size_t b)
 {
 	const struct bent *ea = c->ents[a], *eb = c->ents[b];
