@@ -69,10 +69,17 @@ struct fh {
 	size_t len;
 };
 
+/* What fill_attr leaves to the caller for a stats node: its size, which is
+ * the length of a fresh snapshot.  The snapshot takes pins_lock, and the
+ * refresh holds pins_lock while it waits for fs->lock as a writer (lock
+ * order: pins_lock, then fs->lock); so it is made after fs->lock is
+ * released (stats_size), never under it. */
+enum stats_kind { NOT_STATS, STATS_JSON, STATS_METRICS };
+
 struct dent {
 	char *name;
 	struct stat st;
-	int stats; /* enum stats_kind: st_size is still to be filled */
+	enum stats_kind stats; /* st_size is still to be filled */
 };
 
 struct dh {
@@ -166,13 +173,6 @@ static char *snapshot(struct imgfs *fs, const struct node *n, size_t *len)
 }
 
 /* ---- attributes ---- */
-
-/* What fill_attr leaves to the caller for a stats node: its size, which is
- * the length of a fresh snapshot.  The snapshot takes pins_lock, and the
- * refresh holds pins_lock while it waits for fs->lock as a writer (lock
- * order: pins_lock, then fs->lock); so it is made after fs->lock is
- * released (stats_size), never under it. */
-enum stats_kind { NOT_STATS, STATS_JSON, STATS_METRICS };
 
 /* n's attributes, under fs->lock; a stats node's size is left to
  * stats_size, with the kind returned */
@@ -644,7 +644,8 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 
 /* ---- directories ---- */
 
-static int dh_add(struct dh *d, size_t *cap, const char *name, const struct stat *st, int stats)
+static int dh_add(struct dh *d, size_t *cap, const char *name, const struct stat *st,
+                  enum stats_kind stats)
 {
 	if (d->n == *cap) {
 		size_t nc = *cap ? *cap * 2 : 16;
@@ -692,7 +693,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	} else if (n->kind != N_DIR) {
 		err = ENOTDIR;
 	} else {
-		int sk = fill_attr(fs, n, &st);
+		enum stats_kind sk = fill_attr(fs, n, &st);
 		err = dh_add(d, &cap, ".", &st, sk) ? ENOMEM : 0;
 		if (!err) {
 			sk = fill_attr(fs, n->parent ? n->parent : n, &st);
@@ -705,7 +706,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	pthread_rwlock_unlock(&fs->lock);
 	for (size_t i = 0; !err && i < d->n; i++)
-		stats_size(fs, (enum stats_kind)d->v[i].stats, &d->v[i].st);
+		stats_size(fs, d->v[i].stats, &d->v[i].st);
 	if (err) {
 		dh_free(d);
 		fuse_reply_err(req, err);

@@ -475,13 +475,7 @@ static int nap_until(struct pins *p, unsigned gen, double until)
 		struct timespec ts;
 		if (interrupted_locked(p, gen) || left <= 0)
 			break;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += (time_t)left;
-		ts.tv_nsec += (long)((left - (double)(time_t)left) * 1e9);
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		time_deadline(CLOCK_MONOTONIC, left, &ts);
 		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
 	}
 	r = interrupted_locked(p, gen);

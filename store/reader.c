@@ -204,17 +204,6 @@ static int block_is_zero(const struct reader_image *img, size_t i)
 	return img->verified && img->zero[i];
 }
 
-static void abs_deadline(struct timespec *ts, double seconds)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += (time_t)seconds;
-	ts->tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
 static void add_s3_delta(struct reader *r, const struct s3_stats *before, struct s3 *s)
 {
 	struct s3_stats after;
@@ -1460,7 +1449,7 @@ static int collect(struct reader_image *img, struct slot *sl, int keep, struct e
 	struct timespec dl;
 	int rc = 0, waited = 0;
 
-	abs_deadline(&dl, r->wait_limit_s);
+	time_deadline(CLOCK_MONOTONIC, r->wait_limit_s, &dl);
 	pthread_mutex_lock(&r->mu);
 	while (b->state == B_LOADING) {
 		waited = 1;
@@ -1644,7 +1633,7 @@ static int read_impl(struct reader_image *img, struct reader_stream *st, uint64_
 	out.len = len;
 	if (n > STACK_SLOTS && !(slots = calloc(n, sizeof(*slots))))
 		return err_set(e, ERR_IO, "out of memory");
-	abs_deadline(&dl, r->wait_limit_s);
+	time_deadline(CLOCK_MONOTONIC, r->wait_limit_s, &dl);
 
 	while (done < n) {
 		int room = 1;

@@ -702,12 +702,7 @@ static void wait_file_workers(struct pipeline *p, int started, void (*progress)(
 		struct timespec ts;
 		uint64_t sent;
 		int done;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 200 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		time_deadline(CLOCK_REALTIME, 0.2, &ts);
 		pthread_mutex_lock(&p->mu);
 		if (p->file_exited < started)
 			pthread_cond_timedwait(&p->cv, &p->mu, &ts);

@@ -9,7 +9,9 @@
 # Environment: IMGSTORE_BUILD (default ./build), BENCH_PORT (default 23600;
 # uses PORT..PORT+4), BENCH_RUNTIME (fio seconds, default 10), BENCH_DIR
 # (work dir, default a fresh /tmp dir, removed afterwards), IMGFS_OPTS (extra
-# imgfs flags).  Needs root (drop_caches).
+# imgfs flags), BENCH_PERF (a path: `perf record -g` of imgfs during each
+# cold read into PATH.ROUND, for `perf report -i PATH.1 --no-children --sort
+# dso`).  Needs root (drop_caches).
 #
 # Each round mounts a fresh imgfs with an empty cache, reads the object with
 # dd bs=1M (no page cache), waits until the cache writer is done, drops the
@@ -57,10 +59,12 @@ SIZE=$((SIZE_MIB * 1048576))
 HZ=$(getconf CLK_TCK)
 calc() { awk "BEGIN { printf \"%.3f\", ($1) }"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-cpu_s() { awk -v hz="$HZ" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
-# user CPU alone: what imgfs's own code costs, without the kernel's copies,
-# which vary most from run to run on a shared host
-user_s() { awk -v hz="$HZ" '{ sub(/.*\) /, ""); printf "%.2f", $12 / hz }' "/proc/$1/stat"; }
+# CPU seconds of process $1, user + system; with "user" as $2, user alone:
+# what imgfs's own code costs, without the kernel's copies, which vary most
+# from run to run on a shared host
+cpu_s() {
+	awk -v hz="$HZ" -v user="${2:-}" '{ sub(/.*\) /, ""); printf "%.2f", (user ? $12 : $12 + $13) / hz }' "/proc/$1/stat"
+}
 wbytes() { awk '/^write_bytes/ { print $2 }' "/proc/$1/io"; }
 load() { cut -d' ' -f1 /proc/loadavg; }
 stat_of() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$MNT/.imgstore/stats" "$1"; }
@@ -91,9 +95,19 @@ for r in $(seq 1 "$ROUNDS"); do
 	f=$MNT/bench/image.raw
 	rss_mount=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	drop_caches
-	c0=$(cpu_s "$MPID") u0=$(user_s "$MPID") w0=$(wbytes "$MPID") l0=$(load) t0=$(date +%s.%N)
+	perf_pid=
+	if [ -n "${BENCH_PERF:-}" ]; then
+		perf record -q -F 2000 -g -p "$MPID" -o "$BENCH_PERF.$r" 2>/dev/null &
+		perf_pid=$!
+		sleep 1 # perf attaches to every thread
+	fi
+	c0=$(cpu_s "$MPID") u0=$(cpu_s "$MPID" user) w0=$(wbytes "$MPID") l0=$(load) t0=$(date +%s.%N)
 	dd if="$f" of=/dev/null bs=1M status=none
-	t1=$(date +%s.%N) c1=$(cpu_s "$MPID") u1=$(user_s "$MPID") l1=$(load)
+	t1=$(date +%s.%N) c1=$(cpu_s "$MPID") u1=$(cpu_s "$MPID" user) l1=$(load)
+	if [ -n "$perf_pid" ]; then
+		kill -INT "$perf_pid"
+		wait "$perf_pid" || true
+	fi
 	wait_cache
 	c2=$(cpu_s "$MPID") w2=$(wbytes "$MPID")
 	cached=$(stat_of cache_bytes) dropped=$(stat_of cache_dropped)

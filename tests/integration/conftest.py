@@ -104,7 +104,7 @@ def hang_watch(request, tmp_path_factory):
     watch.stop()
     if watch.hung:
         pytest.fail(f"hung for {hangwatch.limit_s():.0f} s (IMGSTORE_TEST_HANG_S); "
-                    "the stacks are in the run's stderr")
+                    "the stacks are in its captured stderr")
 
 
 def pytest_collection_modifyitems(items):

@@ -1,6 +1,6 @@
 """A watchdog for one test at a time: a test still running after its limit
 is taken as hung. Then the thread stacks of every imgfs and labctl process
-go to stderr, and the FUSE connections of the mounts under the session's
+go to stderr (shown with the failing test), and the FUSE connections of the mounts under the session's
 temporary directory are aborted: a request that imgfs read and never
 answers keeps its caller in the kernel, unkillable, until then. The hung
 call then fails with ENOTCONN, the test fails with what was dumped, and the
@@ -21,8 +21,8 @@ def limit_s():
 
 
 def say(text):
-    # pytest captures sys.stderr per test; the run's own stderr is not
-    print(text, file=sys.__stderr__, flush=True)
+    # pytest's capture takes this in too: it shows with the failing test
+    print(text, file=sys.stderr, flush=True)
 
 
 def parent(pid):
@@ -54,27 +54,33 @@ def our_processes():
     return out
 
 
-def stacks(pid):
-    """The process's thread stacks: gdb when it can attach, else the kernel's
-    view of each thread (a traced process, strace's, refuses a second
-    tracer)."""
-    try:
-        r = subprocess.run(["gdb", "-batch", "-nx", "-p", str(pid), "-ex", "thread apply all bt"],
-                           capture_output=True, text=True, timeout=60)
-        if "Thread" in r.stdout:
-            return r.stdout
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+def kernel_view(pid):
+    """Where each thread waits, as the kernel sees it: it cannot hang, and it
+    works on a process that strace already traces (gdb cannot attach)."""
     lines = []
     for t in sorted(Path(f"/proc/{pid}/task").glob("*")):
-        try:
-            comm = (t / "comm").read_text().strip()
-            wchan = (t / "wchan").read_text().strip()
-            syscall = (t / "syscall").read_text().split()[0]
-        except (OSError, IndexError):
-            continue
-        lines.append(f"  thread {t.name} ({comm}): wchan {wchan}, syscall {syscall}")
+        def read(name):
+            try:
+                return (t / name).read_text().strip()
+            except OSError as e:
+                return f"({e.strerror})"
+        lines.append(f"  thread {t.name} ({read('comm')}): wchan {read('wchan')}, "
+                     f"syscall {read('syscall').split(' ')[0]}")
     return "\n".join(lines)
+
+
+def stacks(pid):
+    """The kernel's view of each thread, then gdb's stacks when it can
+    attach within 20 s."""
+    out = kernel_view(pid)
+    try:
+        r = subprocess.run(["gdb", "-batch", "-nx", "-p", str(pid), "-ex", "thread apply all bt"],
+                           capture_output=True, text=True, timeout=20)
+        if "Thread" in r.stdout:
+            out += "\n" + r.stdout
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return out
 
 
 def fuse_mounts_under(top):

@@ -52,18 +52,23 @@ static void make_data(void)
 	memset(data + 2 * BS, 0, BS); /* block 2: all zeros */
 }
 
+/* The record of the size bytes at d, in blocks of bs, for object ETAG */
+static void record_of(const unsigned char *d, size_t size, uint32_t bs, const char *name,
+                      struct record *rec)
+{
+	struct blockmap *bm = blockmap_new(HASH_SHA256, bs);
+	struct err e = {0};
+	memset(rec, 0, sizeof(*rec));
+	CHECK(bm && blockmap_update(bm, d, size, &e) == 0 && blockmap_finish(bm, rec, &e) == 0);
+	blockmap_free(bm);
+	rec->name = strdup(name);
+	snprintf(rec->etag, sizeof(rec->etag), "%s", ETAG);
+	snprintf(rec->uploaded_at, sizeof(rec->uploaded_at), "2024-12-20T10:00:00Z");
+}
+
 static void make_record(struct record *r)
 {
-	struct blockmap *b = blockmap_new(HASH_SHA256, BS);
-	struct err e = {0};
-	memset(r, 0, sizeof(*r));
-	CHECK(b != NULL);
-	CHECK(blockmap_update(b, data, SIZE, &e) == 0);
-	CHECK(blockmap_finish(b, r, &e) == 0);
-	blockmap_free(b);
-	r->name = strdup("test");
-	snprintf(r->etag, sizeof(r->etag), "%s", ETAG);
-	snprintf(r->uploaded_at, sizeof(r->uploaded_at), "2024-12-20T10:00:00Z");
+	record_of(data, SIZE, BS, "test", r);
 	CHECK(r->nblocks == NBLK);
 }
 
@@ -242,7 +247,6 @@ static void test_one_key_two_lengths(void)
 	struct reader *r = NULL;
 	struct reader_image *img = NULL, *ua = NULL, *ub = NULL;
 	struct record rec;
-	struct blockmap *bm = blockmap_new(HASH_SHA256, BS);
 	struct err e = {0};
 	char dir[600];
 	size_t got = 0;
@@ -263,12 +267,7 @@ static void test_one_key_two_lengths(void)
 	snprintf(dir, sizeof(dir), "%s/forged", tmproot);
 	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
 
-	memset(&rec, 0, sizeof(rec));
-	CHECK(blockmap_update(bm, forged, fsize, &e) == 0 && blockmap_finish(bm, &rec, &e) == 0);
-	blockmap_free(bm);
-	rec.name = strdup("forged");
-	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
-	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
+	record_of(forged, fsize, BS, "forged", &rec);
 	memcpy(rec.hashes[0], rec.hashes[2], 32); /* block 0 claims the tail's hash */
 	CHECK(reader_image_open(r, "images/forged.raw", fsize, ETAG, &rec, &img, &e) == 0);
 
@@ -309,18 +308,6 @@ static void test_one_key_two_lengths(void)
  * fails by itself, whichever of its pair it is (and paired with the short
  * tail), its partner is served and kept; a GET that ends early still
  * publishes the block it was holding for a pair. */
-static void record_of(const unsigned char *d, size_t size, const char *name, struct record *rec)
-{
-	struct blockmap *bm = blockmap_new(HASH_SHA256, BS);
-	struct err e = {0};
-	memset(rec, 0, sizeof(*rec));
-	CHECK(bm && blockmap_update(bm, d, size, &e) == 0 && blockmap_finish(bm, rec, &e) == 0);
-	blockmap_free(bm);
-	rec->name = strdup(name);
-	snprintf(rec->etag, sizeof(rec->etag), "%s", ETAG);
-	snprintf(rec->uploaded_at, sizeof(rec->uploaded_at), "2024-12-20T10:00:00Z");
-}
-
 static void test_pairs_verified_apart(void)
 {
 	const size_t nb = 8, size = 7 * BS + 1000; /* block 7: the short tail */
@@ -352,12 +339,12 @@ static void test_pairs_verified_apart(void)
 	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
 	fake_retry_budget_s = 5;
 
-	record_of(d, size, "p", &rec);
+	record_of(d, size, BS, "p", &rec);
 	CHECK(rec.nblocks == nb);
 	for (size_t k = 0; k < sizeof(bad) / sizeof(*bad); k++)
 		rec.hashes[bad[k]][5] ^= 0x40;
 	CHECK(reader_image_open(r, "images/p.raw", size, ETAG, &rec, &img, &e) == 0);
-	record_of(d2, size, "cut", &rec2);
+	record_of(d2, size, BS, "cut", &rec2);
 	CHECK(reader_image_open(r, "images/cut.raw", size, ETAG, &rec2, &cut, &e) == 0);
 
 	/* pairs: bad second, both good, bad first, good and the bad short tail;
@@ -441,8 +428,7 @@ static void test_memory_budget(void)
 	struct reader *r = NULL;
 	struct reader_image *img = NULL;
 	struct reader_stats rs;
-	struct record rec = {0};
-	struct blockmap *bm = blockmap_new(HASH_SHA256, (uint32_t)bs);
+	struct record rec;
 	struct err e = {0};
 	pthread_t th[MB_BLOCKS];
 	struct mb_arg a[MB_BLOCKS];
@@ -456,11 +442,7 @@ static void test_memory_budget(void)
 	CHECK(fake_start(&f) == 0);
 	snprintf(dir, sizeof(dir), "%s/membudget", tmproot);
 	CHECK(open_fake_reader(&f, dir, 8u << 20, &cache, &r) == 0);
-	CHECK(blockmap_update(bm, d, size, &e) == 0 && blockmap_finish(bm, &rec, &e) == 0);
-	blockmap_free(bm);
-	rec.name = strdup("m");
-	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
-	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
+	record_of(d, size, (uint32_t)bs, "m", &rec);
 	CHECK(reader_image_open(r, "images/m.raw", size, ETAG, &rec, &img, &e) == 0);
 	for (size_t i = 0; i < MB_BLOCKS; i++) {
 		a[i] = (struct mb_arg){img, d, i, 0};
@@ -524,8 +506,7 @@ static void test_altered_cache(void)
 	struct cache_stats cs;
 	struct reader *r = NULL;
 	struct reader_image *img = NULL;
-	struct record rec = {0};
-	struct blockmap *bm = blockmap_new(HASH_SHA256, BS);
+	struct record rec;
 	struct err e = {0};
 	char dir[600];
 	size_t got = 0;
@@ -533,11 +514,7 @@ static void test_altered_cache(void)
 
 	for (size_t i = 0; i < size; i++)
 		d[i] = (unsigned char)(i * 11 + 7 + (i >> 16));
-	CHECK(blockmap_update(bm, d, size, &e) == 0 && blockmap_finish(bm, &rec, &e) == 0);
-	blockmap_free(bm);
-	rec.name = strdup("c");
-	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
-	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
+	record_of(d, size, BS, "c", &rec);
 	snprintf(dir, sizeof(dir), "%s/altered", tmproot);
 	co.dir = dir;
 	co.limit_bytes = 64u << 20;
@@ -763,26 +740,19 @@ static void test_read_iov_lent(void)
 	struct lent_arg args[5];
 	pthread_t th[5];
 	struct record rec;
-	struct blockmap *bm = blockmap_new(HASH_SHA256, LBS);
 	struct err e = {0};
 	unsigned char *big = malloc(LSIZE);
 	char dir[600];
 	size_t got;
 
-	CHECK(big != NULL && bm != NULL);
+	CHECK(big != NULL);
 	for (size_t i = 0, x = 88172645463325252u; i < LSIZE; i++) { /* xorshift: no repeats */
 		x ^= x << 13;
 		x ^= x >> 7;
 		x ^= x << 17;
 		big[i] = (unsigned char)(x >> 32);
 	}
-	memset(&rec, 0, sizeof(rec));
-	CHECK(blockmap_update(bm, big, LSIZE, &e) == 0);
-	CHECK(blockmap_finish(bm, &rec, &e) == 0);
-	blockmap_free(bm);
-	rec.name = strdup("lent");
-	snprintf(rec.etag, sizeof(rec.etag), "%s", ETAG);
-	snprintf(rec.uploaded_at, sizeof(rec.uploaded_at), "2024-12-20T10:00:00Z");
+	record_of(big, LSIZE, LBS, "lent", &rec);
 	f.obj[0] = (struct fake_obj){"/bucket/images/lent.raw", big, LSIZE, 0};
 	f.nobj = 1;
 	CHECK(fake_start(&f) == 0);
