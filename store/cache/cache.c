@@ -30,7 +30,11 @@
  * Writes: cache_put() copies the block into a bounded in-memory queue; one
  * writer thread takes everything queued (up to a batch cap) and stores it in
  * one transaction, evicting least-recently-used rows first so that freed
- * pages are reused and the file stays near the limit.  `bytes` and the clock
+ * pages are reused and the file stays near the limit.  A cache of 32
+ * batches or more (128 MiB at the default batch) also evicts a batch ahead
+ * at the end of each transaction, so that the next one finds pages that
+ * were free before it began: SQLite journals the old content of a page it
+ * frees and reuses in one transaction (evict_ahead).  `bytes` and the clock
  * are read and written inside that transaction, so they stay exact (also
  * with several processes sharing the directory).  A block row and its idx row
  * commit together or not at all, so a crash or power cut can lose recent
@@ -39,7 +43,8 @@
  * Why not WAL: it writes every byte twice (the WAL, then the checkpoint).  A
  * rollback journal holds only the old content of pages a transaction
  * changes that existed before it, and SQLite journals neither pages appended
- * to the file nor free pages it reuses: so the block bytes are written once,
+ * to the file nor pages that were free when the transaction began: so the
+ * block bytes are written once,
  * and the journal takes the index pages (tests/bench/cold.sh: 2.15 -> 1.28
  * bytes written per byte cached, imgfs 3.5 -> 2.5-2.8 CPU s per cold GiB).
  * synchronous=FULL: the journal is on disk before the file is changed, so a
@@ -53,8 +58,9 @@
  * bounded by what the files are made of:
  *   cache.db      pages in use (blocks with their page overhead, the index,
  *                 the listing and records in meta: all counted) <= target,
- *                 evicted by that measure too, plus at most KEEP_FREE_PAGES
- *                 free pages (incremental vacuum gives back the rest)
+ *                 evicted by that measure too, plus at most keep_free
+ *                 free pages (KEEP_FREE_PAGES, and the pages of a batch
+ *                 evicted ahead; incremental vacuum gives back the rest)
  *   cache.db-journal  empty between transactions; during one, the old
  *                 content of the index pages it changes (and of pages that
  *                 incremental vacuum moves): bounded by `journal`
@@ -128,6 +134,11 @@
 #define BUSY_TIMEOUT_MS  5000
 #define FULL_BACKOFF_S   30.0
 #define ERROR_BACKOFF_S  2.0
+
+/* A cache of at least this many batches evicts a batch ahead (evict_ahead
+ * in struct cache). */
+#define AHEAD_MIN_BATCHES 32
+
 /* Page cache per connection.  The writer's is small on purpose (with
  * 32 MiB, WAL inserts ran at 130 MB/s instead of 350, tests/bench/README.md):
  * it holds a batch only until its COMMIT (no spill, see the top), then
@@ -200,6 +211,18 @@ struct cache {
 	uint64_t batch_bytes; /* per transaction */
 	uint64_t target;      /* bytes of database pages in use (see the top) */
 	uint64_t journal;     /* bound on the rollback journal (journal_size_limit) */
+	/* Bytes a transaction evicts beyond its own needs, for the next one.
+	 * SQLite journals the old content of a page that a transaction frees
+	 * and then reuses (a rollback must bring the deleted row back), but not
+	 * of a page that was already free when it began.  A full cache that
+	 * evicted only as much as each insert needed wrote every block twice,
+	 * once to the journal (tests/bench/cold.sh with BENCH_FULL_CACHE=1:
+	 * 2.4 bytes written per byte cached, against 1.25 while the cache
+	 * grows).  Evicting a batch ahead leaves the next batch free pages from
+	 * an earlier transaction.  0 for small caches, where a batch is a large
+	 * share of the limit. */
+	uint64_t evict_ahead;
+	long long keep_free; /* free pages maybe_vacuum leaves for the next batch */
 
 	/* writer connection: used by cache_open, then only by the writer thread */
 	sqlite3 *wdb;
@@ -578,7 +601,7 @@ static int prepare_writer(struct cache *c)
 	P(touch, "UPDATE idx SET atime = ?2 WHERE key = ?1");
 	/* pinned keys are never evicted: the scan in atime order steps over
 	 * them (one primary-key probe each) */
-	P(oldest, "SELECT key, id, len FROM idx WHERE NOT EXISTS (SELECT 1 FROM pins WHERE "
+	P(oldest, "SELECT key, id, len, atime FROM idx WHERE NOT EXISTS (SELECT 1 FROM pins WHERE "
 	          "pins.key = idx.key) ORDER BY atime LIMIT 1");
 	P(del_block, "DELETE FROM blocks WHERE id = ?1");
 	P(del_idx, "DELETE FROM idx WHERE key = ?1");
@@ -853,13 +876,16 @@ static int used_bytes(struct cache *c, uint64_t *out)
  * and a share of a leaf: counted as need + one page).  Pinned rows are not
  * candidates: when only they are left, *blocked is set and the caller does
  * not insert (pins that do not fit leave the cache full, not over its
- * bound). */
-static int evict(struct cache *c, struct batch *b, uint64_t need, int *blocked)
+ * bound).  With a floor (not 0), rows whose LRU clock is floor or later
+ * stay even then: evicting ahead never takes the rows its own transaction
+ * stored or read (in a cache that pins nearly fill, it would store and drop
+ * every block). */
+static int evict(struct cache *c, struct batch *b, uint64_t need, uint64_t floor, int *blocked)
 {
 	*blocked = 0;
 	for (;;) {
 		unsigned char key[CACHE_KEY_LEN];
-		sqlite3_int64 id, len;
+		sqlite3_int64 id, len, atime;
 		uint64_t used = 0;
 		int rc = used_bytes(c, &used);
 		if (rc != SQLITE_OK)
@@ -890,7 +916,10 @@ static int evict(struct cache *c, struct batch *b, uint64_t need, int *blocked)
 		memcpy(key, sqlite3_column_blob(c->w.oldest, 0), CACHE_KEY_LEN);
 		id = sqlite3_column_int64(c->w.oldest, 1);
 		len = sqlite3_column_int64(c->w.oldest, 2);
+		atime = sqlite3_column_int64(c->w.oldest, 3);
 		sqlite3_reset(c->w.oldest);
+		if (floor && atime >= (sqlite3_int64)floor)
+			break;
 		rc = delete_row(c, key, id);
 		if (rc != SQLITE_OK)
 			return rc;
@@ -933,15 +962,15 @@ static int maybe_vacuum(struct cache *c)
 	char sql[64];
 	int rc;
 	long long nfree = pragma_step(c->w.freelist, &rc);
-	if (rc != SQLITE_OK || nfree <= KEEP_FREE_PAGES)
+	if (rc != SQLITE_OK || nfree <= c->keep_free)
 		return rc;
-	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%lld)", nfree - KEEP_FREE_PAGES);
+	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%lld)", nfree - c->keep_free);
 	return exec(c->wdb, sql);
 }
 
 static int run_batch(struct cache *c, struct batch *b)
 {
-	uint64_t clock;
+	uint64_t clock, clock0;
 	sqlite3_int64 id = 0, len = 0;
 	int rc, f, blocked;
 
@@ -955,7 +984,7 @@ static int run_batch(struct cache *c, struct batch *b)
 		goto fail;
 	}
 	b->bytes = (uint64_t)sqlite3_column_int64(c->w.state_get, 0);
-	clock = (uint64_t)sqlite3_column_int64(c->w.state_get, 1);
+	clock = clock0 = (uint64_t)sqlite3_column_int64(c->w.state_get, 1);
 	sqlite3_reset(c->w.state_get);
 
 	for (size_t i = 0; i < b->ndel; i++) {
@@ -996,7 +1025,7 @@ static int run_batch(struct cache *c, struct batch *b)
 			b->dropped++;
 			continue;
 		}
-		if ((rc = evict(c, b, q->len, &blocked)) != SQLITE_OK)
+		if ((rc = evict(c, b, q->len, 0, &blocked)) != SQLITE_OK)
 			goto fail;
 		if (blocked && b->bytes + q->len > c->limit) {
 			b->dropped++; /* the rest is pinned */
@@ -1016,8 +1045,11 @@ static int run_batch(struct cache *c, struct batch *b)
 		b->bytes += q->len;
 		b->inserts++;
 	}
-	/* The limit may have been lowered since the last run. */
-	if ((rc = evict(c, b, 0, &blocked)) != SQLITE_OK)
+	/* The limit may have been lowered since the last run; and room for the
+	 * next batch (see evict_ahead), from rows older than this one. */
+	if ((rc = evict(c, b, 0, 0, &blocked)) != SQLITE_OK)
+		goto fail;
+	if (c->evict_ahead && (rc = evict(c, b, c->evict_ahead, clock0 + 1, &blocked)) != SQLITE_OK)
 		goto fail;
 	if ((rc = maybe_vacuum(c)) != SQLITE_OK)
 		goto fail;
@@ -1365,7 +1397,11 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	tx = c->limit < TX_MAX_BLOCK ? c->limit : TX_MAX_BLOCK;
 	if (tx < c->batch_bytes)
 		tx = c->batch_bytes;
-	reserve = jl + tx + TX_INDEX_BYTES + KEEP_FREE_PAGES * CACHE_PAGE_SIZE + (1u << 20);
+	c->evict_ahead = c->limit >= AHEAD_MIN_BATCHES * c->batch_bytes ? c->batch_bytes : 0;
+	/* the pages evict_ahead frees, and those of one block's leaf share */
+	c->keep_free = KEEP_FREE_PAGES + (long long)(c->evict_ahead / CACHE_PAGE_SIZE) +
+	               (c->evict_ahead ? 2 : 0);
+	reserve = jl + tx + TX_INDEX_BYTES + (uint64_t)c->keep_free * CACHE_PAGE_SIZE + (1u << 20);
 	c->target = c->limit + DISK_SLACK > reserve ? c->limit + DISK_SLACK - reserve : 0;
 	c->dir = strdup(o->dir);
 	c->path = path_join(o->dir, CACHE_DB_NAME);
@@ -1414,7 +1450,7 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 		goto fail;
 	}
 	c->writer_started = 1;
-	if (c->bytes > c->limit || used > c->target || nfree > KEEP_FREE_PAGES) {
+	if (c->bytes > c->limit || used > c->target || nfree > c->keep_free) {
 		/* a lower limit than last time */
 		pthread_mutex_lock(&c->mu);
 		c->need_evict = 1;

@@ -435,6 +435,112 @@ static void test_file_bound(size_t bs, uint64_t limit, size_t meta)
 	CHECK(file_size(dir, "cache.db") <= limit / 2 + 2 * MIB);
 }
 
+/* Bytes this process has had written (its page-cache writes included);
+ * 0 when the kernel does not say. */
+static uint64_t written_bytes(void)
+{
+	FILE *f = fopen("/proc/self/io", "r");
+	char line[128];
+	unsigned long long v = 0;
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "write_bytes: %llu", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+/* Whole block i * 7 (i * 7 % 7 != 3) into c; every 4 blocks, a flush, the
+ * directory's size noted in *maxsize. */
+static size_t put_paced(struct cache *c, uint64_t i, unsigned char key[32], const char *dir,
+                        uint64_t *maxsize)
+{
+	size_t n = put_block(c, i * 7, MIB, key);
+	uint64_t sz;
+	if (i % 4 == 3) {
+		cache_flush(c);
+		if ((sz = dir_bytes(dir)) > *maxsize)
+			*maxsize = sz;
+	}
+	return n;
+}
+
+/* A full cache writes an inserted block about once: each batch takes pages
+ * that an earlier transaction freed (evict_ahead), which SQLite does not
+ * journal, instead of pages that its own evictions free, whose old content
+ * it must journal first (then every block was written twice). */
+static void test_full_cache_writes_once(void)
+{
+	const char *dir = new_dir("full");
+	const uint64_t limit = 128 * MIB, more = 48;
+	struct cache *c = open_cache(dir, limit);
+	struct cache_stats st;
+	unsigned char key[32];
+	uint64_t i, g0, g1, w0, w1, growing = 0, inserted = 0, maxsize = 0;
+	double full, grow;
+
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	/* Fill it, then insert as much again: the same pattern of puts and
+	 * flushes (a full queue drops) in both, so that the bytes written per
+	 * byte inserted compare the two phases and nothing else (with small
+	 * batches, each commit's index pages add about as much again). */
+	for (i = 0; i < limit / MIB / 2; i++)
+		put_paced(c, i, key, dir, &maxsize);
+	g0 = written_bytes();
+	for (uint64_t k = 0; k < more; k++, i++)
+		growing += put_paced(c, i, key, dir, &maxsize);
+	g1 = written_bytes();
+	for (; i < limit / MIB + 8; i++)
+		put_paced(c, i, key, dir, &maxsize);
+	w0 = written_bytes();
+	for (uint64_t k = 0; k < more; k++, i++)
+		inserted += put_paced(c, i, key, dir, &maxsize);
+	w1 = written_bytes();
+	cache_get_stats(c, &st);
+	CHECK(st.dropped == 0);
+	CHECK(st.bytes <= limit);
+	CHECK(st.bytes >= limit * 3 / 4); /* the room is still used */
+	CHECK(st.evictions >= more);
+	CHECK(maxsize <= limit + 8 * MIB);
+	CHECK(check_block(c, (i - 1) * 7, MIB) == 1);
+	CHECK(check_block(c, 0, MIB) == 0);
+	grow = (double)(g1 - g0) / growing;
+	full = (double)(w1 - w0) / inserted;
+	printf("  full cache: bytes written per byte inserted %.2f while it grew, %.2f once full "
+	       "(%llu MiB each); %.1f MiB of blocks kept, directory at most %.1f MiB\n",
+	       grow, full, (unsigned long long)(inserted / MIB), st.bytes / (double)MIB,
+	       maxsize / (double)MIB);
+	if (g1 > g0) /* 0: writes not counted here (tmpfs) */
+		CHECK(full < grow + 0.5);
+
+	/* Pin every block it holds: evicting ahead must not take the block a
+	 * transaction has just stored, the only row it could take. */
+	unsigned char(*keys)[CACHE_KEY_LEN] = malloc(i * CACHE_KEY_LEN);
+	size_t npin = 0;
+	struct err e = {0};
+	for (uint64_t k = 0; k < i; k++)
+		if (check_block(c, k * 7, MIB) == 1) {
+			size_t n = block_len(k * 7, MIB);
+			unsigned char *p = malloc(n);
+			block_fill(k * 7, p, n);
+			block_key(p, n, keys[npin++]);
+			free(p);
+		}
+	CHECK(cache_pins_set(c, "test", (const unsigned char(*)[CACHE_KEY_LEN])keys, npin, &e) ==
+	      0);
+	free(keys);
+	for (int k = 0; k < 3; k++, i++) {
+		put_block(c, i * 7, MIB, key);
+		cache_flush(c);
+		CHECK(check_block(c, i * 7, MIB) == 1);
+	}
+	cache_close(c);
+	CHECK(dir_bytes(dir) <= limit + 8 * MIB);
+}
+
 static void test_corrupt(void)
 {
 	const char *dir = new_dir("corrupt");
@@ -998,6 +1104,7 @@ int main(void)
 	test_file_bound(64 * KIB, 8 * MIB, 0);
 	test_file_bound(1 * MIB, 8 * MIB, 3 * MIB);
 	test_file_bound(1 * MIB, 48 * MIB, 0);
+	test_full_cache_writes_once();
 	test_corrupt();
 	test_concurrent();
 	test_disk_full();
