@@ -11,7 +11,20 @@
 # (work dir, default a fresh /tmp dir, removed afterwards), IMGFS_OPTS (extra
 # imgfs flags), BENCH_PERF (a path: `perf record -g` of imgfs during each
 # cold read into PATH.ROUND, for `perf report -i PATH.1 --no-children --sort
-# dso`).  Needs root (drop_caches).
+# dso`), BENCH_FULL_CACHE=1 (the measured read goes into a full cache: a
+# second object of SIZE_MIB is read first, with --cache-size SIZE_MIB M, so
+# that the measured read evicts it and reuses its pages).  Needs root
+# (drop_caches).
+#
+# Two figures per round do not depend on how busy the host is: the block
+# device's write requests and cache flushes per cached GiB (from
+# /sys/dev/block/DEV/stat of the disk under the cache: the whole device, so
+# run it on an otherwise idle machine).  And a reference in the same run: the
+# CPU seconds of `dd oflag=dsync bs=4M` writing as many bytes as imgfs wrote,
+# on the cache's file system (one flush per 4 MiB, as a disk cache that
+# commits every 4 MiB must pay at least), because on this kind of VM the
+# kernel's share of any write, imgfs's or dd's, varies several-fold from run
+# to run (tests/bench/README.md, "What a CPU second is on this VM").
 #
 # Each round mounts a fresh imgfs with an empty cache, reads the object with
 # dd bs=1M (no page cache), waits until the cache writer is done, drops the
@@ -66,6 +79,27 @@ cpu_s() {
 	awk -v hz="$HZ" -v user="${2:-}" '{ sub(/.*\) /, ""); printf "%.2f", (user ? $12 : $12 + $13) / hz }' "/proc/$1/stat"
 }
 wbytes() { awk '/^write_bytes/ { print $2 }' "/proc/$1/io"; }
+# "write requests, sectors written, flushes" of the device under $BENCH_DIR
+# (flushes: "-" when the kernel does not count them for it)
+DEVSTAT=/sys/dev/block/$(stat -c '%Hd:%Ld' "$BENCH_DIR")/stat
+devio() { awk '{ print $5, $7, (NF >= 17 ? $16 : "-") }' "$DEVSTAT" 2>/dev/null || echo "- - -"; }
+# "requests MiB flushes" per cached GiB between two devio readings
+devio_per_gib() {
+	awk -v a="$1" -v b="$2" -v g="$3" 'BEGIN {
+		split(a, x, " "); split(b, y, " ")
+		if (x[1] == "-" || g <= 0) { print "- - -"; exit }
+		printf "%.0f %.0f %s\n", (y[1] - x[1]) / g, (y[2] - x[2]) / 2048 / g,
+			(x[3] == "-" ? "-" : sprintf("%.0f", (y[3] - x[3]) / g)) }'
+}
+# CPU seconds (user + system) of dd writing $1 bytes into $2 in 4 MiB
+# synchronous writes: this run's price of the disk writes alone
+ref_write_cpu() {
+	/usr/bin/time -f '%U %S' -o "$BENCH_DIR/ref.time" \
+		dd if=/dev/zero of="$2" bs=4M count=$((($1 + 4194303) / 4194304)) oflag=dsync status=none
+	rm -f "$2"
+	awk '{ printf "%.2f", $1 + $2 }' "$BENCH_DIR/ref.time"
+}
+BEST_COLD="" BEST_USER=""
 load() { cut -d' ' -f1 /proc/loadavg; }
 stat_of() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$MNT/.imgstore/stats" "$1"; }
 wait_cache() {
@@ -81,18 +115,31 @@ wait_cache() {
 echo "cold.sh: uploading a ${SIZE_MIB} MiB object of random bytes"
 head -c "$SIZE" /dev/urandom >"$BENCH_DIR/image.raw"
 "$LABCTL" images upload --source "$BENCH_DIR/image.raw" --destination bench/image.raw >/dev/null
+if [ "${BENCH_FULL_CACHE:-0}" = 1 ]; then
+	head -c "$SIZE" /dev/urandom >"$BENCH_DIR/image.raw"
+	"$LABCTL" images upload --source "$BENCH_DIR/image.raw" --destination bench/filler.raw >/dev/null
+fi
 rm -f "$BENCH_DIR/image.raw"
 gib=$(calc "$SIZE / 1073741824")
 
 for r in $(seq 1 "$ROUNDS"); do
 	rm -rf "$BENCH_DIR/cache"
 	mkdir -p "$MNT"
+	full=
+	[ "${BENCH_FULL_CACHE:-0}" = 1 ] && full="--cache-size ${SIZE_MIB}M"
 	# shellcheck disable=SC2086
-	"$IMGFS" -f --cache-dir "$BENCH_DIR/cache" ${IMGFS_OPTS:-} "$MNT" >"$BENCH_DIR/imgfs.log" 2>&1 &
+	"$IMGFS" -f --cache-dir "$BENCH_DIR/cache" $full ${IMGFS_OPTS:-} "$MNT" >"$BENCH_DIR/imgfs.log" 2>&1 &
 	MPID=$!
 	for _ in $(seq 1 300); do mountpoint -q "$MNT" && break; sleep 0.1; done
 	mountpoint -q "$MNT" || { cat "$BENCH_DIR/imgfs.log" >&2; exit 1; }
 	f=$MNT/bench/image.raw
+	if [ -n "$full" ]; then
+		# fill the cache with the other object: the measured read then
+		# evicts its blocks and reuses their pages, as a cache that has
+		# been in use for a while does
+		dd if="$MNT/bench/filler.raw" of=/dev/null bs=1M status=none
+		wait_cache
+	fi
 	rss_mount=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	drop_caches
 	perf_pid=
@@ -101,7 +148,7 @@ for r in $(seq 1 "$ROUNDS"); do
 		perf_pid=$!
 		sleep 1 # perf attaches to every thread
 	fi
-	c0=$(cpu_s "$MPID") u0=$(cpu_s "$MPID" user) w0=$(wbytes "$MPID") l0=$(load) t0=$(date +%s.%N)
+	c0=$(cpu_s "$MPID") u0=$(cpu_s "$MPID" user) w0=$(wbytes "$MPID") d0=$(devio) l0=$(load) t0=$(date +%s.%N)
 	dd if="$f" of=/dev/null bs=1M status=none
 	t1=$(date +%s.%N) c1=$(cpu_s "$MPID") u1=$(cpu_s "$MPID" user) l1=$(load)
 	if [ -n "$perf_pid" ]; then
@@ -109,7 +156,7 @@ for r in $(seq 1 "$ROUNDS"); do
 		wait "$perf_pid" || true
 	fi
 	wait_cache
-	c2=$(cpu_s "$MPID") w2=$(wbytes "$MPID")
+	c2=$(cpu_s "$MPID") w2=$(wbytes "$MPID") d2=$(devio)
 	cached=$(stat_of cache_bytes) dropped=$(stat_of cache_dropped)
 	rss_cold=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	drop_caches
@@ -129,14 +176,26 @@ for r in $(seq 1 "$ROUNDS"); do
 	fi
 	rss=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	cgib=$(calc "$cached / 1073741824")
+	read -r dreq dmib dflush <<<"$(devio_per_gib "$d0" "$d2" "$cgib")"
+	ref_bytes=$((w2 - w0))
+	ref_cpu=$(ref_write_cpu "$ref_bytes" "$BENCH_DIR/reference-write")
+	cold=$(calc "($c1 - $c0) / $gib") user=$(calc "($u1 - $u0) / $gib")
+	if [ -z "$BEST_COLD" ] || awk "BEGIN { exit !($cold < $BEST_COLD) }"; then
+		BEST_COLD=$cold BEST_USER=$user
+	fi
 	printf 'round %d: cold %.1f MB/s (load %s->%s); imgfs CPU s/GiB cold %s (user %s; with the writer finishing %s), warm %s (load %s)\n' \
 		"$r" "$(calc "$SIZE / ($t1 - $t0) / 1000000")" "$l0" "$l1" \
-		"$(calc "($c1 - $c0) / $gib")" "$(calc "($u1 - $u0) / $gib")" "$(calc "($c2 - $c0) / $gib")" \
+		"$cold" "$user" "$(calc "($c2 - $c0) / $gib")" \
 		"$(calc "($c4 - $c3) / $gib")" "$l4"
 	printf '         written to disk per cached GiB %s GiB (%s GiB cached, %s blocks dropped); peak RSS %s MiB after mounting, %s after the cold read, %s after the warm one\n' \
 		"$(calc "$cgib > 0 ? ($w2 - $w0) / 1073741824 / $cgib : 0")" "$cgib" "$dropped" "$rss_mount" "$rss_cold" "$rss"
+	printf '         disk per cached GiB: %s write requests, %s MiB, %s flushes; reference dd of the same %s MiB in 4 MiB dsync writes: %s CPU s (imgfs cold with the writer %s)\n' \
+		"$dreq" "$dmib" "$dflush" "$((ref_bytes / 1048576))" "$ref_cpu" "$(calc "$c2 - $c0")"
 	[ -n "$rand" ] && echo "         $rand"
 	fusermount3 -u "$MNT"
 	wait "$MPID" || true
 	MPID=
 done
+if [ "$ROUNDS" -gt 1 ]; then
+	printf 'best of %d rounds: imgfs CPU s/GiB cold %s (user %s)\n' "$ROUNDS" "$BEST_COLD" "$BEST_USER"
+fi

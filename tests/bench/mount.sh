@@ -25,6 +25,15 @@
 #          (for imgfs also the mount itself, which lists the bucket and reads
 #          the checksum records, from the record index that `labctl images
 #          index` writes after the upload: it is done before the mount appears)
+#   CPU    per GiB of the cold read (until the mount's cache is written) and
+#          of the warm one: utime + stime of the mount's process.  And the
+#          machine's: every core's busy time from /proc/stat less the S3
+#          server's processes, from the cold read until `sync` returns, so
+#          that the kernel's writeback of the mount's cache counts whichever
+#          thread does it (imgfs commits with fdatasync, and the flush is
+#          charged to it; s3fs and rclone leave it to the kernel's flusher
+#          threads); the reading dd and the kernel's side of FUSE are in it
+#          for every mount alike
 #   RSS    peak resident memory of the mount's process over all of the above
 #   WAN    imgfs cold sequential read against one curl GET, both through
 #          tests/integration/vmkit/delayproxy.py modelling a long-haul path
@@ -229,10 +238,19 @@ wait_imgfs_cache() { # MNT
 	done
 }
 
-declare -A COLD WARM RAND LS MOUNT RSS CPU_COLD CPU_WARM
+declare -A COLD WARM RAND LS MOUNT RSS CPU_COLD CPU_WARM CPU_MACHINE
 # CPU seconds (utime + stime) of a process and its threads so far
 HZ=$(getconf CLK_TCK)
 cpu_s() { awk -v hz="$HZ" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
+# busy seconds of all cores so far (user, nice, system, irq, softirq)
+machine_s() { awk -v hz="$HZ" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
+# CPU seconds so far of the S3 server: the process groups local-s3.sh recorded
+server_s() {
+	local groups
+	groups=" $(awk '{ printf "%s ", $2 }' "$S3DIR/etc/pids")"
+	awk -v hz="$HZ" -v g="$groups" '{ sub(/^.*\) /, ""); if (index(g, " " $3 " ")) s += $12 + $13 }
+		END { printf "%.2f", s / hz }' /proc/[0-9]*/stat 2>/dev/null
+}
 for tool in imgfs $PEERS; do
 	mnt=$BENCH_DIR/mnt-$tool
 	echo "mount.sh: $tool"
@@ -241,16 +259,19 @@ for tool in imgfs $PEERS; do
 	path=$mnt/$KEY
 	[ "$tool" = imgfs ] && path=$mnt/bench/image.raw
 	drop_caches
-	c0=$(cpu_s "$pid")
+	c0=$(cpu_s "$pid") m0=$(machine_s) s0=$(server_s)
 	COLD[$tool]=$(read_rate "$path")
 	[ "$tool" = imgfs ] && wait_imgfs_cache "$mnt"
 	c1=$(cpu_s "$pid")
+	sync
+	m1=$(machine_s) s1=$(server_s)
+	CPU_MACHINE[$tool]=$(calc "(($m1 - $m0) - ($s1 - $s0)) * 1024 / $SIZE_MIB")
 	drop_caches
 	WARM[$tool]=$(read_rate "$path")
 	c2=$(cpu_s "$pid")
 	CPU_COLD[$tool]=$(calc "($c1 - $c0) * 1024 / $SIZE_MIB")
 	CPU_WARM[$tool]=$(calc "($c2 - $c1) * 1024 / $SIZE_MIB")
-	echo "  CPU s per GiB: cold $(printf %.2f "${CPU_COLD[$tool]}") (until its cache is written), warm $(printf %.2f "${CPU_WARM[$tool]}")"
+	echo "  CPU s per GiB: cold $(printf %.2f "${CPU_COLD[$tool]}") (until its cache is written), warm $(printf %.2f "${CPU_WARM[$tool]}"); machine less the S3 server, cold until sync: $(printf %.2f "${CPU_MACHINE[$tool]}")"
 	drop_caches
 	RAND[$tool]=$(fio_iops "$path")
 	echo "  cold ${COLD[$tool]} MB/s, warm ${WARM[$tool]} MB/s, rand ${RAND[$tool]} IOPS"
@@ -368,6 +389,12 @@ row "  of which first ls -la (s)" - LS "" "" ""
 row "mount CPU s per cold GiB" - CPU_COLD "$(printf 'imgfs %.2f s' "${CPU_COLD[imgfs]}")" \
 	"<= 1.5" "$(verdict "${CPU_COLD[imgfs]} <= 1.5")"
 row "mount CPU s per warm GiB" - CPU_WARM "" "" ""
+if [[ " $PEERS " == *" s3fs "* ]]; then
+	row "machine CPU s per cold GiB, no server" - CPU_MACHINE \
+		"$(printf 'imgfs/s3fs %.2f' "$(calc "${CPU_MACHINE[imgfs]} / ${CPU_MACHINE[s3fs]}")")" "" ""
+else
+	row "machine CPU s per cold GiB, no server" - CPU_MACHINE "" "" ""
+fi
 row "peak RSS (MiB)" - RSS "$(printf 'imgfs %d MiB' "${RSS[imgfs]}")" "< 64" \
 	"$(verdict "${RSS[imgfs]} < 64")"
 if [ -n "$WAN_IMGFS" ]; then

@@ -623,16 +623,19 @@ def deb(tmp_path_factory):
     the script's output (lintian's included)."""
     out = tmp_path_factory.mktemp("deb")
     env = dict(clean_env(), DEB_BUILD_OPTIONS="nocheck parallel=2")
+    # dpkg-buildpackage writes its results next to the source tree: what
+    # lies beside the checkout before the build is not the build's doing
+    beside = set(ROOT.parent.glob("imgstore_*"))
     p = run([ROOT / "deploy" / "build-deb.sh", out], env=env, timeout=1800)
     assert p.returncode == 0, p.stdout + p.stderr
     debs = sorted(out.glob("imgstore_*.deb"))
     assert len(debs) == 1, os.listdir(out)
-    return debs[0], p
+    return debs[0], p, sorted(set(ROOT.parent.glob("imgstore_*")) - beside)
 
 
 @pytest.mark.slow
 def test_debian_package_contents(deb):
-    path, build = deb
+    path, build, _ = deb
     listing = run(["dpkg-deb", "--contents", path], check=0).stdout.splitlines()
     files = sorted(line.split()[-1] for line in listing if not line.startswith("d"))
     assert files == [
@@ -673,7 +676,7 @@ def test_debian_package_contents(deb):
 
 @pytest.mark.slow
 def test_debian_package_installs_on_this_host_as_apt_would(deb):
-    path, _ = deb
+    path, _, _ = deb
     p = run(["apt-get", "install", "--simulate", "--no-install-recommends", path],
             env=dict(clean_env(), DEBIAN_FRONTEND="noninteractive"))
     assert p.returncode == 0, p.stdout + p.stderr
@@ -683,8 +686,10 @@ def test_debian_package_installs_on_this_host_as_apt_would(deb):
 @pytest.mark.slow
 def test_building_the_package_leaves_the_checkout_as_it_was(deb):
     """build-deb.sh builds in a copy: no debian/.debhelper, debian/imgstore,
-    obj-* directory or debian/files appears in the checkout."""
+    obj-* directory or debian/files appears in the checkout, and no
+    imgstore_* file beside it."""
     for leftover in ("debian/.debhelper", "debian/imgstore", "debian/files",
                      "debian/debhelper-build-stamp", "debian/imgstore.substvars"):
         assert not (ROOT / leftover).exists(), leftover
-    assert not list(ROOT.glob("obj-*")) and not list(ROOT.parent.glob("imgstore_*.deb"))
+    assert not list(ROOT.glob("obj-*"))
+    assert deb[2] == []
