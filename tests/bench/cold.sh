@@ -13,11 +13,11 @@
 # cold read into PATH.ROUND, for `perf report -i PATH.1 --no-children --sort
 # dso`), BENCH_FULL_CACHE=1 (the measured read goes into a full cache: a
 # second object of SIZE_MIB is read first, with --cache-size SIZE_MIB M, so
-# that the measured read evicts it and reuses its pages).  Needs root
-# (drop_caches).
+# that the measured read evicts it and reuses its pages; "after mounting"
+# is then after that fill).  Needs root (drop_caches).
 #
-# Two figures per round do not depend on how busy the host is: the block
-# device's write requests and cache flushes per cached GiB (from
+# Counts that do not depend on how busy the host is: the block device's
+# write requests and cache flushes per cached GiB (from
 # /sys/dev/block/DEV/stat of the disk under the cache: the whole device, so
 # run it on an otherwise idle machine).  And a reference in the same run: the
 # CPU seconds of `dd oflag=dsync bs=4M` writing as many bytes as imgfs wrote,
@@ -189,7 +189,7 @@ for r in $(seq 1 "$ROUNDS"); do
 		"$(calc "($c4 - $c3) / $gib")" "$l4"
 	printf '         written to disk per cached GiB %s GiB (%s GiB cached, %s blocks dropped); peak RSS %s MiB after mounting, %s after the cold read, %s after the warm one\n' \
 		"$(calc "$cgib > 0 ? ($w2 - $w0) / 1073741824 / $cgib : 0")" "$cgib" "$dropped" "$rss_mount" "$rss_cold" "$rss"
-	printf '         disk per cached GiB: %s write requests, %s MiB, %s flushes; reference dd of the same %s MiB in 4 MiB dsync writes: %s CPU s (imgfs cold with the writer %s)\n' \
+	printf '         disk per cached GiB: %s write requests, %s MiB, %s flushes; reference dd of the same %s MiB in 4 MiB dsync writes: %s CPU s (imgfs, cold read until its cache was written: %s CPU s)\n' \
 		"$dreq" "$dmib" "$dflush" "$((ref_bytes / 1048576))" "$ref_cpu" "$(calc "$c2 - $c0")"
 	[ -n "$rand" ] && echo "         $rand"
 	fusermount3 -u "$MNT"
