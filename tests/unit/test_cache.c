@@ -513,25 +513,33 @@ static void test_full_cache_writes_once(void)
 	       "(%llu MiB each); %.1f MiB of blocks kept, directory at most %.1f MiB\n",
 	       grow, full, (unsigned long long)(inserted / MIB), st.bytes / (double)MIB,
 	       maxsize / (double)MIB);
-	if (g1 > g0) /* 0: writes not counted here (tmpfs) */
+	if (g1 > g0)
 		CHECK(full < grow + 0.5);
+	else
+		printf("  full cache: this file system counts no writes (tmpfs?): ratio not "
+		       "checked\n");
 
 	/* Pin every block it holds: evicting ahead must not take the block a
 	 * transaction has just stored, the only row it could take. */
-	unsigned char(*keys)[CACHE_KEY_LEN] = malloc(i * CACHE_KEY_LEN);
+	unsigned char(*keys)[CACHE_KEY_LEN] = malloc(i * CACHE_KEY_LEN), *p = malloc(MIB);
 	size_t npin = 0;
 	struct err e = {0};
-	for (uint64_t k = 0; k < i; k++)
-		if (check_block(c, k * 7, MIB) == 1) {
-			size_t n = block_len(k * 7, MIB);
-			unsigned char *p = malloc(n);
-			block_fill(k * 7, p, n);
-			block_key(p, n, keys[npin++]);
-			free(p);
-		}
+	CHECK(keys && p);
+	if (!keys || !p) {
+		free(keys);
+		free(p);
+		cache_close(c);
+		return;
+	}
+	for (uint64_t k = 0; k < i; k++) {
+		block_fill(k * 7, p, MIB);
+		block_key(p, MIB, keys[npin]);
+		npin += cache_has(c, keys[npin]) == 1;
+	}
 	CHECK(cache_pins_set(c, "test", (const unsigned char(*)[CACHE_KEY_LEN])keys, npin, &e) ==
 	      0);
 	free(keys);
+	free(p);
 	for (int k = 0; k < 3; k++, i++) {
 		put_block(c, i * 7, MIB, key);
 		cache_flush(c);
