@@ -213,6 +213,14 @@ def test_metrics_parse_strictly_and_follow_the_stats(bucket, tmp_path, imgfs):
 
     def grew(name):
         return value(after, name) - value(before, name)
+
+    def gets_accounted():
+        # a GET counts when it starts and its HTTP requests when it ends,
+        # and its blocks reach the read before the end: wait for the end
+        nonlocal after
+        _, after = metrics(m)
+        return grew("imgstore_requests_total") >= grew("imgstore_gets_total")
+    wait_for(gets_accounted, timeout=10, what="the read's GETs to end")
     assert grew("imgstore_fetched_bytes_total") == len(data)
     assert grew("imgstore_cache_misses_total") == 4
     assert grew("imgstore_verify_failures_total") == 0
