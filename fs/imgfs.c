@@ -897,14 +897,17 @@ int main(int argc, char **argv)
 		pin_opts_free(&fs->o);
 		return code < 0 ? 0 : code;
 	}
-	/* Block buffers (1 MiB) stay on malloc's heap (below the mmap
-	 * threshold), and up to 16 MiB of freed heap is kept instead of handed
-	 * back: as mappings of their own every block cost 256 page faults and a
-	 * cold 1 GiB read took 7.6 CPU s instead of 3.6, measured with
-	 * IMGFS_MEM_MIB=24 and tests/bench/mount.sh (before the reply buffers
-	 * were lent from the block buffers; tests/bench/README.md has the
-	 * peak RSS figures since). */
-	mallopt(M_MMAP_THRESHOLD, 4 << 20);
+	/* Block buffers come from the reader's slab (common/slab.h), not from
+	 * malloc.  Anything of 768 KiB or more gets a mapping of its own, given
+	 * back when freed: above all libfuse's 1 MiB + 4 KiB receive buffer of
+	 * each FUSE thread, which comes and goes with the thread and, on the
+	 * heap, left holes that smaller allocations then touched.  Below stays
+	 * curl's 512 KiB receive buffer, which curl frees and mallocs again for
+	 * every GET: as a mapping each GET paid its page faults again (0.1-0.2
+	 * CPU s more per cold GiB).  Up to 16 MiB of freed heap is kept instead
+	 * of handed back.  Figures in tests/bench/README.md ("A full cache's
+	 * heap"). */
+	mallopt(M_MMAP_THRESHOLD, 768 << 10);
 	mallopt(M_ARENA_MAX, 4);
 	mallopt(M_TRIM_THRESHOLD, 16 << 20);
 

@@ -32,6 +32,7 @@
 #include "common/hex.h"
 #include "common/log.h"
 #include "common/sha256x2.h"
+#include "common/slab.h"
 #include "common/timefmt.h"
 
 #include <errno.h>
@@ -58,6 +59,7 @@
 #define DEF_RA_MAX        (16ull << 20)
 #define DEF_RA_CHUNK      (8ull << 20)
 #define UNVERIFIED_BS     RECORD_DEFAULT_BLOCK_SIZE
+#define SLAB_EXTRA        8 /* replies out of the budget (reply_get): 4 at most were seen at once */
 #define NBUCKETS          16384
 #define IDLE_CONNS        16
 #define CACHE_READ_SLOTS  6
@@ -113,6 +115,9 @@ struct reader {
 	void *pool;         /* free buffers of pool_len bytes, linked through their first bytes */
 	size_t npool;
 	uint32_t pool_len;
+	/* where buffers of pool_len bytes come from: the budget's worth, and
+	 * SLAB_EXTRA for replies taken out of it (reply_get); malloc beyond */
+	struct slab slab;
 	pthread_cond_t mem_cv; /* memory may have become free */
 	unsigned mem_waiters;
 
@@ -333,6 +338,20 @@ static void mem_freed_locked(struct reader *r)
 		pthread_cond_broadcast(&r->mem_cv);
 }
 
+/* A buffer of len bytes (the slab's when len is pool_len) and its release;
+ * both with r->mu held. */
+static unsigned char *buf_alloc_locked(struct reader *r, uint32_t len)
+{
+	unsigned char *p = len == r->pool_len ? slab_get(&r->slab) : NULL;
+	return p ? p : malloc(len ? len : 1);
+}
+
+static void buf_free_locked(struct reader *r, void *p)
+{
+	if (!slab_put(&r->slab, p))
+		free(p);
+}
+
 static void buf_release(struct reader *r, unsigned char *data, uint32_t len)
 {
 	/* the pool counts against the same budget as the blocks in use */
@@ -342,7 +361,7 @@ static void buf_release(struct reader *r, unsigned char *data, uint32_t len)
 		r->npool++;
 		return;
 	}
-	free(data);
+	buf_free_locked(r, data);
 }
 
 static void ent_free_locked(struct reader *r, struct bent *b)
@@ -387,7 +406,7 @@ static int mem_room_locked(struct reader *r, uint32_t len, int demand)
 				void *p = r->pool;
 				r->pool = *(void **)p;
 				r->npool--;
-				free(p);
+				buf_free_locked(r, p);
 			}
 			if (mem_fits(r, len))
 				return 1;
@@ -446,7 +465,7 @@ static struct bent *ent_new_locked(struct reader *r, const unsigned char key[CAC
 		b->data = r->pool;
 		r->pool = *(void **)b->data;
 		r->npool--;
-	} else if (!(b->data = malloc(len ? len : 1))) {
+	} else if (!(b->data = buf_alloc_locked(r, len))) {
 		free(b);
 		return NULL;
 	}
@@ -989,6 +1008,8 @@ int reader_new(const struct reader_opts *o, struct reader **out, struct err *e)
 		free(r);
 		return err_set(e, ERR_IO, "out of memory");
 	}
+	/* without the mapping, block buffers come from malloc as they did */
+	(void)slab_init(&r->slab, r->pool_len, r->mem_limit / r->pool_len + SLAB_EXTRA);
 	/* A waiter normally wakes when the GET it waits for ends (bounded by the
 	 * retry budget); this only guards against a lost wakeup. */
 	r->wait_limit_s = 2 * r->cfg.retry_budget_s + r->cfg.connect_timeout_s + 30;
@@ -1057,7 +1078,7 @@ void reader_free(struct reader *r)
 	while (r->pool) {
 		void *p = r->pool;
 		r->pool = *(void **)p;
-		free(p);
+		buf_free_locked(r, p);
 	}
 	pthread_mutex_unlock(&r->mu);
 	for (unsigned i = 0; i < r->nidle; i++)
@@ -1070,6 +1091,7 @@ void reader_free(struct reader *r)
 	pthread_mutex_destroy(&r->slot_mu);
 	pthread_cond_destroy(&r->slot_cv);
 	pthread_mutex_destroy(&r->mu);
+	slab_destroy(&r->slab);
 	free(r);
 }
 
@@ -1315,8 +1337,8 @@ static unsigned char *reply_get(struct reader *r, struct reply *rp)
 			rp->p = r->pool;
 			r->pool = *(void **)rp->p;
 			r->npool--;
-		} else {
-			rp->p = evict_idle_locked(r);
+		} else if (!(rp->p = evict_idle_locked(r))) {
+			rp->p = buf_alloc_locked(r, rp->alloc);
 		}
 		pthread_mutex_unlock(&r->mu);
 	}
