@@ -101,16 +101,8 @@ ref_write_cpu() {
 }
 BEST_COLD="" BEST_USER=""
 load() { cut -d' ' -f1 /proc/loadavg; }
-stat_of() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$MNT/.imgstore/stats" "$1"; }
-wait_cache() {
-	local last=-1 cur
-	for _ in $(seq 1 240); do
-		cur=$(stat_of cache_bytes)
-		[ "$cur" = "$last" ] && return 0
-		last=$cur
-		sleep 0.5
-	done
-}
+# shellcheck source=tests/bench/imgfs_stats.sh
+. tests/bench/imgfs_stats.sh # (the scripts run from the top of the tree)
 
 echo "cold.sh: uploading a ${SIZE_MIB} MiB object of random bytes"
 head -c "$SIZE" /dev/urandom >"$BENCH_DIR/image.raw"

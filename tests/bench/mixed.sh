@@ -50,17 +50,8 @@ head -c $((SIZE_MIB * 1048576)) /dev/urandom >"$W/x.raw"
 "$BUILD/sync/labctl" images upload --source "$W/x.raw" --destination bench/b.raw >/dev/null
 rm -f "$W/x.raw"
 
-stat_of() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$MNT/.imgstore/stats" "$1"; }
-# until the cache writer has stored what was read
-wait_cache() {
-	local last=-1 cur
-	for _ in $(seq 1 240); do
-		cur=$(stat_of cache_bytes)
-		[ "$cur" = "$last" ] && return 0
-		last=$cur
-		sleep 0.5
-	done
-}
+# shellcheck source=tests/bench/imgfs_stats.sh
+. tests/bench/imgfs_stats.sh # (the scripts run from the top of the tree)
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 load() { cut -d' ' -f1 /proc/loadavg; }
 calc() { awk "BEGIN { printf \"%.2f\", ($1) }"; }
