@@ -1338,7 +1338,7 @@ static unsigned char *reply_get(struct reader *r, struct reply *rp)
 			r->pool = *(void **)rp->p;
 			r->npool--;
 		} else if (!(rp->p = evict_idle_locked(r))) {
-			rp->p = buf_alloc_locked(r, rp->alloc);
+			rp->p = slab_get(&r->slab); /* malloc below, not under mu */
 		}
 		pthread_mutex_unlock(&r->mu);
 	}

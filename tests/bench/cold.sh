@@ -35,6 +35,8 @@
 # (the cold write_bytes include the writer finishing after dd).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 ROOT=$PWD
 SIZE_MIB=${1:-1024}
 ROUNDS=${2:-2}
@@ -58,9 +60,7 @@ MNT=$BENCH_DIR/mnt
 MPID=
 cleanup() {
 	set +e
-	mountpoint -q "$MNT" && fusermount3 -uz "$MNT"
-	[ -n "$MPID" ] && kill "$MPID" 2>/dev/null
-	deploy/local-s3.sh stop "$S3DIR" >/dev/null 2>&1
+	stop_all
 	[ $own_dir = 1 ] && rm -rf "$BENCH_DIR"
 }
 trap cleanup EXIT
@@ -71,7 +71,6 @@ export IMGSTORE_LOG=warn
 SIZE=$((SIZE_MIB * 1048576))
 HZ=$(getconf CLK_TCK)
 calc() { awk "BEGIN { printf \"%.3f\", ($1) }"; }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 # CPU seconds of process $1, user + system; with "user" as $2, user alone:
 # what imgfs's own code costs, without the kernel's copies, which vary most
 # from run to run on a shared host
@@ -100,9 +99,6 @@ ref_write_cpu() {
 	awk '{ printf "%.2f", $1 + $2 }' "$BENCH_DIR/ref.time"
 }
 BEST_COLD="" BEST_USER=""
-load() { cut -d' ' -f1 /proc/loadavg; }
-# shellcheck source=tests/bench/imgfs_stats.sh
-. tests/bench/imgfs_stats.sh # (the scripts run from the top of the tree)
 
 echo "cold.sh: uploading a ${SIZE_MIB} MiB object of random bytes"
 head -c "$SIZE" /dev/urandom >"$BENCH_DIR/image.raw"

@@ -15,6 +15,8 @@
 # must last longer), IMGFS_OPTS (extra imgfs flags).  Needs root (drop_caches).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 SIZE_MIB=${1:-1024}
 ROUNDS=${2:-2}
 BUILD=${IMGSTORE_BUILD:-$PWD/build}
@@ -33,9 +35,7 @@ MNT=$W/mnt
 MPID=
 cleanup() {
 	set +e
-	mountpoint -q "$MNT" && fusermount3 -uz "$MNT"
-	[ -n "$MPID" ] && kill "$MPID" 2>/dev/null
-	deploy/local-s3.sh stop "$S3DIR" >/dev/null 2>&1
+	stop_all
 	rm -rf "$W"
 }
 trap cleanup EXIT
@@ -50,10 +50,6 @@ head -c $((SIZE_MIB * 1048576)) /dev/urandom >"$W/x.raw"
 "$BUILD/sync/labctl" images upload --source "$W/x.raw" --destination bench/b.raw >/dev/null
 rm -f "$W/x.raw"
 
-# shellcheck source=tests/bench/imgfs_stats.sh
-. tests/bench/imgfs_stats.sh # (the scripts run from the top of the tree)
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-load() { cut -d' ' -f1 /proc/loadavg; }
 calc() { awk "BEGIN { printf \"%.2f\", ($1) }"; }
 # "IOPS mean_us p99_us" of 4 KiB random reads of $1
 randread() {
