@@ -32,7 +32,9 @@
 # (fio, 4 jobs, BENCH_RUNTIME seconds, default 10; skipped without fio) and
 # reports IOPS and imgfs CPU microseconds per read, then unmounts.  CPU and write_bytes
 # are read from /proc/PID/stat and /proc/PID/io before and after each read
-# (the cold write_bytes include the writer finishing after dd).
+# (the cold write_bytes include the writer finishing after dd).  The cold
+# read's CPU is also split by thread: the fetchers, the cache writer, and
+# the rest (FUSE request threads, mostly).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/bench/lib.sh
@@ -76,6 +78,15 @@ calc() { awk "BEGIN { printf \"%.3f\", ($1) }"; }
 # from run to run on a shared host
 cpu_s() {
 	awk -v hz="$HZ" -v user="${2:-}" '{ sub(/.*\) /, ""); printf "%.2f", (user ? $12 : $12 + $13) / hz }' "/proc/$1/stat"
+}
+# CPU seconds so far of the threads named $2 (imgfs-fetch: the GETs, TLS,
+# hashing and copies into block buffers; cache-writer: storing blocks).
+# Both kinds live as long as the mount; the FUSE threads come and go, so
+# their share is the process's total less these.
+cpu_of() {
+	awk -v hz="$HZ" -v name="$2" '{ c = $0; sub(/^[0-9]+ \(/, "", c); sub(/\) .*/, "", c);
+		sub(/.*\) /, ""); if (c == name) s += $12 + $13 } END { printf "%.2f", s / hz }' \
+		/proc/"$1"/task/*/stat 2>/dev/null
 }
 wbytes() { awk '/^write_bytes/ { print $2 }' "/proc/$1/io"; }
 # "write requests, sectors written, flushes" of the device under $BENCH_DIR
@@ -136,6 +147,7 @@ for r in $(seq 1 "$ROUNDS"); do
 		perf_pid=$!
 		sleep 1 # perf attaches to every thread
 	fi
+	f0=$(cpu_of "$MPID" imgfs-fetch) k0=$(cpu_of "$MPID" cache-writer)
 	c0=$(cpu_s "$MPID") u0=$(cpu_s "$MPID" user) w0=$(wbytes "$MPID") d0=$(devio) l0=$(load) t0=$(date +%s.%N)
 	dd if="$f" of=/dev/null bs=1M status=none
 	t1=$(date +%s.%N) c1=$(cpu_s "$MPID") u1=$(cpu_s "$MPID" user) l1=$(load)
@@ -145,6 +157,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	fi
 	wait_cache
 	c2=$(cpu_s "$MPID") w2=$(wbytes "$MPID") d2=$(devio)
+	f2=$(cpu_of "$MPID" imgfs-fetch) k2=$(cpu_of "$MPID" cache-writer)
 	cached=$(stat_of cache_bytes) dropped=$(stat_of cache_dropped)
 	rss_cold=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	drop_caches
@@ -179,6 +192,9 @@ for r in $(seq 1 "$ROUNDS"); do
 		"$(calc "$cgib > 0 ? ($w2 - $w0) / 1073741824 / $cgib : 0")" "$cgib" "$dropped" "$rss_mount" "$rss_cold" "$rss"
 	printf '         disk per cached GiB: %s write requests, %s MiB, %s flushes; reference dd of the same %s MiB in 4 MiB dsync writes: %s CPU s (imgfs, cold read until its cache was written: %s CPU s)\n' \
 		"$dreq" "$dmib" "$dflush" "$((ref_bytes / 1048576))" "$ref_cpu" "$(calc "$c2 - $c0")"
+	printf '         CPU s/GiB by thread, cold read until its cache was written: fetch %s, cache writer %s, FUSE and the rest %s\n' \
+		"$(calc "($f2 - $f0) / $gib")" "$(calc "($k2 - $k0) / $gib")" \
+		"$(calc "(($c2 - $c0) - ($f2 - $f0) - ($k2 - $k0)) / $gib")"
 	[ -n "$rand" ] && echo "         $rand"
 	fusermount3 -u "$MNT"
 	wait "$MPID" || true
