@@ -4,11 +4,11 @@
 #include "common/timefmt.h"
 #include "store/cache/cache.h"
 #include "store/cache/cache_internal.h"
+#include "tests/unit/cache_fixture.h"
 #include "tests/unit/check.h"
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -26,29 +26,6 @@
 #define KIB 1024u
 #define MIB (1024u * 1024u)
 
-static char tmproot[] = "/tmp/imgstore-test-cache-XXXXXX";
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-	(void)st;
-	(void)flag;
-	(void)f;
-	return remove(p);
-}
-
-static void rm_rf(const char *dir)
-{
-	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static char *new_dir(const char *name)
-{
-	static char path[512];
-	snprintf(path, sizeof(path), "%s/%s", tmproot, name);
-	rm_rf(path);
-	return path;
-}
-
 /* Block `i` of a deterministic family: its length and bytes. */
 static size_t block_len(uint64_t i, size_t base)
 {
@@ -56,29 +33,11 @@ static size_t block_len(uint64_t i, size_t base)
 	return i % 7 == 3 ? 1 + (size_t)(i * 2654435761u % base) : base;
 }
 
-static void block_fill(uint64_t i, unsigned char *p, size_t n)
-{
-	uint64_t x = i * 0x9e3779b97f4a7c15ull + 1;
-	for (size_t k = 0; k < n; k++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		p[k] = (unsigned char)x;
-	}
-}
-
-/* Content address of the block. */
-static void block_key(const unsigned char *p, size_t n, unsigned char key[32])
-{
-	hash_sha256(p, n, key);
-}
-
 static size_t put_block(struct cache *c, uint64_t i, size_t base, unsigned char key[32])
 {
 	size_t n = block_len(i, base);
 	unsigned char *p = malloc(n);
-	block_fill(i, p, n);
-	block_key(p, n, key);
+	block_make(i, p, n, key);
 	cache_put(c, key, p, n);
 	free(p);
 	return n;
@@ -91,11 +50,10 @@ static int check_block(struct cache *c, uint64_t i, size_t base)
 	unsigned char *want = malloc(n), *got = malloc(n), key[32], k2[32];
 	struct err e = {0};
 	int rc;
-	block_fill(i, want, n);
-	block_key(want, n, key);
+	block_make(i, want, n, key);
 	rc = cache_get(c, key, got, n, &e);
 	if (rc == 1) {
-		block_key(got, n, k2);
+		hash_sha256(got, n, k2);
 		if (memcmp(got, want, n) || memcmp(k2, key, 32))
 			rc = -1;
 	} else if (rc < 0) {
@@ -104,18 +62,6 @@ static int check_block(struct cache *c, uint64_t i, size_t base)
 	free(want);
 	free(got);
 	return rc;
-}
-
-static struct cache *open_cache(const char *dir, uint64_t limit)
-{
-	struct cache_opts o = {.dir = dir, .limit_bytes = limit};
-	struct cache *c = NULL;
-	struct err e = {0};
-	if (cache_open(&o, &c, &e)) {
-		fprintf(stderr, "cache_open %s: %s\n", dir, e.msg);
-		return NULL;
-	}
-	return c;
 }
 
 static uint64_t file_size(const char *dir, const char *name)
@@ -156,7 +102,7 @@ static int count_prefix(const char *dir, const char *prefix)
 
 static void test_round_trip(void)
 {
-	const char *dir = new_dir("basic");
+	const char *dir = scratch_dir("basic");
 	struct cache *c = open_cache(dir, 64 * MIB);
 	struct cache_stats st;
 	struct stat sb;
@@ -191,8 +137,7 @@ static void test_round_trip(void)
 		size_t n = block_len(4, 256 * KIB);
 		const size_t offs[] = {0, 4096, 65536 - 7, 200000, n - 4096, n - 1};
 		unsigned char k3[32];
-		block_fill(4, whole, n);
-		block_key(whole, n, k3);
+		block_make(4, whole, n, k3);
 		for (size_t j = 0; j < sizeof(offs) / sizeof(offs[0]); j++) {
 			size_t len = offs[j] + 4096 <= n ? 4096 : n - offs[j];
 			memset(buf, 0xee, len);
@@ -220,8 +165,7 @@ static void test_round_trip(void)
 	{
 		unsigned char kx[32];
 		size_t nx = block_len(11, 256 * KIB);
-		block_fill(11, buf, nx);
-		block_key(buf, nx, kx);
+		block_make(11, buf, nx, kx);
 		cache_put(c, kx, buf, 1000);
 		cache_flush(c);
 		CHECK(check_block(c, 11, 256 * KIB) == 0);
@@ -274,7 +218,7 @@ static void test_round_trip(void)
 
 static void test_meta(void)
 {
-	const char *dir = new_dir("meta");
+	const char *dir = scratch_dir("meta");
 	struct cache *c = open_cache(dir, 8 * MIB);
 	struct err e = {0};
 	char *data;
@@ -314,7 +258,7 @@ static void test_meta(void)
 
 static void test_lru(void)
 {
-	const char *dir = new_dir("lru");
+	const char *dir = scratch_dir("lru");
 	const size_t bs = 64 * KIB;
 	struct cache *c = open_cache(dir, 8 * bs); /* room for 8 blocks */
 	struct cache_stats st;
@@ -378,7 +322,7 @@ static void test_file_bound(size_t bs, uint64_t limit, size_t meta)
 {
 	char name[64];
 	snprintf(name, sizeof(name), "bound-%zu-%zu", bs, meta);
-	const char *dir = new_dir(name);
+	const char *dir = scratch_dir(name);
 	struct cache *c = open_cache(dir, limit);
 	struct cache_stats st;
 	struct err e = {0};
@@ -472,7 +416,7 @@ static size_t put_paced(struct cache *c, uint64_t i, unsigned char key[32], cons
  * it must journal first (then every block was written twice). */
 static void test_full_cache_writes_once(void)
 {
-	const char *dir = new_dir("full");
+	const char *dir = scratch_dir("full");
 	const uint64_t limit = 128 * MIB, more = 48;
 	struct cache *c = open_cache(dir, limit);
 	struct cache_stats st;
@@ -532,8 +476,7 @@ static void test_full_cache_writes_once(void)
 		return;
 	}
 	for (uint64_t k = 0; k < i; k++) {
-		block_fill(k * 7, p, MIB);
-		block_key(p, MIB, keys[npin]);
+		block_make(k * 7, p, MIB, keys[npin]);
 		npin += cache_has(c, keys[npin]) == 1;
 	}
 	CHECK(cache_pins_set(c, "test", (const unsigned char(*)[CACHE_KEY_LEN])keys, npin, &e) ==
@@ -551,7 +494,7 @@ static void test_full_cache_writes_once(void)
 
 static void test_corrupt(void)
 {
-	const char *dir = new_dir("corrupt");
+	const char *dir = scratch_dir("corrupt");
 	char path[600];
 	struct cache *c;
 	unsigned char key[32];
@@ -622,42 +565,11 @@ static void test_corrupt(void)
 	CHECK(count_prefix(dir, "cache.db.corrupt-") >= 1);
 }
 
-/* Flip one byte of the stored copy of `key` (same length), through SQLite,
- * as a damaged disk or a local user would leave it.  0 done. */
-static int alter_row(const char *dir, const unsigned char *key, int at)
-{
-	char path[600];
-	sqlite3 *db = NULL;
-	sqlite3_stmt *st = NULL;
-	sqlite3_blob *blob = NULL;
-	unsigned char b;
-	int rc = -1;
-	snprintf(path, sizeof(path), "%s/cache.db", dir);
-	if (sqlite3_open(path, &db) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db, "SELECT id FROM idx WHERE key = ?1", -1, &st, NULL) != SQLITE_OK)
-		goto out;
-	sqlite3_bind_blob(st, 1, key, 32, SQLITE_STATIC);
-	if (sqlite3_step(st) != SQLITE_ROW ||
-	    sqlite3_blob_open(db, "main", "blocks", "data", sqlite3_column_int64(st, 0), 1,
-	                      &blob) != SQLITE_OK ||
-	    sqlite3_blob_read(blob, &b, 1, at) != SQLITE_OK)
-		goto out;
-	b ^= 0x55;
-	if (sqlite3_blob_write(blob, &b, 1, at) != SQLITE_OK)
-		goto out;
-	rc = 0;
-out:
-	sqlite3_blob_close(blob);
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	return rc;
-}
-
 /* CACHE_CHECK: a row altered on disk is never served; each row is hashed
  * once per open cache. */
 static void test_check(void)
 {
-	const char *dir = new_dir("check");
+	const char *dir = scratch_dir("check");
 	const size_t bs = 256 * KIB;
 	const uint64_t B = 1404;
 	struct cache *c = open_cache(dir, 64 * MIB);
@@ -721,7 +633,7 @@ static void test_check(void)
 
 	/* many rows: the set grows past its first size, and rows that go
 	 * (eviction) leave it without breaking the others' probe chains */
-	dir = new_dir("check-many");
+	dir = scratch_dir("check-many");
 	c = open_cache(dir, 2 * MIB);
 	CHECK(c != NULL);
 	if (!c)
@@ -738,8 +650,7 @@ static void test_check(void)
 		for (uint64_t i = 0; i < 3000; i++) {
 			size_t n = block_len(5000 + i, 1000);
 			unsigned char k[32], w[1000], g[1000];
-			block_fill(5000 + i, w, n);
-			block_key(w, n, k);
+			block_make(5000 + i, w, n, k);
 			int rc = cache_get_range(c, k, n, n / 2, g, n - n / 2, CACHE_CHECK, &e);
 			if (rc == 1) {
 				served++;
@@ -783,7 +694,7 @@ static void *reader(void *p)
 
 static void test_concurrent(void)
 {
-	const char *dir = new_dir("concurrent");
+	const char *dir = scratch_dir("concurrent");
 	struct cache *c = open_cache(dir, 16 * MIB); /* smaller than the set: evicts */
 	pthread_t th[6];
 	struct rd_arg args[6];
@@ -827,7 +738,7 @@ static void test_concurrent(void)
 
 static void test_disk_full(void)
 {
-	const char *dir = new_dir("full");
+	const char *dir = scratch_dir("full");
 	struct cache *c = open_cache(dir, 64 * MIB);
 	struct cache_stats st, st2;
 	unsigned char key[32];
@@ -937,7 +848,7 @@ static void verify_after_crash(const char *dir, uint64_t upto, int *present_out)
 
 static void test_crash(void)
 {
-	const char *dir = new_dir("crash");
+	const char *dir = scratch_dir("crash");
 	volatile uint64_t *progress =
 	        mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	uint64_t first = 0;
@@ -981,7 +892,7 @@ static void test_torn_commit(int mode)
 {
 	char name[32], db[600], journal[600];
 	snprintf(name, sizeof(name), "torn-%d", mode);
-	const char *dir = new_dir(name);
+	const char *dir = scratch_dir(name);
 	int status, present = 0, wrong = 0;
 	struct stat sb;
 	pid_t pid;
@@ -1046,7 +957,7 @@ static void test_torn_commit(int mode)
  * and leaves WAL mode for the rollback journal: no -wal file afterwards. */
 static void test_from_wal(void)
 {
-	const char *dir = new_dir("from-wal");
+	const char *dir = scratch_dir("from-wal");
 	char db[600];
 	unsigned char key[32];
 	sqlite3 *raw = NULL;
@@ -1099,7 +1010,7 @@ static void test_from_wal(void)
 int main(void)
 {
 	log_init("test_cache", LOG_LVL_WARN);
-	if (!mkdtemp(tmproot)) {
+	if (!scratch_make("cache")) {
 		perror("mkdtemp");
 		return 1;
 	}
@@ -1120,6 +1031,6 @@ int main(void)
 	test_torn_commit(0);
 	test_torn_commit(1);
 	test_from_wal();
-	rm_rf(tmproot);
+	scratch_remove();
 	return check_report("cache");
 }

@@ -4,6 +4,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "store/cache/cache.h"
+#include "tests/unit/cache_fixture.h"
 #include "tests/unit/check.h"
 
 #include <sqlite3.h>
@@ -15,23 +16,11 @@
 
 #define MIB (1024u * 1024u)
 
-static char tmproot[] = "/tmp/imgstore-test-cache-pins-XXXXXX";
-
 static void block(unsigned i, unsigned char *buf, size_t n, unsigned char key[CACHE_KEY_LEN])
 {
 	for (size_t k = 0; k < n; k++)
 		buf[k] = (unsigned char)(i * 131 + k * 7 + (k >> 12));
 	hash_sha256(buf, n, key);
-}
-
-static struct cache *open_cache(const char *dir, uint64_t limit)
-{
-	struct cache_opts o = {.dir = dir, .limit_bytes = limit};
-	struct cache *c = NULL;
-	struct err e = {0};
-	if (cache_open(&o, &c, &e))
-		fprintf(stderr, "cache_open %s: %s\n", dir, e.msg);
-	return c;
 }
 
 static unsigned char *g_buf;
@@ -45,12 +34,11 @@ static void put(struct cache *c, unsigned i, unsigned char key[CACHE_KEY_LEN])
 
 static void test_pinned_never_evicted(void)
 {
-	char dir[600];
+	const char *dir = scratch_dir("evict");
 	unsigned char keys[12][CACHE_KEY_LEN];
 	struct cache_stats st;
 	struct err e = {0};
 	struct cache *c;
-	snprintf(dir, sizeof(dir), "%s/evict", tmproot);
 	c = open_cache(dir, 6 * MIB);
 	CHECK(c != NULL);
 	if (!c)
@@ -100,12 +88,11 @@ static void test_pinned_never_evicted(void)
 
 static void test_full_of_pins_drops(void)
 {
-	char dir[600];
+	const char *dir = scratch_dir("full");
 	unsigned char keys[8][CACHE_KEY_LEN], other[CACHE_KEY_LEN];
 	struct cache_stats st;
 	struct err e = {0};
 	struct cache *c;
-	snprintf(dir, sizeof(dir), "%s/full", tmproot);
 	c = open_cache(dir, 4 * MIB);
 	CHECK(c != NULL);
 	if (!c)
@@ -126,12 +113,12 @@ static void test_full_of_pins_drops(void)
 
 static void test_schema_1_upgraded(void)
 {
-	char dir[600], path[700];
+	const char *dir = scratch_dir("v1");
+	char path[700];
 	unsigned char key[CACHE_KEY_LEN];
 	struct err e = {0};
 	struct cache *c;
 	sqlite3 *db = NULL;
-	snprintf(dir, sizeof(dir), "%s/v1", tmproot);
 	snprintf(path, sizeof(path), "%s/cache.db", dir);
 	c = open_cache(dir, 16 * MIB);
 	CHECK(c != NULL);
@@ -171,10 +158,9 @@ static void test_schema_1_upgraded(void)
 
 int main(void)
 {
-	char cmd[128];
 	int rc;
 	log_init("test_cache_pins", LOG_LVL_WARN);
-	if (!mkdtemp(tmproot) || !(g_buf = malloc(MIB))) {
+	if (!scratch_make("cache-pins") || !(g_buf = malloc(MIB))) {
 		perror("setup");
 		return 1;
 	}
@@ -183,8 +169,6 @@ int main(void)
 	test_schema_1_upgraded();
 	free(g_buf);
 	rc = check_report("cache_pins");
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmproot);
-	if (system(cmd))
-		fprintf(stderr, "could not remove %s\n", tmproot);
+	scratch_remove();
 	return rc;
 }

@@ -1,60 +1,27 @@
 /* Unit tests for store/cache.c: hits are recorded in memory and written
  * with the next transaction, and eviction still goes by last use. */
-#include "common/hash.h"
 #include "common/log.h"
 #include "common/timefmt.h"
 #include "store/cache/cache.h"
 #include "store/cache/cache_internal.h"
+#include "tests/unit/cache_fixture.h"
 #include "tests/unit/check.h"
 
-#include <ftw.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define BS 65536u /* block size */
 
-static char tmproot[] = "/tmp/imgstore-test-cache-touch-XXXXXX";
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-	(void)st;
-	(void)flag;
-	(void)f;
-	return remove(p);
-}
-
-static char *new_dir(const char *name)
-{
-	static char buf[8][512];
-	static int n;
-	char *p = buf[n++ % 8];
-	snprintf(p, 512, "%s/%s", tmproot, name);
-	return p;
-}
-
-static void block(uint64_t i, unsigned char *p, unsigned char key[32])
-{
-	uint64_t x = i * 0x9e3779b97f4a7c15ull + 1;
-	for (size_t k = 0; k < BS; k++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		p[k] = (unsigned char)x;
-	}
-	hash_sha256(p, BS, key);
-}
-
 static void put(struct cache *c, uint64_t i)
 {
 	static unsigned char p[BS];
 	unsigned char key[32];
-	block(i, p, key);
+	block_make(i, p, BS, key);
 	cache_put(c, key, p, BS);
 }
 
@@ -67,7 +34,7 @@ static int get(struct cache *c, uint64_t i)
 	unsigned char key[32];
 	struct err e = {0};
 	int rc;
-	block(i, want, key);
+	block_make(i, want, BS, key);
 	rc = cache_get_range(c, key, BS, 4096, got, 4096, CACHE_CHECK, &e);
 	if (rc == 1) {
 		rc = memcmp(got, want + 4096, 4096) ? -1 : 1;
@@ -81,18 +48,6 @@ static int get(struct cache *c, uint64_t i)
 	return rc;
 }
 
-static struct cache *open_cache(const char *dir, uint64_t limit)
-{
-	struct cache_opts o = {.dir = dir, .limit_bytes = limit};
-	struct cache *c = NULL;
-	struct err e = {0};
-	if (cache_open(&o, &c, &e)) {
-		fprintf(stderr, "cache_open %s: %s\n", dir, e.msg);
-		return NULL;
-	}
-	return c;
-}
-
 /* The atime the database holds for block i (another connection: what
  * another process or the next mount sees); -1 when there is no row. */
 static long long db_atime(const char *dir, uint64_t i)
@@ -103,7 +58,7 @@ static long long db_atime(const char *dir, uint64_t i)
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
 	long long v = -1;
-	block(i, p, key);
+	block_make(i, p, BS, key);
 	snprintf(path, sizeof(path), "%s/cache.db", dir);
 	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
 	    sqlite3_prepare_v2(db, "SELECT atime FROM idx WHERE key = ?1", -1, &st, NULL) ==
@@ -134,7 +89,7 @@ static struct cache *filled(const char *dir)
  * along, and its evictions spare the blocks that were read. */
 static void test_piggyback(void)
 {
-	const char *dir = new_dir("piggyback");
+	const char *dir = scratch_dir("piggyback");
 	struct cache *c = filled(dir);
 	struct cache_stats st;
 	uint64_t commits;
@@ -175,7 +130,7 @@ static void test_piggyback(void)
  * evicts by them. */
 static void test_close(void)
 {
-	const char *dir = new_dir("close");
+	const char *dir = scratch_dir("close");
 	struct cache *c = filled(dir);
 	CHECK(c != NULL);
 	if (!c)
@@ -206,7 +161,7 @@ static void test_close(void)
  * after the interval (injected: 0.05 s instead of 60). */
 static void test_interval(void)
 {
-	const char *dir = new_dir("interval");
+	const char *dir = scratch_dir("interval");
 	struct cache *c = filled(dir);
 	uint64_t commits;
 	double until;
@@ -230,7 +185,7 @@ static void test_interval(void)
 /* cache_flush() writes the recorded hits too. */
 static void test_flush(void)
 {
-	const char *dir = new_dir("flush");
+	const char *dir = scratch_dir("flush");
 	struct cache *c = filled(dir);
 	CHECK(c != NULL);
 	if (!c)
@@ -245,7 +200,7 @@ static void test_flush(void)
 int main(void)
 {
 	log_init("test_cache_touch", LOG_LVL_WARN);
-	if (!mkdtemp(tmproot)) {
+	if (!scratch_make("cache-touch")) {
 		perror("mkdtemp");
 		return 1;
 	}
@@ -253,6 +208,6 @@ int main(void)
 	test_close();
 	test_interval();
 	test_flush();
-	nftw(tmproot, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	scratch_remove();
 	return check_report("cache_touch");
 }

@@ -11,14 +11,13 @@
 #include "store/reader.h"
 #include "store/record.h"
 #include "store/s3/s3.h"
+#include "tests/unit/cache_fixture.h"
 #include "tests/unit/check.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -34,16 +33,7 @@
 #define ETAG  "\"0123456789abcdef0123456789abcdef\""
 #define ETAG2 "\"fedcba9876543210fedcba9876543210\""
 
-static char tmproot[] = "/tmp/imgstore-test-reader-XXXXXX";
 static unsigned char data[SIZE];
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-	(void)st;
-	(void)flag;
-	(void)f;
-	return remove(p);
-}
 
 static void make_data(void)
 {
@@ -207,7 +197,6 @@ static int open_fake_reader(struct fake_srv *f, const char *dir, uint64_t mem, s
                             struct reader **r)
 {
 	struct s3_config cfg = {0};
-	struct cache_opts co = {.dir = dir, .limit_bytes = 64u << 20};
 	struct reader_opts ro = {0};
 	struct err e = {0};
 	char ep[64];
@@ -219,14 +208,13 @@ static int open_fake_reader(struct fake_srv *f, const char *dir, uint64_t mem, s
 	cfg.secret_key = strdup("SK");
 	cfg.retry_budget_s = fake_retry_budget_s;
 	s3_config_defaults(&cfg);
-	rc = cache_open(&co, cache, &e);
+	*cache = open_cache(dir, 64u << 20);
+	rc = *cache ? 0 : -1;
 	ro.s3 = &cfg;
 	ro.cache = *cache;
 	ro.fetch_threads = 2;
 	ro.mem_bytes = mem;
-	if (!rc)
-		rc = reader_new(&ro, r, &e);
-	if (rc)
+	if (!rc && (rc = reader_new(&ro, r, &e)))
 		fprintf(stderr, "open_fake_reader: %s\n", e.msg);
 	s3_config_free(&cfg);
 	return rc;
@@ -248,7 +236,7 @@ static void test_one_key_two_lengths(void)
 	struct reader_image *img = NULL, *ua = NULL, *ub = NULL;
 	struct record rec;
 	struct err e = {0};
-	char dir[600];
+	const char *dir;
 	size_t got = 0;
 	enum err_code code;
 
@@ -264,7 +252,7 @@ static void test_one_key_two_lengths(void)
 	f.obj[2] = (struct fake_obj){"/bucket/images/b.raw", b, sizeof(b), 0};
 	f.nobj = 3;
 	CHECK(fake_start(&f) == 0);
-	snprintf(dir, sizeof(dir), "%s/forged", tmproot);
+	dir = scratch_dir("forged");
 	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
 
 	record_of(forged, fsize, BS, "forged", &rec);
@@ -320,7 +308,7 @@ static void test_pairs_verified_apart(void)
 	struct reader_stats rs;
 	struct record rec, rec2;
 	struct err e = {0};
-	char dir[600];
+	const char *dir;
 	size_t got = 0;
 	enum err_code code;
 	int gets;
@@ -334,7 +322,7 @@ static void test_pairs_verified_apart(void)
 	f.obj[1] = (struct fake_obj){"/bucket/images/cut.raw", d2, size, BS + 100};
 	f.nobj = 2;
 	CHECK(fake_start(&f) == 0);
-	snprintf(dir, sizeof(dir), "%s/pairs", tmproot);
+	dir = scratch_dir("pairs");
 	fake_retry_budget_s = 1;
 	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
 	fake_retry_budget_s = 5;
@@ -432,7 +420,7 @@ static void test_memory_budget(void)
 	struct err e = {0};
 	pthread_t th[MB_BLOCKS];
 	struct mb_arg a[MB_BLOCKS];
-	char dir[600];
+	const char *dir;
 	int bad = 0;
 
 	for (size_t i = 0; i < size; i++)
@@ -440,7 +428,7 @@ static void test_memory_budget(void)
 	f.obj[0] = (struct fake_obj){"/bucket/images/m.raw", d, size, 0};
 	f.nobj = 1;
 	CHECK(fake_start(&f) == 0);
-	snprintf(dir, sizeof(dir), "%s/membudget", tmproot);
+	dir = scratch_dir("membudget");
 	CHECK(open_fake_reader(&f, dir, 8u << 20, &cache, &r) == 0);
 	record_of(d, size, (uint32_t)bs, "m", &rec);
 	CHECK(reader_image_open(r, "images/m.raw", size, ETAG, &rec, &img, &e) == 0);
@@ -465,35 +453,6 @@ static void test_memory_budget(void)
 	free(d);
 }
 
-/* Flip one byte of the cached copy of `key` inside cache.db (as a damaged
- * disk or a local user would). */
-static int alter_cached(const char *dir, const unsigned char *key, int at)
-{
-	char path[600];
-	sqlite3 *db = NULL;
-	sqlite3_stmt *st = NULL;
-	sqlite3_blob *blob = NULL;
-	unsigned char b;
-	int rc = -1;
-	snprintf(path, sizeof(path), "%s/cache.db", dir);
-	if (sqlite3_open(path, &db) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db, "SELECT id FROM idx WHERE key = ?1", -1, &st, NULL) != SQLITE_OK)
-		goto out;
-	sqlite3_bind_blob(st, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW &&
-	    sqlite3_blob_open(db, "main", "blocks", "data", sqlite3_column_int64(st, 0), 1,
-	                      &blob) == SQLITE_OK &&
-	    sqlite3_blob_read(blob, &b, 1, at) == SQLITE_OK) {
-		b ^= 0x55;
-		rc = sqlite3_blob_write(blob, &b, 1, at) == SQLITE_OK ? 0 : -1;
-	}
-out:
-	sqlite3_blob_close(blob);
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	return rc;
-}
-
 /* A block altered in cache.db is never served: it is fetched again (and
  * counted), or the read fails when the bucket is unreachable. */
 static void test_altered_cache(void)
@@ -502,28 +461,26 @@ static void test_altered_cache(void)
 	unsigned char *d = malloc(size), *buf = malloc(size);
 	struct fake_srv f = {0};
 	struct cache *cache = NULL;
-	struct cache_opts co = {0};
 	struct cache_stats cs;
 	struct reader *r = NULL;
 	struct reader_image *img = NULL;
 	struct record rec;
 	struct err e = {0};
-	char dir[600];
+	const char *dir;
 	size_t got = 0;
 	enum err_code code;
 
 	for (size_t i = 0; i < size; i++)
 		d[i] = (unsigned char)(i * 11 + 7 + (i >> 16));
 	record_of(d, size, BS, "c", &rec);
-	snprintf(dir, sizeof(dir), "%s/altered", tmproot);
-	co.dir = dir;
-	co.limit_bytes = 64u << 20;
-	CHECK(cache_open(&co, &cache, &e) == 0);
+	dir = scratch_dir("altered");
+	cache = open_cache(dir, 64u << 20);
+	CHECK(cache != NULL);
 	for (size_t i = 0; i < 3; i++)
 		cache_put(cache, rec.hashes[i], d + i * BS, BS);
 	cache_close(cache);
-	CHECK(alter_cached(dir, rec.hashes[1], 100) == 0);
-	CHECK(alter_cached(dir, rec.hashes[2], 40000) == 0);
+	CHECK(alter_row(dir, rec.hashes[1], 100) == 0);
+	CHECK(alter_row(dir, rec.hashes[2], 40000) == 0);
 
 	f.obj[0] = (struct fake_obj){"/bucket/images/c.raw", d, size, 0};
 	f.nobj = 1;
@@ -544,8 +501,8 @@ static void test_altered_cache(void)
 
 	/* a sequential read (a stream, 4 KiB at a time) after a remount: each
 	 * altered block is fetched once, the others come from the cache */
-	CHECK(alter_cached(dir, rec.hashes[0], 7) == 0);
-	CHECK(alter_cached(dir, rec.hashes[1], 65535) == 0);
+	CHECK(alter_row(dir, rec.hashes[0], 7) == 0);
+	CHECK(alter_row(dir, rec.hashes[1], 65535) == 0);
 	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
 	CHECK(reader_image_open(r, "images/c.raw", size, ETAG, &rec, &img, &e) == 0);
 	{
@@ -564,7 +521,7 @@ static void test_altered_cache(void)
 	cache_close(cache);
 
 	/* the bucket is gone: altered block 2 fails, whole or piece */
-	CHECK(alter_cached(dir, rec.hashes[2], 40000) == 0);
+	CHECK(alter_row(dir, rec.hashes[2], 40000) == 0);
 	fake_stop(&f);
 	CHECK(open_fake_reader(&f, dir, 0, &cache, &r) == 0);
 	CHECK(reader_image_open(r, "images/c.raw", size, ETAG, &rec, &img, &e) == 0);
@@ -649,13 +606,13 @@ static void test_read_iov(void)
 	pthread_t th[6];
 	struct record rec, rec_bad;
 	struct err e = {0};
-	char dir[600];
+	const char *dir;
 
 	f.obj[0] = (struct fake_obj){"/bucket/images/iov.raw", data, SIZE, 0};
 	f.obj[1] = (struct fake_obj){"/bucket/images/bad.raw", data, SIZE, 0};
 	f.nobj = 2;
 	CHECK(fake_start(&f) == 0);
-	snprintf(dir, sizeof(dir), "%s/iov", tmproot);
+	dir = scratch_dir("iov");
 	CHECK(open_fake_reader(&f, dir, 16u << 20, &cache, &r) == 0);
 	make_record(&rec);
 	make_record(&rec_bad);
@@ -742,7 +699,7 @@ static void test_read_iov_lent(void)
 	struct record rec;
 	struct err e = {0};
 	unsigned char *big = malloc(LSIZE);
-	char dir[600];
+	const char *dir;
 	size_t got;
 
 	CHECK(big != NULL);
@@ -756,7 +713,7 @@ static void test_read_iov_lent(void)
 	f.obj[0] = (struct fake_obj){"/bucket/images/lent.raw", big, LSIZE, 0};
 	f.nobj = 1;
 	CHECK(fake_start(&f) == 0);
-	snprintf(dir, sizeof(dir), "%s/lent", tmproot);
+	dir = scratch_dir("lent");
 	CHECK(open_fake_reader(&f, dir, 8u << 20, &cache, &r) == 0);
 	CHECK(reader_image_open(r, "images/lent.raw", LSIZE, ETAG, &rec, &img, &e) == 0);
 	/* cold: every block fetched once and cached on disk */
@@ -818,7 +775,7 @@ static void test_read_iov_lent(void)
 int main(void)
 {
 	struct s3_config cfg = {0};
-	struct cache_opts co = {0};
+	const char *root;
 	struct cache *cache = NULL;
 	struct reader_opts ro = {0};
 	struct reader *r = NULL;
@@ -833,7 +790,7 @@ int main(void)
 	double t0;
 
 	log_init("test_reader", LOG_LVL_ERROR);
-	if (!mkdtemp(tmproot)) {
+	if (!(root = scratch_make("reader"))) {
 		perror("mkdtemp");
 		return 1;
 	}
@@ -849,9 +806,8 @@ int main(void)
 	cfg.connect_timeout_s = 1;
 	s3_config_defaults(&cfg);
 
-	co.dir = tmproot;
-	co.limit_bytes = 64u << 20;
-	CHECK(cache_open(&co, &cache, &e) == 0);
+	cache = open_cache(root, 64u << 20);
+	CHECK(cache != NULL);
 	ro.s3 = &cfg;
 	ro.cache = cache;
 	ro.fetch_threads = 2;
@@ -979,6 +935,6 @@ int main(void)
 	record_free(&rec0);
 	s3_config_free(&cfg);
 	s3_global_cleanup();
-	nftw(tmproot, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	scratch_remove();
 	return check_report("reader");
 }
