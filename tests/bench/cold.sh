@@ -33,8 +33,9 @@
 # reports IOPS and imgfs CPU microseconds per read, then unmounts.  CPU and write_bytes
 # are read from /proc/PID/stat and /proc/PID/io before and after each read
 # (the cold write_bytes include the writer finishing after dd).  The cold
-# read's CPU is also split by thread: the fetchers, the cache writer, and
-# the rest (FUSE request threads, mostly).
+# read's CPU is also split by thread: the readahead fetchers, the cache
+# writer, and the rest (FUSE request threads: replies, and the GETs of blocks
+# that readahead had not asked for yet).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/bench/lib.sh
@@ -79,8 +80,8 @@ calc() { awk "BEGIN { printf \"%.3f\", ($1) }"; }
 cpu_s() {
 	awk -v hz="$HZ" -v user="${2:-}" '{ sub(/.*\) /, ""); printf "%.2f", (user ? $12 : $12 + $13) / hz }' "/proc/$1/stat"
 }
-# CPU seconds so far of the threads named $2 (imgfs-fetch: the GETs, TLS,
-# hashing and copies into block buffers; cache-writer: storing blocks).
+# CPU seconds so far of the threads named $2 (imgfs-fetch: readahead's GETs,
+# TLS, hashing and copies into block buffers; cache-writer: storing blocks).
 # Both kinds live as long as the mount; the FUSE threads come and go, so
 # their share is the process's total less these.
 cpu_of() {
