@@ -35,7 +35,9 @@
 # (the cold write_bytes include the writer finishing after dd).  The cold
 # read's CPU is also split by thread: the readahead fetchers, the cache
 # writer, and the rest (FUSE request threads: replies, and the GETs of blocks
-# that readahead had not asked for yet).
+# that readahead had not asked for yet); and the whole machine's CPU less the
+# S3 server's (/proc/stat) is printed next to imgfs's, for what kernel
+# threads do on imgfs's behalf (page cache writeback).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/bench/lib.sh
@@ -72,7 +74,6 @@ deploy/local-s3.sh start "$S3DIR" "$PORT" bench >/dev/null
 eval "$(deploy/local-s3.sh env "$S3DIR")"
 export IMGSTORE_LOG=warn
 SIZE=$((SIZE_MIB * 1048576))
-HZ=$(getconf CLK_TCK)
 calc() { awk "BEGIN { printf \"%.3f\", ($1) }"; }
 # CPU seconds of process $1, user + system; with "user" as $2, user alone:
 # what imgfs's own code costs, without the kernel's copies, which vary most
@@ -148,9 +149,9 @@ for r in $(seq 1 "$ROUNDS"); do
 		perf_pid=$!
 		sleep 1 # perf attaches to every thread
 	fi
-	f0=$(cpu_of "$MPID" imgfs-fetch) k0=$(cpu_of "$MPID" cache-writer)
+	f0=$(cpu_of "$MPID" imgfs-fetch) k0=$(cpu_of "$MPID" cache-writer) m0=$(machine_s) s0=$(server_s)
 	c0=$(cpu_s "$MPID") u0=$(cpu_s "$MPID" user) w0=$(wbytes "$MPID") d0=$(devio) l0=$(load) t0=$(date +%s.%N)
-	dd if="$f" of=/dev/null bs=1M status=none
+	/usr/bin/time -f '%U %S' -o "$BENCH_DIR/dd.cpu" dd if="$f" of=/dev/null bs=1M status=none
 	t1=$(date +%s.%N) c1=$(cpu_s "$MPID") u1=$(cpu_s "$MPID" user) l1=$(load)
 	if [ -n "$perf_pid" ]; then
 		kill -INT "$perf_pid"
@@ -158,7 +159,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	fi
 	wait_cache
 	c2=$(cpu_s "$MPID") w2=$(wbytes "$MPID") d2=$(devio)
-	f2=$(cpu_of "$MPID" imgfs-fetch) k2=$(cpu_of "$MPID" cache-writer)
+	f2=$(cpu_of "$MPID" imgfs-fetch) k2=$(cpu_of "$MPID" cache-writer) m2=$(machine_s) s2=$(server_s)
 	cached=$(stat_of cache_bytes) dropped=$(stat_of cache_dropped)
 	rss_cold=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	drop_caches
@@ -196,6 +197,9 @@ for r in $(seq 1 "$ROUNDS"); do
 	printf '         CPU s/GiB by thread, cold read until its cache was written: fetch %s, cache writer %s, FUSE and the rest %s\n' \
 		"$(calc "($f2 - $f0) / $gib")" "$(calc "($k2 - $k0) / $gib")" \
 		"$(calc "(($c2 - $c0) - ($f2 - $f0) - ($k2 - $k0)) / $gib")"
+	ddcpu=$(awk '{ printf "%.2f", $1 + $2 }' "$BENCH_DIR/dd.cpu")
+	printf '         machine CPU s/GiB less the S3 server, the same span: %s (imgfs %s, dd %s; the rest: kernel threads such as page cache writeback, and anything else running)\n' \
+		"$(calc "(($m2 - $m0) - ($s2 - $s0)) / $gib")" "$(calc "($c2 - $c0) / $gib")" "$(calc "$ddcpu / $gib")"
 	[ -n "$rand" ] && echo "         $rand"
 	fusermount3 -u "$MNT"
 	wait "$MPID" || true

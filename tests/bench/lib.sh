@@ -1,10 +1,24 @@
-# Sourced by the benchmarks that mount imgfs (cold.sh, mixed.sh), which run
-# from the top of the tree.  They set MNT (the mount point), MPID (imgfs's
-# pid, or empty), S3DIR (the local S3 server's directory) and PY (a python3).
+# Sourced by the benchmarks that mount imgfs (cold.sh, mixed.sh, mount.sh),
+# which run from the top of the tree.  They set S3DIR (the local S3 server's
+# directory) and, for stat_of, wait_cache and stop_all, MNT (the mount
+# point), MPID (imgfs's pid, or empty) and PY (a python3).
 # shellcheck shell=bash
 
 load() { cut -d' ' -f1 /proc/loadavg; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+HZ=$(getconf CLK_TCK)
+# Busy seconds of all cores so far (user, nice, system, irq, softirq): with
+# the server's taken out, what a read cost the machine, kernel threads (page
+# cache writeback) included.
+machine_s() { awk -v hz="$HZ" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
+# CPU seconds so far of the S3 server: the process groups local-s3.sh recorded.
+server_s() {
+	local groups
+	groups=" $(awk '{ printf "%s ", $2 }' "$S3DIR/etc/pids")"
+	awk -v hz="$HZ" -v g="$groups" '{ sub(/^.*\) /, ""); if (index(g, " " $3 " ")) s += $12 + $13 }
+		END { printf "%.2f", s / hz }' /proc/[0-9]*/stat 2>/dev/null
+}
 
 # One counter of $MNT/.imgstore/stats.
 stat_of() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$MNT/.imgstore/stats" "$1"; }

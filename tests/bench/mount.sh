@@ -45,6 +45,8 @@
 #          BENCH_WAN_RATE_MBPS=0 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 ROOT=$PWD
 SIZE_MIB=${1:-1024}
 NFILES=${2:-10000}
@@ -102,7 +104,6 @@ SIZE=$((SIZE_MIB * 1048576))
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", ($1) }"; }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 # ---- data: one big object (labctl: image + record), NFILES small ones
 FILE=$BENCH_DIR/image.raw
@@ -168,7 +169,8 @@ done
 # ---- mounts
 # start_mount TOOL MNT CACHE BUCKET: mounts, sets MPID
 start_mount() {
-	local tool=$1 mnt=$2 cache=$3 bucket=$4 log=$BENCH_DIR/$1-$(basename "$2").log
+	local tool=$1 mnt=$2 cache=$3 bucket=$4 log
+	log=$BENCH_DIR/$1-$(basename "$2").log
 	mkdir -p "$mnt" "$cache"
 	case $tool in
 	imgfs)
@@ -240,17 +242,7 @@ wait_imgfs_cache() { # MNT
 
 declare -A COLD WARM RAND LS MOUNT RSS CPU_COLD CPU_WARM CPU_MACHINE
 # CPU seconds (utime + stime) of a process and its threads so far
-HZ=$(getconf CLK_TCK)
 cpu_s() { awk -v hz="$HZ" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
-# busy seconds of all cores so far (user, nice, system, irq, softirq)
-machine_s() { awk -v hz="$HZ" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
-# CPU seconds so far of the S3 server: the process groups local-s3.sh recorded
-server_s() {
-	local groups
-	groups=" $(awk '{ printf "%s ", $2 }' "$S3DIR/etc/pids")"
-	awk -v hz="$HZ" -v g="$groups" '{ sub(/^.*\) /, ""); if (index(g, " " $3 " ")) s += $12 + $13 }
-		END { printf "%.2f", s / hz }' /proc/[0-9]*/stat 2>/dev/null
-}
 for tool in imgfs $PEERS; do
 	mnt=$BENCH_DIR/mnt-$tool
 	echo "mount.sh: $tool"
@@ -289,6 +281,7 @@ for tool in imgfs $PEERS; do
 	start_mount "$tool" "$lmnt" "$BENCH_DIR/lscache-$tool" "$LSBUCKET"
 	lpid=$MPID
 	t1=$(now)
+	# shellcheck disable=SC2012 # the bench times what users run: ls -la
 	n=$(ls -la "$dir" | wc -l)
 	t2=$(now)
 	MOUNT[$tool]=$(calc "$t1 - $t0")
