@@ -49,6 +49,13 @@ double time_mono(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+double time_cpu(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 void time_deadline(clockid_t clock, double seconds, struct timespec *ts)
 {
 	clock_gettime(clock, ts);

@@ -32,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MIB (1024.0 * 1024.0)
@@ -147,13 +146,6 @@ static double run_reads(struct cache *c, int fd, const unsigned char (*keys)[CAC
 	return (double)n * (double)bs / 1e6 / dt;
 }
 
-static double cpu_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* CPU seconds of this process per GiB for writing data to path in blocks of
  * bs, with an fdatasync per 4 MiB as the cache commits (its batch) and at the
  * end: through the page cache or around it (O_DIRECT), into a new file or
@@ -173,7 +165,7 @@ static double file_write_cpu(const char *path, const unsigned char *data, size_t
 		perror(path);
 		exit(1);
 	}
-	t0 = cpu_now();
+	t0 = time_cpu();
 	for (size_t off = 0; off + bs <= total; off += bs) {
 		if (pwrite(fd, data + off, bs, (off_t)off) != (ssize_t)bs) {
 			if (direct && errno == EINVAL) {
@@ -186,7 +178,7 @@ static double file_write_cpu(const char *path, const unsigned char *data, size_t
 		if ((off + bs) % batch == 0 || off + 2 * bs > total)
 			fdatasync(fd);
 	}
-	t0 = cpu_now() - t0;
+	t0 = time_cpu() - t0;
 	close(fd);
 	return t0 / ((double)total / (1024.0 * MIB));
 }
@@ -267,12 +259,10 @@ static void bench_block_size(const struct opts *o, const unsigned char *data, si
 		c = open_cache(cdir);
 		t0 = time_mono();
 		for (size_t i = 0; i < n; i++) {
-			/* By reference, as imgfs queues its verified blocks: a copy
-			 * per block (cache_put) made this bench measure malloc's
-			 * heap growing and shrinking around 1 MiB buffers instead
-			 * of the writer (135 MB/s against 250 without trimming).
-			 * A full queue drops: wait and retry, to measure the
-			 * writer's sustained rate. */
+			/* By reference, as imgfs queues its verified blocks
+			 * (cache_put would add a 1 MiB allocation and copy per
+			 * block).  A full queue drops: wait and retry, to measure
+			 * the writer's sustained rate. */
 			while (!cache_put_ref(c, keys[i], data + i * bs, bs, keep_data, NULL))
 				usleep(500);
 		}

@@ -75,12 +75,6 @@ eval "$(deploy/local-s3.sh env "$S3DIR")"
 export IMGSTORE_LOG=warn
 SIZE=$((SIZE_MIB * 1048576))
 calc() { awk "BEGIN { printf \"%.3f\", ($1) }"; }
-# CPU seconds of process $1, user + system; with "user" as $2, user alone:
-# what imgfs's own code costs, without the kernel's copies, which vary most
-# from run to run on a shared host
-cpu_s() {
-	awk -v hz="$HZ" -v user="${2:-}" '{ sub(/.*\) /, ""); printf "%.2f", (user ? $12 : $12 + $13) / hz }' "/proc/$1/stat"
-}
 # CPU seconds so far of the threads named $2 (imgfs-fetch: readahead's GETs,
 # TLS, hashing and copies into block buffers; cache-writer: storing blocks).
 # Both kinds live as long as the mount; the FUSE threads come and go, so

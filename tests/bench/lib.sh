@@ -8,6 +8,12 @@ load() { cut -d' ' -f1 /proc/loadavg; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 HZ=$(getconf CLK_TCK)
+# CPU seconds so far of process $1 and its threads, user + system; with
+# "user" as $2, user alone: what its own code costs, without the kernel's
+# copies, which vary most from run to run on a shared host.
+cpu_s() {
+	awk -v hz="$HZ" -v user="${2:-}" '{ sub(/.*\) /, ""); printf "%.2f", (user ? $12 : $12 + $13) / hz }' "/proc/$1/stat"
+}
 # Busy seconds of all cores so far (user, nice, system, irq, softirq): with
 # the server's taken out, what a read cost the machine, kernel threads (page
 # cache writeback) included.

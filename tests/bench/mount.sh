@@ -241,8 +241,6 @@ wait_imgfs_cache() { # MNT
 }
 
 declare -A COLD WARM RAND LS MOUNT RSS CPU_COLD CPU_WARM CPU_MACHINE
-# CPU seconds (utime + stime) of a process and its threads so far
-cpu_s() { awk -v hz="$HZ" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
 for tool in imgfs $PEERS; do
 	mnt=$BENCH_DIR/mnt-$tool
 	echo "mount.sh: $tool"

@@ -21,13 +21,13 @@
  *   sha256x2_bench [--size MIB] [--runs N]
  */
 #include "common/sha256x2.h"
+#include "common/timefmt.h"
 
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define PIECE    (1024 * 1024)
 #define VARIANTS 5
@@ -45,20 +45,6 @@ struct run {
 	struct sha256_state *a, *b;
 	struct digests d;
 };
-
-static double cpu_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double wall_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void fill(unsigned char *p, size_t n)
 {
@@ -209,12 +195,12 @@ int main(int argc, char **argv)
 		best[v] = wall[v] = 1e30;
 	for (int i = 0; i < runs; i++) {
 		for (int v = 0; v < VARIANTS; v++) {
-			double c0 = cpu_now(), w0 = wall_now();
+			double c0 = time_cpu(), w0 = time_mono();
 			double gib = (double)mib / 1024.0 * variants[v].per_gib;
 			variants[v].fn(&r);
-			if ((cpu_now() - c0) / gib < best[v]) {
-				best[v] = (cpu_now() - c0) / gib;
-				wall[v] = (wall_now() - w0) / gib;
+			if ((time_cpu() - c0) / gib < best[v]) {
+				best[v] = (time_cpu() - c0) / gib;
+				wall[v] = (time_mono() - w0) / gib;
 			}
 		}
 	}
@@ -235,9 +221,9 @@ int main(int argc, char **argv)
 		best[v] = 1e30;
 	for (int i = 0; i < 2000; i++) {
 		for (int v = 0; v < VARIANTS; v++) {
-			double c0 = wall_now(), c;
+			double c0 = time_mono(), c;
 			variants[v].fn(&r);
-			c = (wall_now() - c0) / (128.0 / (1024 * 1024) * variants[v].per_gib);
+			c = (time_mono() - c0) / (128.0 / (1024 * 1024) * variants[v].per_gib);
 			if (c < best[v])
 				best[v] = c;
 		}
