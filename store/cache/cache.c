@@ -93,6 +93,7 @@
 #include "common/log.h"
 #include "common/timefmt.h"
 #include "store/cache/cache_internal.h"
+#include "store/cache/slots.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -109,7 +110,7 @@
 #include <unistd.h>
 
 #define CACHE_APP_ID         0x696d6763 /* "imgc" */
-#define CACHE_SCHEMA_VERSION 2          /* 1: without pins (migrated on open) */
+#define CACHE_SCHEMA_VERSION 3 /* 1: without pins, 2: without slots (both upgraded on open) */
 #define CACHE_PAGE_SIZE      65536
 #define CACHE_JOURNAL        "TRUNCATE"
 
@@ -134,6 +135,10 @@
 #define BUSY_TIMEOUT_MS  5000
 #define FULL_BACKOFF_S   30.0
 #define ERROR_BACKOFF_S  2.0
+/* Blocks a transaction moves down the slot file to shorten it (see
+ * slots_shrink): a lower limit than last time is given back over a few
+ * transactions, none of them long. */
+#define RELOCATE_MAX 4
 
 /* A cache of at least this many batches evicts a batch ahead (evict_ahead
  * in struct cache). */
@@ -190,7 +195,7 @@ struct meta_req {
 
 struct checked {
 	unsigned char key[CACHE_KEY_LEN];
-	sqlite3_int64 id; /* 0: a free slot */
+	sqlite3_int64 id; /* the row's (< 0 for a row in a slot); 0: a free entry */
 };
 
 struct rconn {
@@ -202,11 +207,12 @@ struct rconn {
 struct wstmts {
 	sqlite3_stmt *begin, *commit, *rollback, *state_get, *state_set, *find, *touch, *oldest,
 	        *del_block, *del_idx, *ins_block, *ins_idx, *freelist, *page_count, *sum, *meta_put,
-	        *pins_any, *pins_del, *pins_ins;
+	        *pins_any, *pins_del, *pins_ins, *free_add, *free_take, *free_del, *free_get,
+	        *free_count, *at_slot, *relocate;
 };
 
 struct cache {
-	char *dir, *path, *marker;
+	char *dir, *path, *marker, *slots_path;
 	uint64_t limit;
 	uint64_t batch_bytes; /* per transaction */
 	uint64_t target;      /* bytes of database pages in use (see the top) */
@@ -222,7 +228,11 @@ struct cache {
 	 * an earlier transaction.  0 for small caches, where a batch is a large
 	 * share of the limit. */
 	uint64_t evict_ahead;
-	long long keep_free; /* free pages maybe_vacuum leaves for the next batch */
+	long long keep_free;      /* free pages maybe_vacuum leaves for the next batch */
+	uint64_t keep_free_slots; /* free slots slots_shrink leaves for the next batch */
+
+	/* blocks.dat: read by every reader, written by the writer thread */
+	struct slots slots;
 
 	/* writer connection: used by cache_open, then only by the writer thread */
 	sqlite3 *wdb;
@@ -360,7 +370,7 @@ static int checked_has(struct cache *c, const unsigned char *key, sqlite3_int64 
 {
 	int yes = 0;
 	pthread_mutex_lock(&c->chk_mu);
-	if (c->chk && id > 0)
+	if (c->chk && id != 0)
 		yes = c->chk[chk_slot(c, key)].id == id;
 	pthread_mutex_unlock(&c->chk_mu);
 	return yes;
@@ -392,7 +402,7 @@ static void chk_reserve(struct cache *c)
 static void checked_add(struct cache *c, const unsigned char *key, sqlite3_int64 id)
 {
 	size_t i;
-	if (id <= 0)
+	if (id == 0)
 		return;
 	pthread_mutex_lock(&c->chk_mu);
 	chk_reserve(c);
@@ -506,14 +516,16 @@ static int open_conn(const char *path, int cache_kib, sqlite3 **out)
 static const char schema_sql[] =
         "CREATE TABLE blocks(id INTEGER PRIMARY KEY, data BLOB NOT NULL);"
         "CREATE TABLE idx(key BLOB PRIMARY KEY, id INTEGER NOT NULL, len INTEGER NOT NULL,"
-        " atime INTEGER NOT NULL) WITHOUT ROWID;"
+        " atime INTEGER NOT NULL, slot INTEGER) WITHOUT ROWID;"
         "CREATE INDEX idx_atime ON idx(atime);"
+        "CREATE INDEX idx_slot ON idx(slot) WHERE slot IS NOT NULL;"
+        "CREATE TABLE slots_free(slot INTEGER PRIMARY KEY, freed INTEGER NOT NULL);"
         "CREATE TABLE meta(name TEXT PRIMARY KEY, data BLOB NOT NULL);"
         "CREATE TABLE pins(key BLOB NOT NULL, owner TEXT NOT NULL, PRIMARY KEY(key, owner))"
         " WITHOUT ROWID;"
         "CREATE TABLE state(k INTEGER PRIMARY KEY CHECK (k = 0), bytes INTEGER NOT NULL,"
-        " clock INTEGER NOT NULL);"
-        "INSERT INTO state VALUES(0, 0, 0);";
+        " clock INTEGER NOT NULL, nslots INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO state VALUES(0, 0, 0, 0);";
 
 /* Create the schema in a database that has none. */
 static int init_schema(sqlite3 *db)
@@ -547,24 +559,40 @@ static int init_schema(sqlite3 *db)
 	return rc;
 }
 
-/* Schema 1 (before pins): the same tables without pins; its blocks stay. */
-static int migrate_v1(sqlite3 *db)
+/* Older schemas keep their blocks: 1 had no pins, 2 no slot file (its
+ * blocks stay rows of `blocks`; new ones of SLOT_SIZE go to the slots). */
+static int migrate(sqlite3 *db, long long from)
 {
-	char sql[256];
+	char sql[128];
 	int rc = exec(db, "BEGIN IMMEDIATE");
 	if (rc != SQLITE_OK)
 		return rc;
-	snprintf(sql, sizeof(sql),
-	         "CREATE TABLE IF NOT EXISTS pins(key BLOB NOT NULL, owner TEXT NOT NULL, "
-	         "PRIMARY KEY(key, owner)) WITHOUT ROWID; PRAGMA user_version=%d;",
-	         CACHE_SCHEMA_VERSION);
-	rc = exec(db, sql);
+	if (from < 2)
+		rc = exec(db,
+		          "CREATE TABLE IF NOT EXISTS pins(key BLOB NOT NULL, owner TEXT NOT NULL, "
+		          "PRIMARY KEY(key, owner)) WITHOUT ROWID;");
+	if (rc == SQLITE_OK && from < 3 &&
+	    pragma_int(db, "SELECT count(*) FROM pragma_table_info('idx') WHERE name = 'slot'",
+	               &rc) == 0 &&
+	    rc == SQLITE_OK)
+		rc = exec(db, "ALTER TABLE idx ADD COLUMN slot INTEGER;"
+		              "ALTER TABLE state ADD COLUMN nslots INTEGER NOT NULL DEFAULT 0;");
+	if (rc == SQLITE_OK && from < 3)
+		rc = exec(db,
+		          "CREATE INDEX IF NOT EXISTS idx_slot ON idx(slot) WHERE slot IS NOT "
+		          "NULL;"
+		          "CREATE TABLE IF NOT EXISTS slots_free(slot INTEGER PRIMARY KEY, freed "
+		          "INTEGER NOT NULL);");
+	if (rc == SQLITE_OK) {
+		snprintf(sql, sizeof(sql), "PRAGMA user_version=%d;", CACHE_SCHEMA_VERSION);
+		rc = exec(db, sql);
+	}
 	if (rc == SQLITE_OK)
 		rc = exec(db, "COMMIT");
 	if (rc != SQLITE_OK)
 		exec(db, "ROLLBACK");
 	else
-		log_info("block cache: schema 1 upgraded to %d (pins)", CACHE_SCHEMA_VERSION);
+		log_info("block cache: schema %lld upgraded to %d", from, CACHE_SCHEMA_VERSION);
 	return rc;
 }
 
@@ -595,18 +623,19 @@ static int prepare_writer(struct cache *c)
 	P(begin, "BEGIN IMMEDIATE");
 	P(commit, "COMMIT");
 	P(rollback, "ROLLBACK");
-	P(state_get, "SELECT bytes, clock FROM state WHERE k = 0");
-	P(state_set, "UPDATE state SET bytes = ?1, clock = ?2 WHERE k = 0");
-	P(find, "SELECT id, len FROM idx WHERE key = ?1");
+	P(state_get, "SELECT bytes, clock, nslots FROM state WHERE k = 0");
+	P(state_set, "UPDATE state SET bytes = ?1, clock = ?2, nslots = ?3 WHERE k = 0");
+	P(find, "SELECT id, len, slot FROM idx WHERE key = ?1");
 	P(touch, "UPDATE idx SET atime = ?2 WHERE key = ?1");
 	/* pinned keys are never evicted: the scan in atime order steps over
 	 * them (one primary-key probe each) */
-	P(oldest, "SELECT key, id, len, atime FROM idx WHERE NOT EXISTS (SELECT 1 FROM pins WHERE "
-	          "pins.key = idx.key) ORDER BY atime LIMIT 1");
+	P(oldest,
+	  "SELECT key, id, len, atime, slot FROM idx WHERE NOT EXISTS (SELECT 1 FROM pins WHERE "
+	  "pins.key = idx.key) ORDER BY atime LIMIT 1");
 	P(del_block, "DELETE FROM blocks WHERE id = ?1");
 	P(del_idx, "DELETE FROM idx WHERE key = ?1");
 	P(ins_block, "INSERT INTO blocks(data) VALUES(?1)");
-	P(ins_idx, "INSERT INTO idx(key, id, len, atime) VALUES(?1, ?2, ?3, ?4)");
+	P(ins_idx, "INSERT INTO idx(key, id, len, atime, slot) VALUES(?1, ?2, ?3, ?4, ?5)");
 	P(freelist, "PRAGMA freelist_count");
 	P(page_count, "PRAGMA page_count");
 	P(sum, "SELECT coalesce(sum(len), 0), coalesce(max(atime), 0) FROM idx");
@@ -614,6 +643,14 @@ static int prepare_writer(struct cache *c)
 	P(pins_any, "SELECT EXISTS (SELECT 1 FROM pins)");
 	P(pins_del, "DELETE FROM pins WHERE owner = ?1");
 	P(pins_ins, "INSERT OR IGNORE INTO pins(key, owner) VALUES(?1, ?2)");
+	P(free_add, "INSERT INTO slots_free(slot, freed) VALUES(?1, ?2)");
+	P(free_take, "SELECT slot FROM slots_free WHERE freed <= ?1 AND slot < ?2 ORDER BY slot "
+	             "LIMIT 1");
+	P(free_del, "DELETE FROM slots_free WHERE slot = ?1");
+	P(free_get, "SELECT freed FROM slots_free WHERE slot = ?1");
+	P(free_count, "SELECT count(*) FROM slots_free");
+	P(at_slot, "SELECT key, len FROM idx WHERE slot = ?1");
+	P(relocate, "UPDATE idx SET slot = ?2, id = ?3 WHERE key = ?1");
 #undef P
 	return SQLITE_OK;
 }
@@ -691,8 +728,8 @@ static int try_open(struct cache *c, struct err *e)
 		rc = init_schema(c->wdb);
 		if (rc != SQLITE_OK)
 			goto fail;
-	} else if (appid == CACHE_APP_ID && version == 1) {
-		rc = migrate_v1(c->wdb);
+	} else if (appid == CACHE_APP_ID && version >= 1 && version < CACHE_SCHEMA_VERSION) {
+		rc = migrate(c->wdb, version);
 		if (rc != SQLITE_OK)
 			goto fail;
 	} else if (appid != CACHE_APP_ID || version != CACHE_SCHEMA_VERSION) {
@@ -746,6 +783,8 @@ static void move_aside(struct cache *c, const char *why)
 	}
 	snprintf(from, sizeof(from), "%s-shm", c->path);
 	unlink(from);
+	/* the slots mean nothing without the index that named them */
+	unlink(c->slots_path);
 	unlink(c->marker);
 	log_warn("block cache %s %s: moved it to %s/" CACHE_CORRUPT_TAG "-%s and started a fresh "
 	         "cache",
@@ -776,7 +815,7 @@ static struct rconn *rconn_open(struct cache *c, struct err *e)
 	if (rc == SQLITE_OK)
 		rc = exec(r->db, "PRAGMA query_only=1");
 	if (rc == SQLITE_OK)
-		rc = prepare(r->db, "SELECT id, len FROM idx WHERE key = ?1", &r->lookup);
+		rc = prepare(r->db, "SELECT id, len, slot FROM idx WHERE key = ?1", &r->lookup);
 	if (rc == SQLITE_OK)
 		rc = prepare(r->db, "SELECT data FROM meta WHERE name = ?1", &r->meta_get);
 	if (rc != SQLITE_OK) {
@@ -832,15 +871,89 @@ struct batch {
 	size_t ndel;
 	/* results, applied after a successful commit */
 	uint64_t bytes, inserts, evictions, dropped;
+	/* the slot file as of this transaction: slots in it, free ones; slots
+	 * freed by this transaction are marked clock0 + 1 (see slot_take) */
+	uint64_t clock0, nslots, nfree;
+	int freed, wrote; /* slots freed; slots written (to sync before COMMIT) */
+	int more;         /* the slot file can shrink further: another transaction */
 };
 
-/* Delete the row of key (id and len known). */
-static int delete_row(struct cache *c, const void *key, sqlite3_int64 id)
+/* A column that is NULL for rows stored in `blocks`: -1 then. */
+static sqlite3_int64 slot_col(sqlite3_stmt *st, int col)
+{
+	return sqlite3_column_type(st, col) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, col);
+}
+
+/* An SQLite code for an errno of the slot file. */
+static int slot_rc(int err, int fallback)
+{
+	return err == ENOSPC || err == EDQUOT || err == EFBIG ? SQLITE_FULL : fallback;
+}
+
+/* Slot becomes free.  Not for this transaction's inserts: a reader may
+ * still hold the row that named it, until COMMIT takes the EXCLUSIVE lock
+ * (see the top). */
+static int slot_free(struct cache *c, struct batch *b, sqlite3_int64 slot)
+{
+	int rc;
+	sqlite3_bind_int64(c->w.free_add, 1, slot);
+	sqlite3_bind_int64(c->w.free_add, 2, (sqlite3_int64)b->clock0 + 1);
+	if ((rc = step_done(c->w.free_add)) != SQLITE_OK)
+		return rc;
+	b->nfree++;
+	b->freed = 1;
+	return SQLITE_OK;
+}
+
+/* The lowest free slot below `below` that an earlier transaction freed:
+ * 1 (in *slot, no longer free), 0 none, or an SQLite error code < 0. */
+static int slot_reuse(struct cache *c, struct batch *b, uint64_t below, sqlite3_int64 *slot)
+{
+	int rc;
+	sqlite3_bind_int64(c->w.free_take, 1, (sqlite3_int64)b->clock0);
+	sqlite3_bind_int64(c->w.free_take, 2, (sqlite3_int64)below);
+	rc = sqlite3_step(c->w.free_take);
+	if (rc == SQLITE_ROW)
+		*slot = sqlite3_column_int64(c->w.free_take, 0);
+	sqlite3_reset(c->w.free_take);
+	if (rc == SQLITE_DONE)
+		return 0;
+	if (rc != SQLITE_ROW)
+		return -rc;
+	sqlite3_bind_int64(c->w.free_del, 1, *slot);
+	if ((rc = step_done(c->w.free_del)) != SQLITE_OK)
+		return -rc;
+	b->nfree--;
+	return 1;
+}
+
+/* A slot for a new block: a free one, else one more at the end of the
+ * file.  An SQLite code. */
+static int slot_take(struct cache *c, struct batch *b, sqlite3_int64 *slot)
+{
+	int f = slot_reuse(c, b, UINT64_MAX >> 1, slot);
+	if (f < 0)
+		return -f;
+	if (f == 1)
+		return SQLITE_OK;
+	if (c->applied_max_pages) /* cache_test_set_max_pages: a full disk */
+		return SQLITE_FULL;
+	*slot = (sqlite3_int64)b->nslots++;
+	return SQLITE_OK;
+}
+
+/* Delete the row of key (id and slot known: slot -1 for a row of blocks). */
+static int delete_row(struct cache *c, struct batch *b, const void *key, sqlite3_int64 id,
+                      sqlite3_int64 slot)
 {
 	int rc;
 	checked_del(c, key);
-	sqlite3_bind_int64(c->w.del_block, 1, id);
-	rc = step_done(c->w.del_block);
+	if (slot >= 0) {
+		rc = slot_free(c, b, slot);
+	} else {
+		sqlite3_bind_int64(c->w.del_block, 1, id);
+		rc = step_done(c->w.del_block);
+	}
 	if (rc != SQLITE_OK)
 		return rc;
 	sqlite3_bind_blob(c->w.del_idx, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
@@ -871,27 +984,37 @@ static int used_bytes(struct cache *c, uint64_t *out)
 	return rc;
 }
 
+/* The same, and the slots in use (free slots count as free pages do). */
+static int used_disk(struct cache *c, const struct batch *b, uint64_t *out)
+{
+	int rc = used_bytes(c, out);
+	if (b->nslots > b->nfree)
+		*out += (b->nslots - b->nfree) * (uint64_t)SLOT_SIZE;
+	return rc;
+}
+
 /* Evict least recently used rows until bytes + need <= limit and the pages
- * in use leave room for need (a block of need bytes takes its overflow pages
- * and a share of a leaf: counted as need + one page).  Pinned rows are not
+ * and slots in use leave room for `disk` more bytes (a block in a slot takes
+ * the slot; one in `blocks` its overflow pages and a share of a leaf:
+ * counted as need + one page).  Pinned rows are not
  * candidates: when only they are left, *blocked is set and the caller does
  * not insert (pins that do not fit leave the cache full, not over its
  * bound).  With a floor (not 0), rows whose LRU clock is floor or later
  * stay even then: evicting ahead never takes the rows its own transaction
  * stored or read (in a cache that pins nearly fill, it would store and drop
  * every block). */
-static int evict(struct cache *c, struct batch *b, uint64_t need, uint64_t floor, int *blocked)
+static int evict(struct cache *c, struct batch *b, uint64_t need, uint64_t disk, uint64_t floor,
+                 int *blocked)
 {
 	*blocked = 0;
 	for (;;) {
 		unsigned char key[CACHE_KEY_LEN];
-		sqlite3_int64 id, len, atime;
+		sqlite3_int64 id, len, atime, slot;
 		uint64_t used = 0;
-		int rc = used_bytes(c, &used);
+		int rc = used_disk(c, b, &used);
 		if (rc != SQLITE_OK)
 			return rc;
-		if (b->bytes + need <= c->limit &&
-		    used + (need ? need + CACHE_PAGE_SIZE : 0) <= c->target)
+		if (b->bytes + need <= c->limit && used + disk <= c->target)
 			break;
 		rc = sqlite3_step(c->w.oldest);
 		if (rc != SQLITE_ROW) {
@@ -917,10 +1040,11 @@ static int evict(struct cache *c, struct batch *b, uint64_t need, uint64_t floor
 		id = sqlite3_column_int64(c->w.oldest, 1);
 		len = sqlite3_column_int64(c->w.oldest, 2);
 		atime = sqlite3_column_int64(c->w.oldest, 3);
+		slot = slot_col(c->w.oldest, 4);
 		sqlite3_reset(c->w.oldest);
 		if (floor && atime >= (sqlite3_int64)floor)
 			break;
-		rc = delete_row(c, key, id);
+		rc = delete_row(c, b, key, id, slot);
 		if (rc != SQLITE_OK)
 			return rc;
 		b->bytes = b->bytes > (uint64_t)len ? b->bytes - (uint64_t)len : 0;
@@ -929,8 +1053,9 @@ static int evict(struct cache *c, struct batch *b, uint64_t need, uint64_t floor
 	return SQLITE_OK;
 }
 
-/* 1 found (id, len), 0 not, or an SQLite error code < 0 (negated). */
-static int find(struct cache *c, const void *key, sqlite3_int64 *id, sqlite3_int64 *len)
+/* 1 found (id, len, slot), 0 not, or an SQLite error code < 0 (negated). */
+static int find(struct cache *c, const void *key, sqlite3_int64 *id, sqlite3_int64 *len,
+                sqlite3_int64 *slot)
 {
 	int rc;
 	sqlite3_bind_blob(c->w.find, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
@@ -938,6 +1063,7 @@ static int find(struct cache *c, const void *key, sqlite3_int64 *id, sqlite3_int
 	if (rc == SQLITE_ROW) {
 		*id = sqlite3_column_int64(c->w.find, 0);
 		*len = sqlite3_column_int64(c->w.find, 1);
+		*slot = slot_col(c->w.find, 2);
 		rc = 1;
 	} else {
 		rc = rc == SQLITE_DONE ? 0 : -rc;
@@ -968,10 +1094,142 @@ static int maybe_vacuum(struct cache *c)
 	return exec(c->wdb, sql);
 }
 
+/* 1 when slot is free (*freed: its mark, see slot_free), 0 not, or an
+ * SQLite error code < 0. */
+static int slot_is_free(struct cache *c, sqlite3_int64 slot, sqlite3_int64 *freed)
+{
+	int rc;
+	sqlite3_bind_int64(c->w.free_get, 1, slot);
+	rc = sqlite3_step(c->w.free_get);
+	if (rc == SQLITE_ROW)
+		*freed = sqlite3_column_int64(c->w.free_get, 0);
+	sqlite3_reset(c->w.free_get);
+	return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -rc;
+}
+
+/* The key and length of the row in slot: 1, 0 none, or an SQLite error
+ * code < 0. */
+static int slot_row(struct cache *c, sqlite3_int64 slot, unsigned char *key, sqlite3_int64 *len)
+{
+	int rc;
+	sqlite3_bind_int64(c->w.at_slot, 1, slot);
+	rc = sqlite3_step(c->w.at_slot);
+	if (rc == SQLITE_ROW) {
+		if (sqlite3_column_bytes(c->w.at_slot, 0) != CACHE_KEY_LEN) {
+			sqlite3_reset(c->w.at_slot);
+			return -SQLITE_CORRUPT;
+		}
+		memcpy(key, sqlite3_column_blob(c->w.at_slot, 0), CACHE_KEY_LEN);
+		*len = sqlite3_column_int64(c->w.at_slot, 1);
+	}
+	sqlite3_reset(c->w.at_slot);
+	return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -rc;
+}
+
+/* Give the slot file back down to keep_free_slots free slots (a lower limit
+ * than last time leaves many).  Free slots at its end are cut off; the
+ * blocks of the last slots in use move to the lowest free ones (RELOCATE_MAX
+ * per transaction), and the slots they leave are cut off by a later
+ * transaction, once no reader can hold the rows that named them.  An SQLite
+ * code. */
+static int slots_shrink(struct cache *c, struct batch *b, uint64_t *clock)
+{
+	uint64_t n0 = b->nslots, moved = 0;
+	int f, rc;
+	for (uint64_t s = b->nslots; s-- > 0 && b->nfree > c->keep_free_slots;) {
+		unsigned char key[CACHE_KEY_LEN];
+		sqlite3_int64 freed = 0, to = 0, len = 0;
+		if ((f = slot_is_free(c, (sqlite3_int64)s, &freed)) < 0)
+			return -f;
+		if (f) {
+			if (s + 1 == b->nslots && freed <= (sqlite3_int64)b->clock0) {
+				sqlite3_bind_int64(c->w.free_del, 1, (sqlite3_int64)s);
+				if ((rc = step_done(c->w.free_del)) != SQLITE_OK)
+					return rc;
+				b->nfree--;
+				b->nslots--;
+			}
+			continue;
+		}
+		if (moved == RELOCATE_MAX)
+			break;
+		if ((f = slot_row(c, (sqlite3_int64)s, key, &len)) < 0)
+			return -f;
+		if (!f) { /* neither free nor in use: free it */
+			if ((rc = slot_free(c, b, (sqlite3_int64)s)) != SQLITE_OK)
+				return rc;
+			continue;
+		}
+		if ((f = slot_reuse(c, b, s, &to)) < 0)
+			return -f;
+		if (!f)
+			break; /* no free slot below it that a reader cannot hold */
+		f = slots_copy(&c->slots, s, (uint64_t)to);
+		if (f < 0)
+			return slot_rc(errno, SQLITE_IOERR_WRITE);
+		b->wrote = 1;
+		if (f == 0) { /* the file lost the block: the row goes */
+			if ((rc = slot_free(c, b, to)) != SQLITE_OK ||
+			    (rc = delete_row(c, b, key, 0, (sqlite3_int64)s)) != SQLITE_OK)
+				return rc;
+			b->bytes = b->bytes > (uint64_t)len ? b->bytes - (uint64_t)len : 0;
+			continue;
+		}
+		/* a new id: the checked set must not take the copy for the row it
+		 * checked (the copy is of bytes on disk, not of bytes checked) */
+		checked_del(c, key);
+		sqlite3_bind_blob(c->w.relocate, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
+		sqlite3_bind_int64(c->w.relocate, 2, to);
+		sqlite3_bind_int64(c->w.relocate, 3, -(sqlite3_int64)++ * clock);
+		if ((rc = step_done(c->w.relocate)) != SQLITE_OK ||
+		    (rc = slot_free(c, b, (sqlite3_int64)s)) != SQLITE_OK)
+			return rc;
+		moved++;
+	}
+	if (b->nslots < n0 && slots_trim(&c->slots, b->nslots))
+		return slot_rc(errno, SQLITE_IOERR_TRUNCATE);
+	b->more = b->nfree > c->keep_free_slots && (moved || b->nslots < n0 || b->freed);
+	return SQLITE_OK;
+}
+
+/* Store one queued block: in a slot when it is SLOT_SIZE long, else a row
+ * of blocks.  An SQLite code. */
+static int insert_block(struct cache *c, struct batch *b, struct qent *q, uint64_t *clock)
+{
+	sqlite3_int64 id, slot = -1;
+	int rc;
+	if (q->len == SLOT_SIZE) {
+		if ((rc = slot_take(c, b, &slot)) != SQLITE_OK)
+			return rc;
+		if (slots_write(&c->slots, (uint64_t)slot, q->data))
+			return slot_rc(errno, SQLITE_IOERR_WRITE);
+		b->wrote = 1;
+		/* a slot is reused: the id (the checked set's) is the clock */
+		id = -(sqlite3_int64)(*clock + 1);
+	} else {
+		sqlite3_bind_blob64(c->w.ins_block, 1, q->data, q->len, SQLITE_STATIC);
+		if ((rc = step_done(c->w.ins_block)) != SQLITE_OK)
+			return rc;
+		id = sqlite3_last_insert_rowid(c->wdb);
+	}
+	sqlite3_bind_blob(c->w.ins_idx, 1, q->key, CACHE_KEY_LEN, SQLITE_STATIC);
+	sqlite3_bind_int64(c->w.ins_idx, 2, id);
+	sqlite3_bind_int64(c->w.ins_idx, 3, (sqlite3_int64)q->len);
+	sqlite3_bind_int64(c->w.ins_idx, 4, (sqlite3_int64)++ * clock);
+	if (slot >= 0)
+		sqlite3_bind_int64(c->w.ins_idx, 5, slot);
+	else
+		sqlite3_bind_null(c->w.ins_idx, 5);
+	if ((rc = step_done(c->w.ins_idx)) != SQLITE_OK)
+		return rc;
+	q->id = id;
+	return SQLITE_OK;
+}
+
 static int run_batch(struct cache *c, struct batch *b)
 {
-	uint64_t clock, clock0;
-	sqlite3_int64 id = 0, len = 0;
+	uint64_t clock;
+	sqlite3_int64 id = 0, len = 0, slot = -1;
 	int rc, f, blocked;
 
 	rc = step_done(c->w.begin);
@@ -984,17 +1242,26 @@ static int run_batch(struct cache *c, struct batch *b)
 		goto fail;
 	}
 	b->bytes = (uint64_t)sqlite3_column_int64(c->w.state_get, 0);
-	clock = clock0 = (uint64_t)sqlite3_column_int64(c->w.state_get, 1);
+	clock = b->clock0 = (uint64_t)sqlite3_column_int64(c->w.state_get, 1);
+	b->nslots = (uint64_t)sqlite3_column_int64(c->w.state_get, 2);
 	sqlite3_reset(c->w.state_get);
+	b->nfree = (uint64_t)pragma_step(c->w.free_count, &rc);
+	if (rc != SQLITE_OK)
+		goto fail;
+	/* a transaction that added slots and rolled back left them in the file */
+	if (slots_trim(&c->slots, b->nslots)) {
+		rc = slot_rc(errno, SQLITE_IOERR_TRUNCATE);
+		goto fail;
+	}
 
 	for (size_t i = 0; i < b->ndel; i++) {
-		f = find(c, b->del[i], &id, &len);
+		f = find(c, b->del[i], &id, &len, &slot);
 		if (f < 0) {
 			rc = -f;
 			goto fail;
 		}
 		if (f == 1) {
-			if ((rc = delete_row(c, b->del[i], id)) != SQLITE_OK)
+			if ((rc = delete_row(c, b, b->del[i], id, slot)) != SQLITE_OK)
 				goto fail;
 			b->bytes = b->bytes > (uint64_t)len ? b->bytes - (uint64_t)len : 0;
 		}
@@ -1003,7 +1270,7 @@ static int run_batch(struct cache *c, struct batch *b)
 		if ((rc = touch_key(c, b->touch[i], ++clock)) != SQLITE_OK)
 			goto fail;
 	for (struct qent *q = b->head; q; q = q->next) {
-		f = find(c, q->key, &id, &len);
+		f = find(c, q->key, &id, &len, &slot);
 		if (f < 0) {
 			rc = -f;
 			goto fail;
@@ -1017,7 +1284,7 @@ static int run_batch(struct cache *c, struct batch *b)
 		if (f == 1) {
 			/* another length under this key: the caller checked its bytes
 			 * against the key, so the row cannot be right */
-			if ((rc = delete_row(c, q->key, id)) != SQLITE_OK)
+			if ((rc = delete_row(c, b, q->key, id, slot)) != SQLITE_OK)
 				goto fail;
 			b->bytes = b->bytes > (uint64_t)len ? b->bytes - (uint64_t)len : 0;
 		}
@@ -1025,38 +1292,44 @@ static int run_batch(struct cache *c, struct batch *b)
 			b->dropped++;
 			continue;
 		}
-		if ((rc = evict(c, b, q->len, 0, &blocked)) != SQLITE_OK)
+		if ((rc = evict(c, b, q->len,
+		                q->len == SLOT_SIZE ? SLOT_SIZE : q->len + CACHE_PAGE_SIZE, 0,
+		                &blocked)) != SQLITE_OK)
 			goto fail;
 		if (blocked && b->bytes + q->len > c->limit) {
 			b->dropped++; /* the rest is pinned */
 			continue;
 		}
-		sqlite3_bind_blob64(c->w.ins_block, 1, q->data, q->len, SQLITE_STATIC);
-		if ((rc = step_done(c->w.ins_block)) != SQLITE_OK)
+		if ((rc = insert_block(c, b, q, &clock)) != SQLITE_OK)
 			goto fail;
-		id = sqlite3_last_insert_rowid(c->wdb);
-		sqlite3_bind_blob(c->w.ins_idx, 1, q->key, CACHE_KEY_LEN, SQLITE_STATIC);
-		sqlite3_bind_int64(c->w.ins_idx, 2, id);
-		sqlite3_bind_int64(c->w.ins_idx, 3, (sqlite3_int64)q->len);
-		sqlite3_bind_int64(c->w.ins_idx, 4, (sqlite3_int64)++clock);
-		if ((rc = step_done(c->w.ins_idx)) != SQLITE_OK)
-			goto fail;
-		q->id = id;
 		b->bytes += q->len;
 		b->inserts++;
 	}
 	/* The limit may have been lowered since the last run; and room for the
 	 * next batch (see evict_ahead), from rows older than this one. */
-	if ((rc = evict(c, b, 0, 0, &blocked)) != SQLITE_OK)
+	if ((rc = evict(c, b, 0, 0, 0, &blocked)) != SQLITE_OK)
 		goto fail;
-	if (c->evict_ahead && (rc = evict(c, b, c->evict_ahead, clock0 + 1, &blocked)) != SQLITE_OK)
+	if (c->evict_ahead && (rc = evict(c, b, c->evict_ahead, c->evict_ahead + CACHE_PAGE_SIZE,
+	                                  b->clock0 + 1, &blocked)) != SQLITE_OK)
+		goto fail;
+	if ((rc = slots_shrink(c, b, &clock)) != SQLITE_OK)
 		goto fail;
 	if ((rc = maybe_vacuum(c)) != SQLITE_OK)
 		goto fail;
+	/* the slots freed here are reused from the next transaction on, whose
+	 * clock0 must be past their mark */
+	if (b->freed && clock <= b->clock0)
+		clock = b->clock0 + 1;
 	sqlite3_bind_int64(c->w.state_set, 1, (sqlite3_int64)b->bytes);
 	sqlite3_bind_int64(c->w.state_set, 2, (sqlite3_int64)clock);
+	sqlite3_bind_int64(c->w.state_set, 3, (sqlite3_int64)b->nslots);
 	if ((rc = step_done(c->w.state_set)) != SQLITE_OK)
 		goto fail;
+	/* a committed row names a slot whose bytes are on disk */
+	if (b->wrote && slots_sync(&c->slots)) {
+		rc = slot_rc(errno, SQLITE_IOERR_FSYNC);
+		goto fail;
+	}
 	if ((rc = step_done(c->w.commit)) != SQLITE_OK)
 		goto fail;
 	return SQLITE_OK;
@@ -1258,6 +1531,8 @@ static void *writer_main(void *arg)
 			if (ran) {
 				c->bytes = b.bytes;
 				c->commits++;
+				if (b.more)
+					c->need_evict = 1;
 			}
 			atomic_fetch_add(&c->inserts, b.inserts);
 			atomic_fetch_add(&c->evictions, b.evictions);
@@ -1332,6 +1607,8 @@ static void cache_free(struct cache *c)
 	free(c->dir);
 	free(c->path);
 	free(c->marker);
+	free(c->slots_path);
+	slots_close(&c->slots);
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->wake);
 	pthread_cond_destroy(&c->done);
@@ -1378,6 +1655,7 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	pthread_mutex_init(&c->pool_mu, NULL);
 	pthread_cond_init(&c->pool_cv, NULL);
 	pthread_mutex_init(&c->chk_mu, NULL);
+	c->slots.fd = c->slots.direct_fd = -1;
 	c->limit = o->limit_bytes;
 	c->full_backoff = FULL_BACKOFF_S;
 	c->touch_interval = TOUCH_INTERVAL_S;
@@ -1403,17 +1681,25 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	/* the pages evict_ahead frees, and those of one block's leaf share */
 	c->keep_free = KEEP_FREE_PAGES + (long long)(c->evict_ahead / CACHE_PAGE_SIZE) +
 	               (c->evict_ahead ? 2 : 0);
+	/* free slots: those a batch's evictions free (reused by the next one),
+	 * or those evict_ahead frees */
+	c->keep_free_slots = (c->batch_bytes + c->evict_ahead) / SLOT_SIZE;
+	/* A transaction grows the file by a batch at most, and the free slots
+	 * it leaves are what the next one reuses: one room serves both. */
+	if (tx < c->keep_free_slots * SLOT_SIZE)
+		tx = c->keep_free_slots * SLOT_SIZE;
 	reserve = jl + tx + TX_INDEX_BYTES + (uint64_t)c->keep_free * CACHE_PAGE_SIZE + (1u << 20);
 	c->target = c->limit + DISK_SLACK > reserve ? c->limit + DISK_SLACK - reserve : 0;
 	c->dir = strdup(o->dir);
 	c->path = path_join(o->dir, CACHE_DB_NAME);
 	c->marker = path_join(o->dir, CACHE_CORRUPT_TAG);
+	c->slots_path = path_join(o->dir, CACHE_BLOCKS_NAME);
 	c->touch = malloc(TOUCH_MAX * CACHE_KEY_LEN);
 	c->touch_spare = malloc(TOUCH_MAX * CACHE_KEY_LEN);
 	c->touch_slot = calloc(TOUCH_SLOTS, sizeof(*c->touch_slot));
 	c->del = malloc(DELETE_MAX * CACHE_KEY_LEN);
-	if (!c->dir || !c->path || !c->marker || !c->touch || !c->touch_spare || !c->touch_slot ||
-	    !c->del) {
+	if (!c->dir || !c->path || !c->marker || !c->slots_path || !c->touch || !c->touch_spare ||
+	    !c->touch_slot || !c->del) {
 		err_set(e, ERR_IO, "out of memory");
 		goto fail;
 	}
@@ -1433,6 +1719,10 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	}
 	if (rc)
 		goto fail;
+	if (slots_open(&c->slots, c->slots_path)) {
+		err_errno(e, "opening %s", c->slots_path);
+		goto fail;
+	}
 
 	if ((rc = used_bytes(c, &used)) == SQLITE_OK)
 		nfree = pragma_step(c->w.freelist, &rc);
@@ -1531,7 +1821,8 @@ int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], siz
 {
 	struct rconn *r;
 	sqlite3_blob *blob = NULL;
-	sqlite3_int64 id = 0, stored;
+	sqlite3_int64 id = 0, stored, slot;
+	ssize_t got;
 	int rc, ret = -1, drop = 0, check = 0;
 
 	if (atomic_load(&c->corrupt) || !len || len > INT_MAX || !n || off > len || n > len - off) {
@@ -1554,6 +1845,7 @@ int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], siz
 	}
 	id = sqlite3_column_int64(r->lookup, 0);
 	stored = sqlite3_column_int64(r->lookup, 1);
+	slot = slot_col(r->lookup, 2);
 	if (stored != (sqlite3_int64)len) {
 		/* the caller expects another length under this key: a miss, and
 		 * the row stays (whoever is wrong, a check finds it) */
@@ -1567,7 +1859,27 @@ int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], siz
 		}
 		check = 1;
 	}
-	/* The lookup statement is still active: same snapshot. */
+	/* The lookup statement is still active: same snapshot, and the writer
+	 * reuses no slot that a row in it names (slot_free). */
+	if (slot >= 0) {
+		if (len != SLOT_SIZE) { /* not what the writer stores in a slot */
+			ret = 0;
+			drop = 1;
+			goto out;
+		}
+		got = slots_read(&c->slots, (uint64_t)slot, off, buf, n);
+		if (got < 0) {
+			err_errno(e, "block cache: reading %s", c->slots_path);
+			goto out;
+		}
+		if ((size_t)got < n) { /* the file is shorter than its index says */
+			ret = 0;
+			drop = 1;
+			goto out;
+		}
+		ret = 1;
+		goto out;
+	}
 	rc = sqlite3_blob_open(r->db, "main", "blocks", "data", id, 0, &blob);
 	if (rc == SQLITE_ERROR) { /* no such row: idx and blocks disagree */
 		ret = 0;

@@ -20,6 +20,7 @@ uint64_t cache_test_commits(struct cache *c);
 
 /* File names inside the cache directory. */
 #define CACHE_DB_NAME     "cache.db"
+#define CACHE_BLOCKS_NAME "blocks.dat"       /* the slots (store/cache/slots.h) */
 #define CACHE_CORRUPT_TAG "cache.db.corrupt" /* marker, and prefix of moved-aside files */
 
 #endif

@@ -7,8 +7,8 @@ local S3 server and a real imgfs mount.
   for block 0 (it was a heap over-read);
 - block sizes outside what labctl writes are refused, and the block memory
   budget holds with many parallel readers;
-- a block altered inside cache.db is never served: fetched again, or EIO
-  when the bucket is unreachable, and counted;
+- a block altered in the cache (cache.db or blocks.dat) is never served:
+  fetched again, or EIO when the bucket is unreachable, and counted;
 - everything in --cache-dir stays within --cache-size + 8 MiB.
 """
 import errno
@@ -125,17 +125,25 @@ def test_parallel_readers_stay_within_the_memory_budget(bucket, imgfs):
 # ---------------------------------------------------------------- finding 8
 
 def corrupt_cached(cache_dir, block, where=12345):
-    """Flip a byte of the cached copy of `block` inside cache.db (through
-    SQLite, as a damaged disk or a local user would leave it: same length)."""
+    """Flip a byte of the cached copy of `block` (a row of cache.db, through
+    SQLite, or its slot in blocks.dat), as a damaged disk or a local user
+    would leave it: same length."""
     key = hashlib.sha256(block).digest()
     db = sqlite3.connect(Path(cache_dir) / "cache.db", timeout=30)
+    bad = bytearray(block)
+    bad[where] ^= 0x55
     try:
-        row = db.execute("SELECT id, len FROM idx WHERE key = ?", (key,)).fetchone()
+        row = db.execute("SELECT id, len, slot FROM idx WHERE key = ?", (key,)).fetchone()
         assert row is not None and row[1] == len(block)
-        bad = bytearray(block)
-        bad[where] ^= 0x55
-        db.execute("UPDATE blocks SET data = ? WHERE id = ?", (bytes(bad), row[0]))
-        db.commit()
+        if row[2] is not None:
+            with open(Path(cache_dir) / "blocks.dat", "r+b") as f:
+                f.seek(row[2] * MiB)
+                assert f.read(len(block)) == block
+                f.seek(row[2] * MiB + where)
+                f.write(bytes([bad[where]]))
+        else:
+            db.execute("UPDATE blocks SET data = ? WHERE id = ?", (bytes(bad), row[0]))
+            db.commit()
     finally:
         db.close()
     return bytes(bad)

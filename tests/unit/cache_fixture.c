@@ -1,12 +1,16 @@
 #include "tests/unit/cache_fixture.h"
 
 #include "common/hash.h"
+#include "store/cache/cache_internal.h"
+#include "store/cache/slots.h"
 
+#include <fcntl.h>
 #include <ftw.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static char root[64];
 
@@ -82,14 +86,27 @@ int alter_row(const char *dir, const unsigned char key[CACHE_KEY_LEN], int at)
 	sqlite3_stmt *st = NULL;
 	sqlite3_blob *blob = NULL;
 	unsigned char b;
-	int rc = -1;
+	int rc = -1, fd = -1;
 	snprintf(path, sizeof(path), "%s/cache.db", dir);
 	if (sqlite3_open(path, &db) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db, "SELECT id FROM idx WHERE key = ?1", -1, &st, NULL) != SQLITE_OK)
+	    sqlite3_prepare_v2(db, "SELECT id, slot FROM idx WHERE key = ?1", -1, &st, NULL) !=
+	            SQLITE_OK)
 		goto out;
 	sqlite3_bind_blob(st, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
-	if (sqlite3_step(st) != SQLITE_ROW ||
-	    sqlite3_blob_open(db, "main", "blocks", "data", sqlite3_column_int64(st, 0), 1,
+	if (sqlite3_step(st) != SQLITE_ROW)
+		goto out;
+	if (sqlite3_column_type(st, 1) != SQLITE_NULL) { /* a block in the slot file */
+		off_t off = (off_t)sqlite3_column_int64(st, 1) * SLOT_SIZE + at;
+		snprintf(path, sizeof(path), "%s/" CACHE_BLOCKS_NAME, dir);
+		if ((fd = open(path, O_RDWR)) < 0 || pread(fd, &b, 1, off) != 1)
+			goto out;
+		b ^= 0x55;
+		if (pwrite(fd, &b, 1, off) != 1)
+			goto out;
+		rc = 0;
+		goto out;
+	}
+	if (sqlite3_blob_open(db, "main", "blocks", "data", sqlite3_column_int64(st, 0), 1,
 	                      &blob) != SQLITE_OK ||
 	    sqlite3_blob_read(blob, &b, 1, at) != SQLITE_OK)
 		goto out;
@@ -98,6 +115,8 @@ int alter_row(const char *dir, const unsigned char key[CACHE_KEY_LEN], int at)
 		goto out;
 	rc = 0;
 out:
+	if (fd >= 0)
+		close(fd);
 	sqlite3_blob_close(blob);
 	sqlite3_finalize(st);
 	sqlite3_close(db);

@@ -29,8 +29,9 @@ void block_fill(uint64_t i, unsigned char *p, size_t n);
 /* The same, with its content address (SHA-256) in key. */
 void block_make(uint64_t i, unsigned char *p, size_t n, unsigned char key[CACHE_KEY_LEN]);
 
-/* Flips byte `at` of the row stored under key in dir/cache.db (same length),
- * through SQLite, as a damaged disk or a local user would.  0 done. */
+/* Flips byte `at` of the block stored under key in dir (a row of cache.db,
+ * through SQLite, or its slot in blocks.dat), as a damaged disk or a local
+ * user would.  0 done. */
 int alter_row(const char *dir, const unsigned char key[CACHE_KEY_LEN], int at);
 
 #endif
