@@ -1,14 +1,38 @@
 /* The bounded SQLite block cache (see cache.h and DESIGN.md "Cache keys").
  *
  * One database, <dir>/cache.db, with a rollback journal (TRUNCATE) and
- * 64 KiB pages:
+ * 64 KiB pages, and a slot file, <dir>/blocks.dat (slots.h):
  *
- *   blocks(id INTEGER PRIMARY KEY, data BLOB)      the block bytes, one row per block
- *   idx(key PRIMARY KEY, id, len, atime)            key -> row, length, LRU clock
+ *   blocks(id INTEGER PRIMARY KEY, data BLOB)      bytes of blocks not SLOT_SIZE long
+ *   idx(key PRIMARY KEY, id, len, atime, slot)      key -> row or slot, length, LRU clock
  *   idx_atime ON idx(atime)                         eviction order
+ *   idx_slot ON idx(slot)                           which block a slot holds (slots_shrink)
+ *   slots_free(slot PRIMARY KEY, freed)             free slots, and when they were freed
  *   meta(name PRIMARY KEY, data)                    small named blobs
  *   pins(key, owner) PRIMARY KEY                    keys eviction skips (cache_pins_set)
- *   state(k = 0, bytes, clock)                      exact byte count and LRU clock
+ *   state(k = 0, bytes, clock, nslots)              exact byte count, LRU clock, file slots
+ *
+ * Slots: a block of exactly SLOT_SIZE (1 MiB, what labctl writes) goes to
+ * a slot of blocks.dat, written around the page cache (O_DIRECT): through
+ * SQLite, a cold GiB cost the writer 0.8-1.3 CPU s and the kernel's
+ * writeback 0.5 more; into slots, 0.4-0.5 in all (tests/bench/README.md).
+ * Shorter blocks (an image's tail, other tools' block sizes) stay rows of
+ * `blocks`.  For a slot row, idx.id is minus the clock at its insert: a
+ * slot is reused, so the checked set (below) needs an id no other row had.
+ * SQLite stays the one source of truth: a slot belongs to a block only
+ * through a committed idx row, and the rules that keep that so are
+ *   - the slot's bytes are written, and synced (fdatasync), before the
+ *     COMMIT of the row that names it: a crash leaves a slot written but
+ *     free, never a row naming bytes that are not there;
+ *   - a slot freed by a transaction (eviction, drop) is reused only by a
+ *     later one (slots_free.freed is that transaction's clock + 1): until
+ *     it commits, a reader of this or another process may still be reading
+ *     the block under its old row.  Readers hold their lookup statement, and
+ *     so SQLite's SHARED lock, across the pread, and COMMIT waits for them;
+ *   - the file is cut only past slots freed by an earlier transaction.
+ * Free slots are kept for the next batch (keep_free_slots); beyond those,
+ * slots_shrink moves blocks down from the end of the file into free slots
+ * and cuts the file, so that a lower limit gives its room back.
  *
  * The LRU bookkeeping lives in idx, never in a blob row: a hit only records
  * the key in memory (a set: a key read again before it is written costs a
@@ -30,7 +54,7 @@
  * Writes: cache_put() copies the block into a bounded in-memory queue; one
  * writer thread takes everything queued (up to a batch cap) and stores it in
  * one transaction, evicting least-recently-used rows first so that freed
- * pages are reused and the file stays near the limit.  A cache of 32
+ * pages and slots are reused and the files stay near the limit.  A cache of 32
  * batches or more (128 MiB at the default batch) also evicts a batch ahead
  * at the end of each transaction, so that the next one finds pages that
  * were free before it began: SQLite journals the old content of a page it
@@ -56,11 +80,12 @@
  * Disk: everything in the directory stays within the limit + 8 MiB
  * (DISK_SLACK).  The limit bounds the block bytes (cache_bytes); the disk is
  * bounded by what the files are made of:
- *   cache.db      pages in use (blocks with their page overhead, the index,
- *                 the listing and records in meta: all counted) <= target,
- *                 evicted by that measure too, plus at most keep_free
- *                 free pages (KEEP_FREE_PAGES, and the pages of a batch
- *                 evicted ahead; incremental vacuum gives back the rest)
+ *   cache.db + blocks.dat   pages and slots in use (blocks with their page
+ *                 overhead, the index, the listing and records in meta:
+ *                 all counted) <= target, evicted by that measure too,
+ *                 plus at most keep_free free pages (KEEP_FREE_PAGES, and
+ *                 the pages of a batch evicted ahead; incremental vacuum
+ *                 gives back the rest) and keep_free_slots free slots
  *   cache.db-journal  empty between transactions; during one, the old
  *                 content of the index pages it changes (and of pages that
  *                 incremental vacuum moves): bounded by `journal`
@@ -70,11 +95,12 @@
  * limit, never block bytes.  (A 64 KiB block takes 72 KiB of pages.)
  *
  * Reads: a small pool of read-only connections, one per concurrent reader.
- * The key lookup statement stays active while the blob is opened and read,
- * so both happen under one shared lock (an evicted row id reused by a
- * later insert can never be read under the old key).  The blob is read with
+ * The key lookup statement stays active while the blob or slot is read, so
+ * both happen under one shared lock (an evicted row id or slot reused by a
+ * later insert can never be read under the old key).  A blob is read with
  * sqlite3_blob_read() straight into the caller's buffer: SQLite reads
- * overflow pages directly into it, bypassing its page cache.
+ * overflow pages directly into it, bypassing its page cache; a slot with
+ * pread(), through the page cache (a warm read is a copy of cached pages).
  *
  * Checks (CACHE_CHECK): the rows this process has seen hash to their key sit
  * in an in-memory set, key -> row id.  A row gets there when it is first read
@@ -84,8 +110,8 @@
  * row is hashed about once per process, not on every hit: a warm re-read and
  * 4 KiB random reads cost what they did, and a block altered on disk while no
  * imgfs had it checked (between mounts, or before the first read) is never
- * served.  What the set cannot see is a row rewritten in place under the
- * same id after it was checked. */
+ * served.  What the set cannot see is a row or slot rewritten in place under
+ * the same id after it was checked. */
 #include "store/cache/cache.h"
 
 #include "common/hash.h"
@@ -139,6 +165,9 @@
  * slots_shrink): a lower limit than last time is given back over a few
  * transactions, none of them long. */
 #define RELOCATE_MAX 4
+/* Slots beyond this are not believed (2^40 MiB: no file gets there). */
+#define SLOTS_MAX     (1ll << 40)
+#define SLOTS_MAX_SQL "1099511627776"
 
 /* A cache of at least this many batches evicts a batch ahead (evict_ahead
  * in struct cache). */
@@ -655,15 +684,57 @@ static int prepare_writer(struct cache *c)
 	return SQLITE_OK;
 }
 
+/* The slot bookkeeping agrees with itself: every slot named by one row at
+ * most, below nslots, and not free.  The file is not trusted (cache.h): two
+ * rows on one slot would let an insert overwrite a block that this process
+ * has checked and serves as it is.  Rows that break this go (their blocks
+ * are fetched again).  Index scans of idx_slot, once per open.  An SQLite
+ * code. */
+static int audit_slots(struct cache *c)
+{
+	static const char fix[] =
+	        "DELETE FROM idx WHERE slot IN (SELECT slot FROM idx WHERE slot IS NOT NULL "
+	        "GROUP BY slot HAVING count(*) > 1) OR slot < 0 OR slot >= " SLOTS_MAX_SQL ";"
+	        "DELETE FROM slots_free WHERE slot IN (SELECT slot FROM idx WHERE slot IS NOT "
+	        "NULL) OR slot < 0 OR slot >= (SELECT nslots FROM state);"
+	        "UPDATE state SET nslots = max(nslots, (SELECT coalesce(max(slot) + 1, 0) FROM "
+	        "idx));";
+	long long bad;
+	int rc;
+	bad = pragma_int(
+	        c->wdb,
+	        "SELECT (SELECT count(*) FROM (SELECT slot FROM idx WHERE slot IS NOT NULL "
+	        "GROUP BY slot HAVING count(*) > 1 OR slot < 0 OR slot >= " SLOTS_MAX_SQL
+	        ")) + (SELECT count(*) FROM slots_free JOIN idx USING (slot)) + (SELECT "
+	        "count(*) FROM slots_free WHERE slot < 0 OR slot >= (SELECT nslots FROM "
+	        "state)) + (SELECT coalesce(max(slot) + 1, 0) > (SELECT nslots FROM state) "
+	        "FROM idx)",
+	        &rc);
+	if (rc != SQLITE_OK || bad == 0)
+		return rc;
+	log_warn("block cache %s: its slot bookkeeping disagrees with itself (%lld); the blocks "
+	         "concerned are dropped",
+	         c->path, bad);
+	rc = exec(c->wdb, "BEGIN IMMEDIATE");
+	if (rc == SQLITE_OK)
+		rc = exec(c->wdb, fix);
+	if (rc == SQLITE_OK)
+		rc = exec(c->wdb, "COMMIT");
+	if (rc != SQLITE_OK)
+		exec(c->wdb, "ROLLBACK");
+	return rc;
+}
+
 /* Read bytes and clock, cross-checked against idx (one small row per block,
  * so this is cheap even for a large cache).  An SQLite code. */
 static int load_state(struct cache *c)
 {
-	uint64_t bytes = 0, sum = 0, clock = 0, maxatime = 0;
+	uint64_t bytes = 0, sum = 0, clock = 0, maxatime = 0, nslots = 0;
 	int rc = sqlite3_step(c->w.state_get);
 	if (rc == SQLITE_ROW) {
 		bytes = (uint64_t)sqlite3_column_int64(c->w.state_get, 0);
 		clock = (uint64_t)sqlite3_column_int64(c->w.state_get, 1);
+		nslots = (uint64_t)sqlite3_column_int64(c->w.state_get, 2);
 		rc = SQLITE_OK;
 	} else if (rc == SQLITE_DONE) {
 		rc = SQLITE_CORRUPT; /* the state row is gone */
@@ -686,6 +757,7 @@ static int load_state(struct cache *c)
 		sqlite3_bind_int64(c->w.state_set, 1, (sqlite3_int64)sum);
 		sqlite3_bind_int64(c->w.state_set, 2,
 		                   (sqlite3_int64)(maxatime > clock ? maxatime : clock));
+		sqlite3_bind_int64(c->w.state_set, 3, (sqlite3_int64)nslots);
 		rc = step_done(c->w.state_set);
 		if (rc != SQLITE_OK)
 			return rc;
@@ -750,7 +822,9 @@ static int try_open(struct cache *c, struct err *e)
 	rc = prepare_writer(c);
 	if (rc != SQLITE_OK)
 		goto fail;
-	rc = load_state(c);
+	rc = audit_slots(c);
+	if (rc == SQLITE_OK)
+		rc = load_state(c);
 	if (rc != SQLITE_OK)
 		goto fail;
 	return 0;
@@ -1862,7 +1936,7 @@ int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], siz
 	/* The lookup statement is still active: same snapshot, and the writer
 	 * reuses no slot that a row in it names (slot_free). */
 	if (slot >= 0) {
-		if (len != SLOT_SIZE) { /* not what the writer stores in a slot */
+		if (len != SLOT_SIZE || slot >= SLOTS_MAX) { /* not what the writer stores */
 			ret = 0;
 			drop = 1;
 			goto out;

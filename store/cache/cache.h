@@ -1,4 +1,6 @@
-/* The bounded SQLite block cache (DESIGN.md "Cache keys").
+/* The bounded SQLite block cache (DESIGN.md "Cache keys"): cache.db holds
+ * the index, the LRU order and blocks of odd sizes; blocks of 1 MiB sit in
+ * slots of blocks.dat next to it (cache.c, slots.h).
  *
  * Verified blocks are stored under their SHA-256 (content address), so
  * identical blocks across images and versions are stored once.  Blocks of

@@ -450,6 +450,54 @@ static void test_fresh_cache_drops_old_slots(void)
 	CHECK(size_of(dir, CACHE_BLOCKS_NAME) == MIB);
 }
 
+/* cache.db altered so that two blocks name one slot, a free slot is in
+ * use and nslots is short: the rows concerned go at open, and a new block
+ * never overwrites a block that stays. */
+static void test_tampered_bookkeeping(void)
+{
+	const char *dir = scratch_dir("tampered");
+	char path[600];
+	sqlite3 *db = NULL;
+	unsigned char key[CACHE_KEY_LEN];
+	struct cache_stats st;
+	struct cache *c = open_cache(dir, 64 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 0; i < 6; i++)
+		put(c, 800 + i, MIB, key);
+	cache_close(c);
+	snprintf(path, sizeof(path), "%s/" CACHE_DB_NAME, dir);
+	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+	/* slots 0 and 1 both named twice... */
+	CHECK(sqlite3_exec(db,
+	                   "UPDATE idx SET slot = 0 WHERE slot = 1;"
+	                   "INSERT INTO slots_free VALUES(2, 0);"
+	                   "UPDATE state SET nslots = 3;",
+	                   NULL, NULL, NULL) == SQLITE_OK);
+	sqlite3_close(db);
+
+	c = open_cache(dir, 64 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	for (uint64_t i = 0; i < 6; i++)
+		put(c, 900 + i, MIB, key);
+	cache_flush(c);
+	/* blocks 800 and 801 (slot 0 twice) are gone; the rest read exact */
+	CHECK(check(c, 800, MIB) == 0);
+	CHECK(check(c, 801, MIB) == 0);
+	for (uint64_t i = 2; i < 6; i++)
+		CHECK(check(c, 800 + i, MIB) == 1);
+	for (uint64_t i = 0; i < 6; i++)
+		CHECK(check(c, 900 + i, MIB) == 1);
+	cache_get_stats(c, &st);
+	CHECK(st.bytes == 10 * MIB);
+	CHECK(st.verify_failures == 0);
+	cache_close(c);
+	CHECK(db_int(dir, "SELECT count(*) FROM slots_free JOIN idx USING (slot)") == 0);
+}
+
 int main(void)
 {
 	if (!scratch_make("cache-slots"))
@@ -462,6 +510,7 @@ int main(void)
 	test_slots_crash();
 	test_schema_2_upgraded();
 	test_fresh_cache_drops_old_slots();
+	test_tampered_bookkeeping();
 	scratch_remove();
 	return check_report("cache_slots");
 }
