@@ -1710,7 +1710,7 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	pthread_condattr_t ca;
 	struct rconn *r;
 	uint64_t jl, tx, reserve, used = 0;
-	long long nfree = 0;
+	long long nfree = 0, nslots = 0, nfree_slots = 0;
 	int rc;
 
 	*out = NULL;
@@ -1800,6 +1800,12 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 
 	if ((rc = used_bytes(c, &used)) == SQLITE_OK)
 		nfree = pragma_step(c->w.freelist, &rc);
+	if (rc == SQLITE_OK)
+		nslots = pragma_int(c->wdb, "SELECT nslots FROM state", &rc);
+	if (rc == SQLITE_OK)
+		nfree_slots = pragma_step(c->w.free_count, &rc);
+	if (rc == SQLITE_OK && nslots > nfree_slots)
+		used += (uint64_t)(nslots - nfree_slots) * SLOT_SIZE;
 	if (rc != SQLITE_OK) {
 		db_err(e, c->wdb, rc, "reading the database size");
 		goto fail;
@@ -1816,8 +1822,9 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 		goto fail;
 	}
 	c->writer_started = 1;
-	if (c->bytes > c->limit || used > c->target || nfree > c->keep_free) {
-		/* a lower limit than last time */
+	if (c->bytes > c->limit || used > c->target || nfree > c->keep_free ||
+	    nfree_slots > (long long)c->keep_free_slots) {
+		/* a lower limit than last time, or a shrink cut short */
 		pthread_mutex_lock(&c->mu);
 		c->need_evict = 1;
 		pthread_cond_signal(&c->wake);
