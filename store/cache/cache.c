@@ -946,7 +946,7 @@ struct batch {
 	/* results, applied after a successful commit */
 	uint64_t bytes, inserts, evictions, dropped;
 	/* the slot file as of this transaction: slots in it, free ones; slots
-	 * freed by this transaction are marked clock0 + 1 (see slot_take) */
+	 * freed by this transaction are marked clock0 + 1 (see slot_free) */
 	uint64_t clock0, nslots, nfree;
 	int freed, wrote; /* slots freed; slots written (to sync before COMMIT) */
 	int more;         /* the slot file can shrink further: another transaction */

@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/timefmt.h"
 #include "store/cache/cache.h"
+#include "store/cache/cache_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -295,11 +296,17 @@ static void bench_block_size(const struct opts *o, const unsigned char *data, si
 		printf("%.2f new, %.2f in place\n", fcpu[2], fcpu[3]);
 	struct stat sb;
 	char dbp[4200];
-	snprintf(dbp, sizeof(dbp), "%s/cache.db", cdir);
+	double files = 0, db = 0;
+	snprintf(dbp, sizeof(dbp), "%s/" CACHE_DB_NAME, cdir);
 	if (stat(dbp, &sb) == 0)
-		printf("cache.db %.0f MiB for %.0f MiB of blocks (%.1f%% overhead)\n",
-		       sb.st_size / MIB, st.bytes / MIB,
-		       100.0 * ((double)sb.st_size - (double)st.bytes) / (double)st.bytes);
+		files = db = (double)sb.st_size;
+	snprintf(dbp, sizeof(dbp), "%s/" CACHE_BLOCKS_NAME, cdir);
+	if (stat(dbp, &sb) == 0)
+		files += (double)sb.st_size;
+	printf("cache.db %.0f MiB and blocks.dat %.0f MiB for %.0f MiB of blocks (%.1f%% "
+	       "overhead)\n",
+	       db / MIB, (files - db) / MIB, st.bytes / MIB,
+	       100.0 * (files - (double)st.bytes) / (double)st.bytes);
 
 	printf("%-6s %-5s %7s %11s %11s %7s\n", "order", "state", "threads", "cache MB/s",
 	       "file MB/s", "ratio");
