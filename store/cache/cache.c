@@ -1254,7 +1254,8 @@ static int slots_shrink(struct cache *c, struct batch *b, uint64_t *clock)
 		checked_del(c, key);
 		sqlite3_bind_blob(c->w.relocate, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
 		sqlite3_bind_int64(c->w.relocate, 2, to);
-		sqlite3_bind_int64(c->w.relocate, 3, -(sqlite3_int64)++ * clock);
+		*clock += 1;
+		sqlite3_bind_int64(c->w.relocate, 3, -(sqlite3_int64)*clock);
 		if ((rc = step_done(c->w.relocate)) != SQLITE_OK ||
 		    (rc = slot_free(c, b, (sqlite3_int64)s)) != SQLITE_OK)
 			return rc;
@@ -1270,8 +1271,10 @@ static int slots_shrink(struct cache *c, struct batch *b, uint64_t *clock)
  * of blocks.  An SQLite code. */
 static int insert_block(struct cache *c, struct batch *b, struct qent *q, uint64_t *clock)
 {
-	sqlite3_int64 id, slot = -1;
+	sqlite3_int64 id, slot = -1, atime;
 	int rc;
+	*clock += 1;
+	atime = (sqlite3_int64)*clock;
 	if (q->len == SLOT_SIZE) {
 		if ((rc = slot_take(c, b, &slot)) != SQLITE_OK)
 			return rc;
@@ -1279,7 +1282,7 @@ static int insert_block(struct cache *c, struct batch *b, struct qent *q, uint64
 			return slot_rc(errno, SQLITE_IOERR_WRITE);
 		b->wrote = 1;
 		/* a slot is reused: the id (the checked set's) is the clock */
-		id = -(sqlite3_int64)(*clock + 1);
+		id = -atime;
 	} else {
 		sqlite3_bind_blob64(c->w.ins_block, 1, q->data, q->len, SQLITE_STATIC);
 		if ((rc = step_done(c->w.ins_block)) != SQLITE_OK)
@@ -1289,7 +1292,7 @@ static int insert_block(struct cache *c, struct batch *b, struct qent *q, uint64
 	sqlite3_bind_blob(c->w.ins_idx, 1, q->key, CACHE_KEY_LEN, SQLITE_STATIC);
 	sqlite3_bind_int64(c->w.ins_idx, 2, id);
 	sqlite3_bind_int64(c->w.ins_idx, 3, (sqlite3_int64)q->len);
-	sqlite3_bind_int64(c->w.ins_idx, 4, (sqlite3_int64)++ * clock);
+	sqlite3_bind_int64(c->w.ins_idx, 4, atime);
 	if (slot >= 0)
 		sqlite3_bind_int64(c->w.ins_idx, 5, slot);
 	else
