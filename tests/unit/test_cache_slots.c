@@ -71,6 +71,20 @@ static long long db_int(const char *dir, const char *sql)
 	return v;
 }
 
+/* Runs sql on dir/cache.db behind the cache's back; an SQLite code. */
+static int db_exec(const char *dir, const char *sql)
+{
+	char path[600];
+	sqlite3 *db = NULL;
+	int rc;
+	snprintf(path, sizeof(path), "%s/" CACHE_DB_NAME, dir);
+	rc = sqlite3_open(path, &db);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+	sqlite3_close(db);
+	return rc;
+}
+
 /* 1 MiB blocks go to slots, others to rows; both read back exact, also
  * after a reopen, with an exact byte count. */
 static void test_where_blocks_go(void)
@@ -406,8 +420,6 @@ static void test_slots_crash(void)
 static void test_schema_2_upgraded(void)
 {
 	const char *dir = scratch_dir("v2");
-	char path[600];
-	sqlite3 *db = NULL;
 	unsigned char key[CACHE_KEY_LEN];
 	struct cache *c = open_cache(dir, 64 * MIB);
 	CHECK(c != NULL);
@@ -417,14 +429,9 @@ static void test_schema_2_upgraded(void)
 	put(c, 601, MIB - 1, key);
 	cache_close(c);
 	/* what schema 2 looked like */
-	snprintf(path, sizeof(path), "%s/" CACHE_DB_NAME, dir);
-	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
-	CHECK(sqlite3_exec(db,
-	                   "DROP INDEX idx_slot; DROP TABLE slots_free;"
+	CHECK(db_exec(dir, "DROP INDEX idx_slot; DROP TABLE slots_free;"
 	                   "ALTER TABLE idx DROP COLUMN slot; ALTER TABLE state DROP COLUMN nslots;"
-	                   "PRAGMA user_version=2;",
-	                   NULL, NULL, NULL) == SQLITE_OK);
-	sqlite3_close(db);
+	                   "PRAGMA user_version=2;") == SQLITE_OK);
 
 	c = open_cache(dir, 64 * MIB);
 	CHECK(c != NULL);
@@ -480,8 +487,6 @@ static void test_fresh_cache_drops_old_slots(void)
 static void test_tampered_bookkeeping(void)
 {
 	const char *dir = scratch_dir("tampered");
-	char path[600];
-	sqlite3 *db = NULL;
 	unsigned char key[CACHE_KEY_LEN];
 	struct cache_stats st;
 	struct cache *c = open_cache(dir, 64 * MIB);
@@ -491,15 +496,11 @@ static void test_tampered_bookkeeping(void)
 	for (uint64_t i = 0; i < 6; i++)
 		put(c, 800 + i, MIB, key);
 	cache_close(c);
-	snprintf(path, sizeof(path), "%s/" CACHE_DB_NAME, dir);
-	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
-	/* slots 0 and 1 both named twice... */
-	CHECK(sqlite3_exec(db,
-	                   "UPDATE idx SET slot = 0 WHERE slot = 1;"
+	/* slot 0 named by two rows, slot 2 both free and in use, and nslots
+	 * short of slots 3 to 5 */
+	CHECK(db_exec(dir, "UPDATE idx SET slot = 0 WHERE slot = 1;"
 	                   "INSERT INTO slots_free VALUES(2, 0);"
-	                   "UPDATE state SET nslots = 3;",
-	                   NULL, NULL, NULL) == SQLITE_OK);
-	sqlite3_close(db);
+	                   "UPDATE state SET nslots = 3;") == SQLITE_OK);
 
 	c = open_cache(dir, 64 * MIB);
 	CHECK(c != NULL);
