@@ -692,35 +692,27 @@ static int prepare_writer(struct cache *c)
  * code. */
 static int audit_slots(struct cache *c)
 {
+	/* The repairs are the checks: when they change nothing, the
+	 * transaction is rolled back, and a sound cache costs no write. */
 	static const char fix[] =
 	        "DELETE FROM idx WHERE slot IN (SELECT slot FROM idx WHERE slot IS NOT NULL "
 	        "GROUP BY slot HAVING count(*) > 1) OR slot < 0 OR slot >= " SLOTS_MAX_SQL ";"
 	        "DELETE FROM slots_free WHERE slot IN (SELECT slot FROM idx WHERE slot IS NOT "
 	        "NULL) OR slot < 0 OR slot >= (SELECT nslots FROM state);"
-	        "UPDATE state SET nslots = max(nslots, (SELECT coalesce(max(slot) + 1, 0) FROM "
-	        "idx));";
-	long long bad;
-	int rc;
-	bad = pragma_int(
-	        c->wdb,
-	        "SELECT (SELECT count(*) FROM (SELECT slot FROM idx WHERE slot IS NOT NULL "
-	        "GROUP BY slot HAVING count(*) > 1 OR slot < 0 OR slot >= " SLOTS_MAX_SQL
-	        ")) + (SELECT count(*) FROM slots_free JOIN idx USING (slot)) + (SELECT "
-	        "count(*) FROM slots_free WHERE slot < 0 OR slot >= (SELECT nslots FROM "
-	        "state)) + (SELECT coalesce(max(slot) + 1, 0) > (SELECT nslots FROM state) "
-	        "FROM idx)",
-	        &rc);
-	if (rc != SQLITE_OK || bad == 0)
-		return rc;
-	log_warn("block cache %s: its slot bookkeeping disagrees with itself (%lld); the blocks "
-	         "concerned are dropped",
-	         c->path, bad);
-	rc = exec(c->wdb, "BEGIN IMMEDIATE");
-	if (rc == SQLITE_OK)
-		rc = exec(c->wdb, fix);
-	if (rc == SQLITE_OK)
-		rc = exec(c->wdb, "COMMIT");
+	        "UPDATE state SET nslots = (SELECT max(slot) + 1 FROM idx) WHERE nslots <= "
+	        "(SELECT max(slot) FROM idx);";
+	int before, rc = exec(c->wdb, "BEGIN IMMEDIATE");
 	if (rc != SQLITE_OK)
+		return rc;
+	before = sqlite3_total_changes(c->wdb);
+	rc = exec(c->wdb, fix);
+	if (rc == SQLITE_OK && sqlite3_total_changes(c->wdb) != before) {
+		log_warn("block cache %s: its slot bookkeeping disagrees with itself (%d rows); "
+		         "the blocks concerned are dropped",
+		         c->path, sqlite3_total_changes(c->wdb) - before);
+		rc = exec(c->wdb, "COMMIT");
+	}
+	if (rc != SQLITE_OK || sqlite3_get_autocommit(c->wdb) == 0)
 		exec(c->wdb, "ROLLBACK");
 	return rc;
 }
@@ -952,6 +944,12 @@ struct batch {
 	int more;         /* the slot file can shrink further: another transaction */
 };
 
+/* Where a block of len bytes goes: a slot, or else a row of `blocks`. */
+static int in_slot(size_t len)
+{
+	return len == SLOT_SIZE;
+}
+
 /* A column that is NULL for rows stored in `blocks`: -1 then. */
 static sqlite3_int64 slot_col(sqlite3_stmt *st, int col)
 {
@@ -1005,7 +1003,7 @@ static int slot_reuse(struct cache *c, struct batch *b, uint64_t below, sqlite3_
  * file.  An SQLite code. */
 static int slot_take(struct cache *c, struct batch *b, sqlite3_int64 *slot)
 {
-	int f = slot_reuse(c, b, UINT64_MAX >> 1, slot);
+	int f = slot_reuse(c, b, b->nslots, slot);
 	if (f < 0)
 		return -f;
 	if (f == 1)
@@ -1275,7 +1273,7 @@ static int insert_block(struct cache *c, struct batch *b, struct qent *q, uint64
 	int rc;
 	*clock += 1;
 	atime = (sqlite3_int64)*clock;
-	if (q->len == SLOT_SIZE) {
+	if (in_slot(q->len)) {
 		if ((rc = slot_take(c, b, &slot)) != SQLITE_OK)
 			return rc;
 		if (slots_write(&c->slots, (uint64_t)slot, q->data))
@@ -1370,7 +1368,7 @@ static int run_batch(struct cache *c, struct batch *b)
 			continue;
 		}
 		if ((rc = evict(c, b, q->len,
-		                q->len == SLOT_SIZE ? SLOT_SIZE : q->len + CACHE_PAGE_SIZE, 0,
+		                in_slot(q->len) ? SLOT_SIZE : q->len + CACHE_PAGE_SIZE, 0,
 		                &blocked)) != SQLITE_OK)
 			goto fail;
 		if (blocked && b->bytes + q->len > c->limit) {
@@ -1946,7 +1944,7 @@ int cache_get_range(struct cache *c, const unsigned char key[CACHE_KEY_LEN], siz
 	/* The lookup statement is still active: same snapshot, and the writer
 	 * reuses no slot that a row in it names (slot_free). */
 	if (slot >= 0) {
-		if (len != SLOT_SIZE || slot >= SLOTS_MAX) { /* not what the writer stores */
+		if (!in_slot(len) || slot >= SLOTS_MAX) { /* not what the writer stores */
 			ret = 0;
 			drop = 1;
 			goto out;

@@ -14,7 +14,9 @@
 # dso`), BENCH_FULL_CACHE=1 (the measured read goes into a full cache: a
 # second object of SIZE_MIB is read first, with --cache-size SIZE_MIB M, so
 # that the measured read evicts it and reuses its pages; "after mounting"
-# is then after that fill).  Needs root (drop_caches).
+# is then after that fill), BENCH_WARM_READS=N (N warm reads, each after
+# dropping the page cache, each one's CPU printed; the figure in the summary
+# stays the first one's).  Needs root (drop_caches).
 #
 # Counts that do not depend on how busy the host is: the block device's
 # write requests and cache flushes per cached GiB (from
@@ -160,6 +162,14 @@ for r in $(seq 1 "$ROUNDS"); do
 	c3=$(cpu_s "$MPID")
 	dd if="$f" of=/dev/null bs=1M status=none
 	c4=$(cpu_s "$MPID") l4=$(load)
+	# later warm reads: on a VM that gives memory back to its host, the
+	# first one pays for the page-cache pages it takes (tests/bench/README.md)
+	for k in $(seq 2 "${BENCH_WARM_READS:-1}"); do
+		drop_caches
+		w3=$(cpu_s "$MPID")
+		dd if="$f" of=/dev/null bs=1M status=none
+		echo "         warm read $k: imgfs CPU s/GiB $(calc "($(cpu_s "$MPID") - $w3) / $gib")"
+	done
 	rand=""
 	if command -v fio >/dev/null; then
 		c5=$(cpu_s "$MPID")

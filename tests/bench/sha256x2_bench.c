@@ -195,11 +195,12 @@ int main(int argc, char **argv)
 		best[v] = wall[v] = 1e30;
 	for (int i = 0; i < runs; i++) {
 		for (int v = 0; v < VARIANTS; v++) {
-			double c0 = time_cpu(), w0 = time_mono();
+			double c0 = time_cpu(), w0 = time_mono(), cpu;
 			double gib = (double)mib / 1024.0 * variants[v].per_gib;
 			variants[v].fn(&r);
-			if ((time_cpu() - c0) / gib < best[v]) {
-				best[v] = (time_cpu() - c0) / gib;
+			cpu = (time_cpu() - c0) / gib;
+			if (cpu < best[v]) {
+				best[v] = cpu;
 				wall[v] = (time_mono() - w0) / gib;
 			}
 		}

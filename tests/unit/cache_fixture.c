@@ -79,6 +79,14 @@ void block_make(uint64_t i, unsigned char *p, size_t n, unsigned char key[CACHE_
 	hash_sha256(p, n, key);
 }
 
+uint64_t file_size(const char *dir, const char *name)
+{
+	char p[600];
+	struct stat st;
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	return stat(p, &st) ? 0 : (uint64_t)st.st_size;
+}
+
 int alter_row(const char *dir, const unsigned char key[CACHE_KEY_LEN], int at)
 {
 	char path[600];

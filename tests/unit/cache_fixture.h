@@ -29,6 +29,9 @@ void block_fill(uint64_t i, unsigned char *p, size_t n);
 /* The same, with its content address (SHA-256) in key. */
 void block_make(uint64_t i, unsigned char *p, size_t n, unsigned char key[CACHE_KEY_LEN]);
 
+/* The size of NAME in dir; 0 when it does not exist. */
+uint64_t file_size(const char *dir, const char *name);
+
 /* Flips byte `at` of the block stored under key in dir (a row of cache.db,
  * through SQLite, or its slot in blocks.dat), as a damaged disk or a local
  * user would.  0 done. */

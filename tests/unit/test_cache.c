@@ -64,14 +64,6 @@ static int check_block(struct cache *c, uint64_t i, size_t base)
 	return rc;
 }
 
-static uint64_t file_size(const char *dir, const char *name)
-{
-	char p[600];
-	struct stat st;
-	snprintf(p, sizeof(p), "%s/%s", dir, name);
-	return stat(p, &st) ? 0 : (uint64_t)st.st_size;
-}
-
 /* Everything in the directory (the contract: --cache-size + 8 MiB). */
 static uint64_t dir_bytes(const char *dir)
 {

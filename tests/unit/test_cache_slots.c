@@ -46,14 +46,6 @@ static int check(struct cache *c, uint64_t i, size_t n)
 	return rc;
 }
 
-static uint64_t size_of(const char *dir, const char *name)
-{
-	char p[600];
-	struct stat st;
-	snprintf(p, sizeof(p), "%s/%s", dir, name);
-	return stat(p, &st) ? 0 : (uint64_t)st.st_size;
-}
-
 /* One integer from a query on dir/cache.db; -1 on error. */
 static long long db_int(const char *dir, const char *sql)
 {
@@ -106,7 +98,7 @@ static void test_where_blocks_go(void)
 	CHECK(check(c, 8, 64 * KIB) == 1);
 	CHECK(check(c, 9, MIB - 5000) == 1);
 	cache_close(c);
-	CHECK(size_of(dir, CACHE_BLOCKS_NAME) == 8 * MIB);
+	CHECK(file_size(dir, CACHE_BLOCKS_NAME) == 8 * MIB);
 	CHECK(db_int(dir, "SELECT count(*) FROM idx WHERE slot IS NOT NULL") == 8);
 	CHECK(db_int(dir, "SELECT count(*) FROM blocks") == 2);
 	CHECK(db_int(dir, "SELECT nslots FROM state") == 8);
@@ -197,7 +189,7 @@ static void test_altered_slot(void)
 	cache_flush(c);
 	CHECK(check(c, 22, MIB) == 1);
 	cache_close(c);
-	CHECK(size_of(dir, CACHE_BLOCKS_NAME) <= 4 * MIB);
+	CHECK(file_size(dir, CACHE_BLOCKS_NAME) <= 4 * MIB);
 }
 
 /* A reader inside a read transaction has looked up block A's slot; the
@@ -292,7 +284,7 @@ static void test_lower_limit_shrinks(void)
 			cache_flush(c);
 	}
 	cache_close(c);
-	CHECK(size_of(dir, CACHE_BLOCKS_NAME) == 48 * MIB);
+	CHECK(file_size(dir, CACHE_BLOCKS_NAME) == 48 * MIB);
 
 	c = open_cache(dir, 16 * MIB);
 	CHECK(c != NULL);
@@ -300,10 +292,11 @@ static void test_lower_limit_shrinks(void)
 		return;
 	cache_close(c); /* the writer finishes its transactions first */
 	printf("  limit 64 -> 16 MiB: blocks.dat %.0f MiB, cache.db %.1f MiB, %lld slots free\n",
-	       size_of(dir, CACHE_BLOCKS_NAME) / (double)MIB,
-	       size_of(dir, CACHE_DB_NAME) / (double)MIB,
+	       file_size(dir, CACHE_BLOCKS_NAME) / (double)MIB,
+	       file_size(dir, CACHE_DB_NAME) / (double)MIB,
 	       db_int(dir, "SELECT count(*) FROM slots_free"));
-	CHECK(size_of(dir, CACHE_BLOCKS_NAME) + size_of(dir, CACHE_DB_NAME) <= 16 * MIB + 8 * MIB);
+	CHECK(file_size(dir, CACHE_BLOCKS_NAME) + file_size(dir, CACHE_DB_NAME) <=
+	      16 * MIB + 8 * MIB);
 
 	c = open_cache(dir, 16 * MIB);
 	CHECK(c != NULL);
@@ -347,7 +340,7 @@ static void test_slots_disk_full(void)
 	CHECK(st.inserts == 4);
 	for (uint64_t i = 0; i < 4; i++)
 		CHECK(check(c, 300 + i, MIB) == 1);
-	CHECK(size_of(dir, CACHE_BLOCKS_NAME) == 4 * MIB);
+	CHECK(file_size(dir, CACHE_BLOCKS_NAME) == 4 * MIB);
 	cache_test_set_max_pages(c, 0);
 	usleep(400 * 1000);
 	put(c, 410, MIB, key);
@@ -445,7 +438,7 @@ static void test_schema_2_upgraded(void)
 	cache_close(c);
 	CHECK(db_int(dir, "PRAGMA user_version") == 3);
 	CHECK(db_int(dir, "SELECT count(*) FROM idx WHERE slot IS NOT NULL") == 1);
-	CHECK(size_of(dir, CACHE_BLOCKS_NAME) == MIB);
+	CHECK(file_size(dir, CACHE_BLOCKS_NAME) == MIB);
 }
 
 /* A damaged cache.db is moved aside with its slot file gone: a fresh
@@ -478,7 +471,7 @@ static void test_fresh_cache_drops_old_slots(void)
 	cache_flush(c);
 	CHECK(check(c, 701, MIB) == 1);
 	cache_close(c);
-	CHECK(size_of(dir, CACHE_BLOCKS_NAME) == MIB);
+	CHECK(file_size(dir, CACHE_BLOCKS_NAME) == MIB);
 }
 
 /* cache.db altered so that two blocks name one slot, a free slot is in
