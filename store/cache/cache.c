@@ -83,7 +83,7 @@
  *   cache.db + blocks.dat   pages and slots in use (blocks with their page
  *                 overhead, the index, the listing and records in meta:
  *                 all counted) <= target, evicted by that measure too,
- *                 plus at most keep_free free pages (KEEP_FREE_PAGES, and
+ *                 plus at most keep_free free pages (KEEP_FREE_BYTES, and
  *                 the pages of a batch evicted ahead; incremental vacuum
  *                 gives back the rest) and keep_free_slots free slots
  *   cache.db-journal  empty between transactions; during one, the old
@@ -92,7 +92,8 @@
  * target = limit + DISK_SLACK - (journal + a transaction + free pages + 1 MiB):
  * large caches give up a few MiB of blocks for it; small ones, where the
  * pages of the index and the listing weigh most, may keep pages beyond the
- * limit, never block bytes.  (A 64 KiB block takes 72 KiB of pages.)
+ * limit, never block bytes.  (A block of a row takes some pages more than its
+ * bytes.)
  *
  * Reads: a small pool of read-only connections, one per concurrent reader.
  * The key lookup statement stays active while the blob or slot is read, so
@@ -137,8 +138,15 @@
 
 #define CACHE_APP_ID         0x696d6763 /* "imgc" */
 #define CACHE_SCHEMA_VERSION 3 /* 1: without pins, 2: without slots (both upgraded on open) */
-#define CACHE_PAGE_SIZE      65536
-#define CACHE_JOURNAL        "TRUNCATE"
+/* Pages of a new cache.  Blocks of 1 MiB live in the slot file, so the
+ * database holds the index and few blobs: with 64 KiB pages (the size
+ * before the slot file) every commit journalled and wrote about 0.17 bytes
+ * of index pages per byte cached; with 4 KiB, 0.02 (tests/bench/cold.sh).
+ * A cache made with larger pages is rewritten at open when that is cheap
+ * (small_pages); otherwise it keeps them (c->page_size). */
+#define CACHE_PAGE_SIZE 4096
+#define CACHE_PAGE_MAX  65536 /* the largest pages a cache of ours has */
+#define CACHE_JOURNAL   "TRUNCATE"
 
 /* Blocks waiting for the writer (references to the reader's buffers, so
  * they count against its memory budget).  When the writer falls behind, a
@@ -150,7 +158,7 @@
 #define BATCH_MAX_BLOCKS 256
 #define BATCH_MAX_BYTES  (4u << 20)
 #define DISK_SLACK       (8ull << 20) /* the contract: --cache-size + 8 MiB */
-#define KEEP_FREE_PAGES  16           /* free pages kept for the next batch */
+#define KEEP_FREE_BYTES  (1u << 20)   /* free pages kept for the next batch */
 #define TX_MAX_BLOCK     (4ull << 20) /* a batch is one block when larger (RECORD_MAX_BLOCK_SIZE) */
 #define TX_INDEX_BYTES   (1ull << 20) /* index pages a batch dirties besides the blocks */
 #define TOUCH_MAX        8192         /* distinct keys hit between two commits */
@@ -257,7 +265,9 @@ struct cache {
 	 * an earlier transaction.  0 for small caches, where a batch is a large
 	 * share of the limit. */
 	uint64_t evict_ahead;
-	long long keep_free;      /* free pages maybe_vacuum leaves for the next batch */
+	unsigned page_size;       /* of the database (PRAGMA page_size) */
+	uint64_t keep_free_bytes; /* free pages maybe_vacuum leaves for the next batch, */
+	long long keep_free;      /* and in pages */
 	uint64_t keep_free_slots; /* free slots slots_shrink leaves for the next batch */
 
 	/* blocks.dat: read by every reader, written by the writer thread */
@@ -562,7 +572,9 @@ static int init_schema(sqlite3 *db)
 	char sql[128];
 	int rc;
 	/* Both only take effect before the first table exists. */
-	rc = exec(db, "PRAGMA page_size=65536; PRAGMA auto_vacuum=INCREMENTAL;");
+	snprintf(sql, sizeof(sql), "PRAGMA page_size=%d; PRAGMA auto_vacuum=INCREMENTAL;",
+	         CACHE_PAGE_SIZE);
+	rc = exec(db, sql);
 	if (rc != SQLITE_OK)
 		return rc;
 	rc = exec(db, "PRAGMA journal_mode=" CACHE_JOURNAL ";");
@@ -759,6 +771,42 @@ static int load_state(struct cache *c)
 	return SQLITE_OK;
 }
 
+/* A cache made with larger pages (before the slot file) is rewritten with
+ * CACHE_PAGE_SIZE pages when its database is no larger than the journal
+ * may be: VACUUM journals the whole file, and the disk bound leaves the
+ * journal that much room.  A larger one (blocks of schema 2 in its blobs)
+ * keeps its pages; so does one that another process holds open. */
+static int small_pages(struct cache *c)
+{
+	char sql[64];
+	struct stat st;
+	int rc;
+	long long size = pragma_int(c->wdb, "PRAGMA page_size", &rc);
+	if (rc != SQLITE_OK)
+		return rc;
+	if (size != CACHE_PAGE_SIZE && stat(c->path, &st) == 0 &&
+	    (uint64_t)st.st_size <= c->journal) {
+		snprintf(sql, sizeof(sql), "PRAGMA page_size=%d; VACUUM;", CACHE_PAGE_SIZE);
+		rc = exec(c->wdb, sql);
+		if (rc == SQLITE_OK)
+			log_info("block cache %s: rewritten with %d-byte pages (were %lld)",
+			         c->path, CACHE_PAGE_SIZE, size);
+		else if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_FULL)
+			log_debug("block cache %s: keeps its %lld-byte pages: %s", c->path, size,
+			          sqlite3_errmsg(c->wdb));
+		else
+			return rc;
+		size = pragma_int(c->wdb, "PRAGMA page_size", &rc);
+		if (rc != SQLITE_OK)
+			return rc;
+	}
+	if (size < 512 || size > CACHE_PAGE_MAX)
+		return SQLITE_CORRUPT;
+	c->page_size = (unsigned)size;
+	c->keep_free = (long long)(c->keep_free_bytes / c->page_size);
+	return SQLITE_OK;
+}
+
 /* Open the writer connection and check the file.  0 ok; 1 the file is not
  * a usable cache (move it aside); -1 another error (e set). */
 static int try_open(struct cache *c, struct err *e)
@@ -809,6 +857,8 @@ static int try_open(struct cache *c, struct err *e)
 	         "PRAGMA journal_size_limit=%u; PRAGMA synchronous=FULL; PRAGMA cache_spill=OFF;",
 	         (unsigned)c->journal);
 	rc = exec(c->wdb, sql);
+	if (rc == SQLITE_OK)
+		rc = small_pages(c);
 	if (rc != SQLITE_OK)
 		goto fail;
 	rc = prepare_writer(c);
@@ -1052,7 +1102,7 @@ static int used_bytes(struct cache *c, uint64_t *out)
 	if (rc != SQLITE_OK)
 		return rc;
 	nfree = pragma_step(c->w.freelist, &rc);
-	*out = total > nfree ? (uint64_t)(total - nfree) * CACHE_PAGE_SIZE : 0;
+	*out = total > nfree ? (uint64_t)(total - nfree) * c->page_size : 0;
 	return rc;
 }
 
@@ -1367,9 +1417,8 @@ static int run_batch(struct cache *c, struct batch *b)
 			b->dropped++;
 			continue;
 		}
-		if ((rc = evict(c, b, q->len,
-		                in_slot(q->len) ? SLOT_SIZE : q->len + CACHE_PAGE_SIZE, 0,
-		                &blocked)) != SQLITE_OK)
+		if ((rc = evict(c, b, q->len, in_slot(q->len) ? SLOT_SIZE : q->len + c->page_size,
+		                0, &blocked)) != SQLITE_OK)
 			goto fail;
 		if (blocked && b->bytes + q->len > c->limit) {
 			b->dropped++; /* the rest is pinned */
@@ -1384,7 +1433,7 @@ static int run_batch(struct cache *c, struct batch *b)
 	 * next batch (see evict_ahead), from rows older than this one. */
 	if ((rc = evict(c, b, 0, 0, 0, &blocked)) != SQLITE_OK)
 		goto fail;
-	if (c->evict_ahead && (rc = evict(c, b, c->evict_ahead, c->evict_ahead + CACHE_PAGE_SIZE,
+	if (c->evict_ahead && (rc = evict(c, b, c->evict_ahead, c->evict_ahead + c->page_size,
 	                                  b->clock0 + 1, &blocked)) != SQLITE_OK)
 		goto fail;
 	if ((rc = slots_shrink(c, b, &clock)) != SQLITE_OK)
@@ -1754,8 +1803,8 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 		tx = c->batch_bytes;
 	c->evict_ahead = c->limit >= AHEAD_MIN_BATCHES * c->batch_bytes ? c->batch_bytes : 0;
 	/* the pages evict_ahead frees, and those of one block's leaf share */
-	c->keep_free = KEEP_FREE_PAGES + (long long)(c->evict_ahead / CACHE_PAGE_SIZE) +
-	               (c->evict_ahead ? 2 : 0);
+	c->keep_free_bytes =
+	        KEEP_FREE_BYTES + c->evict_ahead + (c->evict_ahead ? 2 * CACHE_PAGE_MAX : 0);
 	/* free slots: those a batch's evictions free (reused by the next one),
 	 * or those evict_ahead frees */
 	c->keep_free_slots = (c->batch_bytes + c->evict_ahead) / SLOT_SIZE;
@@ -1763,7 +1812,7 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 	 * it leaves are what the next one reuses: one room serves both. */
 	if (tx < c->keep_free_slots * SLOT_SIZE)
 		tx = c->keep_free_slots * SLOT_SIZE;
-	reserve = jl + tx + TX_INDEX_BYTES + (uint64_t)c->keep_free * CACHE_PAGE_SIZE + (1u << 20);
+	reserve = jl + tx + TX_INDEX_BYTES + c->keep_free_bytes + (1u << 20);
 	c->target = c->limit + DISK_SLACK > reserve ? c->limit + DISK_SLACK - reserve : 0;
 	c->dir = strdup(o->dir);
 	c->path = path_join(o->dir, CACHE_DB_NAME);

@@ -212,3 +212,4 @@ done
 if [ "$ROUNDS" -gt 1 ]; then
 	printf 'best of %d rounds: imgfs CPU s/GiB cold %s (user %s)\n' "$ROUNDS" "$BEST_COLD" "$BEST_USER"
 fi
+page_cost

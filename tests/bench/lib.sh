@@ -26,6 +26,18 @@ server_s() {
 		END { printf "%.2f", s / hz }' /proc/[0-9]*/stat 2>/dev/null
 }
 
+# What a page the kernel hands out costs on this machine (tests/bench/
+# page_touch.c), printed after the figures it explains: every page-cache page
+# a read fills is one, and on a VM whose host takes freed memory back, a
+# fresh one costs several times one touched before.  Needs BUILD.
+page_cost() {
+	if [ -x "$BUILD/tests/bench/page_touch" ]; then
+		"$BUILD/tests/bench/page_touch" 512
+	else
+		echo "page_touch: not built ($BUILD/tests/bench/page_touch)"
+	fi
+}
+
 # One counter of $MNT/.imgstore/stats.
 stat_of() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$MNT/.imgstore/stats" "$1"; }
 

@@ -398,3 +398,4 @@ if [ -n "$WAN_IMGFS" ]; then
 		"WAN cold seq, +$((2 * WAN_DELAY)) ms, $WAN_RATE MB/s/conn" "$WAN_CURL" "$WAN_IMGFS" \
 		"$(printf 'imgfs/curl %.2f' "$r")" ">= 2.0" "$(verdict "$r >= 2.0")"
 fi
+page_cost

@@ -189,7 +189,7 @@ static void test_round_trip(void)
 	CHECK(file_size(dir, "cache.db-wal") == 0);
 	CHECK(file_size(dir, "cache.db-journal") == 0);
 
-	/* The database really is 64 KiB pages, a rollback journal truncated
+	/* The database really is 4 KiB pages, a rollback journal truncated
 	 * after each commit, incremental auto-vacuum. */
 	char path[600];
 	sqlite3 *db;
@@ -198,7 +198,7 @@ static void test_round_trip(void)
 	CHECK(stat(path, &sb) == 0 && (sb.st_mode & 0777) == 0600);
 	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
 	const char *q[] = {"PRAGMA page_size", "PRAGMA journal_mode", "PRAGMA auto_vacuum"};
-	const char *want[] = {"65536", "delete", "2"};
+	const char *want[] = {"4096", "delete", "2"};
 	for (int k = 0; k < 3; k++) {
 		CHECK(sqlite3_prepare_v2(db, q[k], -1, &stq, NULL) == SQLITE_OK);
 		CHECK(sqlite3_step(stq) == SQLITE_ROW);
@@ -533,10 +533,10 @@ static void test_corrupt(void)
 	cache_flush(c);
 	cache_close(c);
 	int fd = open(path, O_WRONLY);
-	static unsigned char junk[65536 * 4];
+	static unsigned char junk[4096 * 4];
 	memset(junk, 0xa5, sizeof(junk));
-	/* pages 2..5 hold the b-tree roots and the first rows */
-	CHECK(pwrite(fd, junk, sizeof(junk), 65536) == (ssize_t)sizeof(junk));
+	/* pages 2..5 (of 4 KiB) hold the b-tree roots and the first rows */
+	CHECK(pwrite(fd, junk, sizeof(junk), 4096) == (ssize_t)sizeof(junk));
 	close(fd);
 	c = open_cache(dir, 64 * MIB);
 	if (c) {

@@ -441,6 +441,65 @@ static void test_schema_2_upgraded(void)
 	CHECK(file_size(dir, CACHE_BLOCKS_NAME) == MIB);
 }
 
+/* A cache made with 64 KiB pages (before the slot file) gets 4 KiB pages
+ * at open when its database fits in the journal's room, and keeps its
+ * pages when it does not; its blocks read back exact either way. */
+static void test_large_pages(void)
+{
+	const char *dir = scratch_dir("pages");
+	unsigned char key[CACHE_KEY_LEN];
+	struct cache_stats st;
+	uint64_t bytes;
+	struct cache *c = open_cache(dir, 64 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	CHECK(db_int(dir, "PRAGMA page_size") == 4096);
+	put(c, 700, MIB, key);
+	put(c, 701, 64 * KIB, key);
+	put(c, 702, MIB - 1, key);
+	cache_flush(c);
+	cache_get_stats(c, &st);
+	bytes = st.bytes;
+	cache_close(c);
+	CHECK(db_exec(dir, "PRAGMA page_size=65536; VACUUM;") == SQLITE_OK);
+	CHECK(db_int(dir, "PRAGMA page_size") == 65536);
+
+	c = open_cache(dir, 64 * MIB); /* a journal of 8 MiB: rewritten */
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	CHECK(db_int(dir, "PRAGMA page_size") == 4096);
+	CHECK(check(c, 700, MIB) == 1);
+	CHECK(check(c, 701, 64 * KIB) == 1);
+	CHECK(check(c, 702, MIB - 1) == 1);
+	cache_get_stats(c, &st);
+	CHECK(st.bytes == bytes);
+	put(c, 703, MIB - 2, key);
+	put(c, 704, MIB - 3, key);
+	cache_close(c);
+	CHECK(db_int(dir, "PRAGMA user_version") == 3);
+	CHECK(db_int(dir, "PRAGMA application_id") == 0x696d6763);
+
+	/* 4 MiB of blobs in 64 KiB pages, a journal of 1 MiB: kept */
+	CHECK(db_exec(dir, "PRAGMA page_size=65536; VACUUM;") == SQLITE_OK);
+	c = open_cache(dir, 8 * MIB);
+	CHECK(c != NULL);
+	if (!c)
+		return;
+	CHECK(db_int(dir, "PRAGMA page_size") == 65536);
+	CHECK(check(c, 700, MIB) == 1);
+	CHECK(check(c, 701, 64 * KIB) == 1);
+	CHECK(check(c, 702, MIB - 1) == 1);
+	CHECK(check(c, 703, MIB - 2) == 1);
+	CHECK(check(c, 704, MIB - 3) == 1);
+	put(c, 705, 100 * KIB, key);
+	cache_flush(c);
+	CHECK(check(c, 705, 100 * KIB) == 1);
+	cache_close(c);
+	CHECK(file_size(dir, CACHE_DB_NAME) + file_size(dir, CACHE_BLOCKS_NAME) <= 16 * MIB);
+}
+
 /* A damaged cache.db is moved aside with its slot file gone: a fresh
  * cache never reads the old slots. */
 static void test_fresh_cache_drops_old_slots(void)
@@ -527,6 +586,7 @@ int main(void)
 	test_slots_disk_full();
 	test_slots_crash();
 	test_schema_2_upgraded();
+	test_large_pages();
 	test_fresh_cache_drops_old_slots();
 	test_tampered_bookkeeping();
 	scratch_remove();
