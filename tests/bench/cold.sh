@@ -10,8 +10,8 @@
 # uses PORT..PORT+4), BENCH_RUNTIME (fio seconds, default 10), BENCH_DIR
 # (work dir, default a fresh /tmp dir, removed afterwards), IMGFS_OPTS (extra
 # imgfs flags), BENCH_PERF (a path: `perf record -g` of imgfs during each
-# cold read into PATH.ROUND, for `perf report -i PATH.1 --no-children --sort
-# dso`), BENCH_FULL_CACHE=1 (the measured read goes into a full cache: a
+# cold read into PATH.ROUND and the first warm read into PATH.ROUND.warm, for
+# `perf report -i PATH.1 --no-children --sort dso`), BENCH_FULL_CACHE=1 (the measured read goes into a full cache: a
 # second object of SIZE_MIB is read first, with --cache-size SIZE_MIB M, so
 # that the measured read evicts it and reuses its pages; "after mounting"
 # is then after that fill), BENCH_WARM_READS=N (N warm reads, each after
@@ -56,6 +56,21 @@ for b in "$IMGFS" "$LABCTL"; do
 	[ -x "$b" ] || { echo "cold.sh: $b is not built (ninja -C $BUILD)" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "cold.sh: needs root (drop_caches)" >&2; exit 1; }
+
+# BENCH_PERF: perf record of imgfs into $BENCH_PERF.$1, until perf_stop.
+perf_pid=
+perf_start() {
+	[ -n "${BENCH_PERF:-}" ] || return 0
+	perf record -q -F 2000 -g -p "$MPID" -o "$BENCH_PERF.$1" 2>/dev/null &
+	perf_pid=$!
+	sleep 1 # perf attaches to every thread
+}
+perf_stop() {
+	[ -n "$perf_pid" ] || return 0
+	kill -INT "$perf_pid"
+	wait "$perf_pid" || true
+	perf_pid=
+}
 
 own_dir=0
 if [ -z "${BENCH_DIR:-}" ]; then
@@ -139,29 +154,23 @@ for r in $(seq 1 "$ROUNDS"); do
 	fi
 	rss_mount=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	drop_caches
-	perf_pid=
-	if [ -n "${BENCH_PERF:-}" ]; then
-		perf record -q -F 2000 -g -p "$MPID" -o "$BENCH_PERF.$r" 2>/dev/null &
-		perf_pid=$!
-		sleep 1 # perf attaches to every thread
-	fi
+	perf_start "$r"
 	f0=$(cpu_of "$MPID" imgfs-fetch) k0=$(cpu_of "$MPID" cache-writer) m0=$(machine_s) s0=$(server_s)
 	c0=$(cpu_s "$MPID") u0=$(cpu_s "$MPID" user) w0=$(wbytes "$MPID") d0=$(devio) l0=$(load) t0=$(date +%s.%N)
 	/usr/bin/time -f '%U %S' -o "$BENCH_DIR/dd.cpu" dd if="$f" of=/dev/null bs=1M status=none
 	t1=$(date +%s.%N) c1=$(cpu_s "$MPID") u1=$(cpu_s "$MPID" user) l1=$(load)
-	if [ -n "$perf_pid" ]; then
-		kill -INT "$perf_pid"
-		wait "$perf_pid" || true
-	fi
+	perf_stop
 	wait_cache
 	c2=$(cpu_s "$MPID") w2=$(wbytes "$MPID") d2=$(devio)
 	f2=$(cpu_of "$MPID" imgfs-fetch) k2=$(cpu_of "$MPID" cache-writer) m2=$(machine_s) s2=$(server_s)
 	cached=$(stat_of cache_bytes) dropped=$(stat_of cache_dropped)
 	rss_cold=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$MPID/status")
 	drop_caches
+	perf_start "$r.warm"
 	c3=$(cpu_s "$MPID")
 	dd if="$f" of=/dev/null bs=1M status=none
 	c4=$(cpu_s "$MPID") l4=$(load)
+	perf_stop
 	# later warm reads: on a VM that gives memory back to its host, the
 	# first one pays for the page-cache pages it takes (tests/bench/README.md)
 	for k in $(seq 2 "${BENCH_WARM_READS:-1}"); do
