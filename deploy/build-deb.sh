@@ -63,6 +63,7 @@ trap 'rm -rf "$scratch"' EXIT
 src=$scratch/imgstore-$version
 mkdir "$src"
 if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+	# shellcheck disable=SC2016 # the script is sh's, expanded there
 	git -C "$ROOT" ls-files -z --cached --others --exclude-standard |
 		(cd "$ROOT" && xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh) |
 		tar -C "$ROOT" --null -T - -cf - | tar -C "$src" -xf -

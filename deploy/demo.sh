@@ -57,8 +57,9 @@ deploy/setup.sh
 stop
 
 step "Sample source images, served over HTTPS with a throw-away CA"
-mkdir -p "$DEMO"/{www,repo/images,repo/packer,mnt,cache,overlays,certs}
-rm -rf "$DEMO/overlays"/* "$DEMO/cache"/*
+mkdir -p "$DEMO"/{www,repo/images,repo/packer,mnt,overlays,certs}
+# imgfs makes the cache directory itself, mode 0700
+rm -rf "$DEMO/overlays"/* "$DEMO/cache"
 cd "$DEMO/www"
 if [ ! -f base.qcow2.gz ]; then
 	# a small qcow2 "base image" with known contents, and a raw disk

@@ -149,8 +149,7 @@ swift_start() {
 			setsid $PY /usr/bin/swift-$s-server "$ETC/$s-server.conf" ${SWIFT_VERBOSE:+-v} >"$ETC/run/$s.log" 2>&1 &
 			echo "$s $!" >>"$ETC/pids"
 		done
-		local i
-		for i in $(seq 1 150); do
+		for _ in $(seq 1 150); do
 			swift_is_up "$port" && break
 			sleep 0.2
 		done
@@ -165,7 +164,7 @@ swift_start() {
 	hdrs=$(curl -sf -D - -o /dev/null -H 'X-Auth-User: test:tester' -H 'X-Auth-Key: testing' "http://127.0.0.1:$port/auth/v1.0")
 	token=$(sed -n 's/^[Xx]-[Aa]uth-[Tt]oken: *\([^[:space:]]*\).*/\1/p' <<<"$hdrs")
 	url=$(sed -n 's/^[Xx]-[Ss]torage-[Uu]rl: *\([^[:space:]]*\).*/\1/p' <<<"$hdrs")
-	for i in $(seq 1 20); do
+	for _ in $(seq 1 20); do
 		code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H "X-Auth-Token: $token" "$url/$bucket") || code=000
 		case $code in 201 | 202 | 204) break ;; esac
 		sleep 0.3
@@ -186,7 +185,7 @@ stop_procs() {
 		# swift servers fork workers into the same process group (setsid above)
 		kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
 	done <"$ETC/pids"
-	for i in $(seq 1 50); do
+	for _ in $(seq 1 50); do
 		local alive=0
 		while read -r name pid; do kill -0 "$pid" 2>/dev/null && alive=1; done <"$ETC/pids"
 		[ $alive = 0 ] && break
@@ -278,7 +277,7 @@ rgw_fail() {
 }
 
 radosgw_start() {
-	local port=${1:-8080} bucket=${2:-imgstore} mon=$((${1:-8080} + 1)) p i id uuid code
+	local port=${1:-8080} bucket=${2:-imgstore} mon=$((${1:-8080} + 1)) p id uuid code
 	if [ -f "$ETC/port" ] && [ "$(cat "$ETC/port")" != "$port" ]; then
 		stop_procs
 		rm -rf "$ETC" # reconfigure for the new ports; data stays
@@ -325,7 +324,7 @@ radosgw_start() {
 		rgw_spawn osd ceph-osd -f -i 0 -c "$ETC/ceph.conf"
 		rgw_spawn radosgw radosgw -f -n client.rgw.a -c "$ETC/ceph.conf"
 		# the first start creates radosgw's pools: give it time on a busy machine
-		for i in $(seq 1 900); do
+		for _ in $(seq 1 900); do
 			radosgw_is_up "$port" && break
 			while read -r p id; do
 				kill -0 "$id" 2>/dev/null || rgw_fail "$p exited"
@@ -342,7 +341,7 @@ radosgw_start() {
 	fi
 	# S3 CreateBucket, signed by curl (the access key has a ':': a netrc)
 	(umask 077 && printf 'machine 127.0.0.1 login test:tester password testing\n' >"$ETC/netrc")
-	for i in $(seq 1 20); do
+	for _ in $(seq 1 20); do
 		code=$(curl -s -o "$ETC/run/bucket.out" -w '%{http_code}' -X PUT --netrc-file "$ETC/netrc" \
 			--aws-sigv4 aws:amz:us-east-1:s3 -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
 			"http://127.0.0.1:$port/$bucket") || code=000

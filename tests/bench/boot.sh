@@ -102,6 +102,7 @@ run_suite() {
 	if [ -n "$pdelay" ]; then
 		coproc PROXY { exec $PY -m vmkit.delayproxy --target "${E2_ENDPOINT#http://}" \
 			--delay-ms "$pdelay"; }
+		# shellcheck disable=SC2153 # PROXY_PID: set by coproc
 		proxy_pid=$PROXY_PID
 		local ready
 		read -r ready _port <&"${PROXY[0]}"
@@ -162,7 +163,7 @@ fi
 cleanup() {
 	suite_cleanup
 	for ns in "${NAMESPACES[@]:-}"; do
-		[ -n "$ns" ] && ip netns del "$ns" 2>/dev/null || true
+		if [ -n "$ns" ]; then ip netns del "$ns" 2>/dev/null || true; fi
 	done
 	[ $own_dir = 1 ] && rm -rf "$BENCH_DIR"
 }
@@ -180,9 +181,10 @@ $PY -m vmkit initramfs "$INITRD"
 export LOCAL_BASE=$BENCH_DIR/base.qcow2
 info=$($PY -m vmkit base "$LOCAL_BASE" --size $((READ_MIB + 64)) --off 1 --len "$READ_MIB" \
 	--marker-off $((READ_MIB + 8)))
-export REGION_SHA=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["region_sha256"])' "$info")
+REGION_SHA=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["region_sha256"])' "$info")
 export BASE=$LOCAL_BASE
-export BASE_SHA=$(sha256sum "$LOCAL_BASE" | cut -d' ' -f1)
+BASE_SHA=$(sha256sum "$LOCAL_BASE" | cut -d' ' -f1)
+export REGION_SHA BASE_SHA
 export ROUNDS READ_MIB
 : >"$RESULTS"
 

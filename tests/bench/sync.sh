@@ -19,6 +19,8 @@
 # The image is made of real files (a tar of /usr/lib and /usr/share) and
 # zeros, like a disk image: that decides how fast xz decompresses.
 set -euo pipefail
+# extra labctl options, split into words as a shell would
+read -r -a SYNC_ARGS <<<"${BENCH_SYNC_ARGS:-}"
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SIZE_MIB=${1:-1024}
@@ -35,7 +37,7 @@ WORK=$(mktemp -d /tmp/imgstore-bench-sync.XXXXXX)
 S3DIR=$WORK/s3
 HTTPS_PID=
 cleanup() {
-	[ -n "$HTTPS_PID" ] && kill "$HTTPS_PID" 2>/dev/null || true
+	if [ -n "$HTTPS_PID" ]; then kill "$HTTPS_PID" 2>/dev/null || true; fi
 	deploy/local-s3.sh stop "$S3DIR" >/dev/null 2>&1 || true
 	rm -rf "$WORK"
 }
@@ -145,7 +147,7 @@ P
 	write_manifest "$r"
 	settle
 	t0=$(now)
-	(cd "$WORK/repo" && /usr/bin/time -f '%M %U %S' -o "$WORK/time.out" "$LABCTL" images sync --ca-bundle "$CA" ${BENCH_SYNC_ARGS:-} >"$WORK/sync.out")
+	(cd "$WORK/repo" && /usr/bin/time -f '%M %U %S' -o "$WORK/time.out" "$LABCTL" images sync --ca-bundle "$CA" "${SYNC_ARGS[@]}" >"$WORK/sync.out")
 	t1=$(now)
 	l=$(calc "$t1 - $t0")
 	read -r m lu ls < <(tail -n1 "$WORK/time.out")

@@ -22,6 +22,8 @@
 # works (curl signs it with the other headers).  The access key "test:tester"
 # contains ':', so the key pair goes through a netrc file, not --user.
 set -euo pipefail
+# extra labctl options, split into words as a shell would
+read -r -a UPLOAD_ARGS <<<"${BENCH_UPLOAD_ARGS:-}"
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SIZE_MIB=${1:-1024}
@@ -100,7 +102,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	s2=$(server_cpu)
 	t2=$(now)
 	/usr/bin/time -f '%U %S %M' -o "$BENCH_DIR/time.out" "$LABCTL" images upload \
-		--source "$FILE" --destination "labctl/image-$r.raw" ${BENCH_UPLOAD_ARGS:-} >/dev/null
+		--source "$FILE" --destination "labctl/image-$r.raw" "${UPLOAD_ARGS[@]}" >/dev/null
 	t3=$(now)
 	s3=$(server_cpu)
 	c=$(calc "$t1 - $t0")
@@ -133,7 +135,7 @@ if [ "$WAN_RATE" != 0 ]; then
 	settle
 	t2=$(now)
 	"$LABCTL" images upload --endpoint "http://127.0.0.1:$wport" --source "$FILE" \
-		--destination labctl/image-wan.raw ${BENCH_UPLOAD_ARGS:-} >/dev/null
+		--destination labctl/image-wan.raw "${UPLOAD_ARGS[@]}" >/dev/null
 	t3=$(now)
 	WAN_CURL=$(calc "$t1 - $t0")
 	WAN_LABCTL=$(calc "$t3 - $t2")
