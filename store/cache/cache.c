@@ -120,6 +120,7 @@
 #include "common/log.h"
 #include "common/timefmt.h"
 #include "store/cache/cache_internal.h"
+#include "store/cache/journal_vfs.h"
 #include "store/cache/slots.h"
 
 #include <errno.h>
@@ -532,7 +533,8 @@ static int open_conn(const char *path, int cache_kib, sqlite3 **out)
 {
 	sqlite3 *db = NULL;
 	char sql[128];
-	int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+	int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+	                         journal_vfs_name());
 	if (rc == SQLITE_OK) {
 		sqlite3_extended_result_codes(db, 1);
 		sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
