@@ -69,15 +69,19 @@ static void help_check(FILE *out)
 {
 	fprintf(out,
 	        "Usage: labctl credentials check [--credentials FILE] [--sops-age-key-file "
-	        "PATH]\n\n"
+	        "PATH]\n"
+	        "                                [--endpoint URL] [--bucket NAME]\n\n"
 	        "Decrypt and verify (MAC) a SOPS credentials file and show which fields it has,\n"
 	        "the endpoint and the bucket (never the keys), then the settings labctl would\n"
-	        "use after the E2_* environment.  Without --credentials, checks the "
-	        "environment.\n\n"
+	        "use after --endpoint, --bucket and the E2_* environment.  Without "
+	        "--credentials,\n"
+	        "checks the command line and the environment.\n\n"
 	        "Options:\n"
 	        "  --credentials PATH        the SOPS-encrypted YAML\n"
 	        "  --sops-age-key-file PATH  age identity file (default: $SOPS_AGE_KEY_FILE, then\n"
 	        "                            ~/.config/sops/age/keys.txt); PGP entries use gpg\n"
+	        "  --endpoint URL            the S3 endpoint, as the other commands take it\n"
+	        "  --bucket NAME             the bucket, as the other commands take it\n"
 	        "  --help                    show this help\n\n"
 	        "Exit status: 0 complete and verified; 1 no key could open the file; 2 the file "
 	        "is\n"
@@ -254,6 +258,8 @@ static void show(const char *name, const char *v, int secret)
 static const struct optdef check_opts[] = {
         CRED_OPTDEF_CREDENTIALS,
         CRED_OPTDEF_AGE_KEY_FILE,
+        CRED_OPTDEF_ENDPOINT,
+        CRED_OPTDEF_BUCKET,
         OPT_DEF_HELP,
         OPT_DEF_END,
 };
@@ -312,11 +318,18 @@ static int cmd_check(int argc, char **argv)
 		else
 			printf("  %-11s (not set: us-east-1)\n", "region:");
 	}
+	if (co.endpoint)
+		printf("note: --endpoint is given and takes precedence over E2_ENDPOINT%s\n",
+		       path ? " and the file" : "");
+	if (co.bucket)
+		printf("note: --bucket is given and takes precedence over E2_BUCKET%s\n",
+		       path ? " and the file" : "");
 	for (i = 0; i < sizeof(envs) / sizeof(*envs); i++) {
 		const char *v = getenv(envs[i]);
-		if (v && *v)
-			printf("note: %s is set in the environment and takes precedence%s\n",
-			       envs[i], path ? " over the file" : "");
+		if (!v || !*v || (i == 0 && co.endpoint) || (i == 1 && co.bucket))
+			continue;
+		printf("note: %s is set in the environment and takes precedence%s\n", envs[i],
+		       path ? " over the file" : "");
 	}
 	rc = credentials_merge(&co, path ? &cf : NULL, &cfg, &e);
 	if (path)

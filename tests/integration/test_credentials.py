@@ -236,6 +236,40 @@ def test_wrong_key_missing_field_and_tampering(tmp_path, agekey):
 
 
 @needs_credentials_cmd
+def test_check_takes_endpoint_and_bucket(tmp_path, agekey):
+    """check takes --endpoint and --bucket as the other commands do: they win
+    over the file and the environment, and fill what neither has."""
+    key, recipient = agekey
+    plain = _plaintext(tmp_path / "plain.yaml", "http://127.0.0.1:1", "from-file")
+    creds, _ = _encrypt(tmp_path, plain, recipient)
+    env = clean_env()
+    env["E2_BUCKET"] = "from-env"
+    args = [binary("labctl"), "credentials", "check", "--credentials", creds,
+            "--sops-age-key-file", key, "--endpoint", "http://127.0.0.1:2",
+            "--bucket", "from-flag"]
+    c = run(args, env=env, check=0)
+    effective = c.stdout[c.stdout.index("effective settings:"):]
+    assert "endpoint:   http://127.0.0.1:2\n" in effective
+    assert "bucket:     from-flag\n" in effective
+    assert "note: --endpoint is given and takes precedence over E2_ENDPOINT and the file" \
+        in c.stdout
+    assert "note: --bucket is given and takes precedence over E2_BUCKET and the file" in c.stdout
+    assert "E2_BUCKET is set" not in c.stdout
+    _no_secret(c.stdout, c.stderr)
+
+    # Without a file: the keys from the environment, the rest from the flags.
+    env = clean_env()
+    env["E2_ACCESS_KEY"] = ACCESS_KEY
+    env["E2_SECRET_KEY"] = SECRET_KEY
+    c = run([binary("labctl"), "credentials", "check", "--endpoint", "http://127.0.0.1:3",
+             "--bucket", "b3"], env=env, check=0)
+    assert "endpoint:   http://127.0.0.1:3\n" in c.stdout and "bucket:     b3\n" in c.stdout
+    _no_secret(c.stdout, c.stderr)
+    c = run([binary("labctl"), "credentials", "check", "--bucket", "b3"], env=env, check=2)
+    assert "E2_ENDPOINT" in c.stderr and "--endpoint" in c.stderr
+
+
+@needs_credentials_cmd
 def test_usage_errors(tmp_path):
     labctl = binary("labctl")
     for sub in ("encrypt", "check"):
