@@ -244,9 +244,9 @@ struct rconn {
 
 struct wstmts {
 	sqlite3_stmt *begin, *commit, *rollback, *state_get, *state_set, *find, *touch, *oldest,
-	        *del_block, *del_idx, *ins_block, *ins_idx, *freelist, *page_count, *sum, *meta_put,
-	        *pins_any, *pins_del, *pins_ins, *free_add, *free_take, *free_del, *free_get,
-	        *free_count, *at_slot, *relocate;
+	        *del_block, *del_idx, *ins_block, *ins_idx, *freelist, *page_count, *page_size,
+	        *sum, *meta_put, *pins_any, *pins_del, *pins_ins, *free_add, *free_take, *free_del,
+	        *free_get, *free_count, *at_slot, *relocate;
 };
 
 struct cache {
@@ -681,6 +681,7 @@ static int prepare_writer(struct cache *c)
 	P(ins_idx, "INSERT INTO idx(key, id, len, atime, slot) VALUES(?1, ?2, ?3, ?4, ?5)");
 	P(freelist, "PRAGMA freelist_count");
 	P(page_count, "PRAGMA page_count");
+	P(page_size, "PRAGMA page_size");
 	P(sum, "SELECT coalesce(sum(len), 0), coalesce(max(atime), 0) FROM idx");
 	P(meta_put, "INSERT OR REPLACE INTO meta(name, data) VALUES(?1, ?2)");
 	P(pins_any, "SELECT EXISTS (SELECT 1 FROM pins)");
@@ -773,6 +774,18 @@ static int load_state(struct cache *c)
 	return SQLITE_OK;
 }
 
+/* The database's page size, and what follows from it.  Read each time the
+ * disk use is: another process sharing the directory may have rewritten an
+ * old cache with smaller pages (small_pages) since this one opened it. */
+static int set_page_size(struct cache *c, long long size)
+{
+	if (size < 512 || size > CACHE_PAGE_MAX)
+		return SQLITE_CORRUPT;
+	c->page_size = (unsigned)size;
+	c->keep_free = (long long)(c->keep_free_bytes / c->page_size);
+	return SQLITE_OK;
+}
+
 /* A cache made with larger pages (before the slot file) is rewritten with
  * CACHE_PAGE_SIZE pages when its database is no larger than the journal
  * may be: VACUUM journals the whole file, and the disk bound leaves the
@@ -802,11 +815,7 @@ static int small_pages(struct cache *c)
 		if (rc != SQLITE_OK)
 			return rc;
 	}
-	if (size < 512 || size > CACHE_PAGE_MAX)
-		return SQLITE_CORRUPT;
-	c->page_size = (unsigned)size;
-	c->keep_free = (long long)(c->keep_free_bytes / c->page_size);
-	return SQLITE_OK;
+	return set_page_size(c, size);
 }
 
 /* Open the writer connection and check the file.  0 ok; 1 the file is not
@@ -1100,10 +1109,15 @@ static long long pragma_step(sqlite3_stmt *st, int *rc)
 static int used_bytes(struct cache *c, uint64_t *out)
 {
 	int rc;
-	long long total = pragma_step(c->w.page_count, &rc), nfree;
+	long long total = pragma_step(c->w.page_count, &rc), nfree, size;
 	if (rc != SQLITE_OK)
 		return rc;
 	nfree = pragma_step(c->w.freelist, &rc);
+	if (rc != SQLITE_OK)
+		return rc;
+	size = pragma_step(c->w.page_size, &rc);
+	if (rc == SQLITE_OK)
+		rc = set_page_size(c, size);
 	*out = total > nfree ? (uint64_t)(total - nfree) * c->page_size : 0;
 	return rc;
 }

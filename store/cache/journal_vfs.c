@@ -1,6 +1,5 @@
 #include "store/cache/journal_vfs.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <unistd.h>

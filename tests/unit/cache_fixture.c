@@ -96,9 +96,12 @@ int alter_row(const char *dir, const unsigned char key[CACHE_KEY_LEN], int at)
 	unsigned char b;
 	int rc = -1, fd = -1;
 	snprintf(path, sizeof(path), "%s/cache.db", dir);
-	if (sqlite3_open(path, &db) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db, "SELECT id, slot FROM idx WHERE key = ?1", -1, &st, NULL) !=
-	            SQLITE_OK)
+	if (sqlite3_open(path, &db) != SQLITE_OK)
+		goto out;
+	/* the cache's writer may be committing (a drop it was handed) */
+	sqlite3_busy_timeout(db, 5000);
+	if (sqlite3_prepare_v2(db, "SELECT id, slot FROM idx WHERE key = ?1", -1, &st, NULL) !=
+	    SQLITE_OK)
 		goto out;
 	sqlite3_bind_blob(st, 1, key, CACHE_KEY_LEN, SQLITE_STATIC);
 	if (sqlite3_step(st) != SQLITE_ROW)

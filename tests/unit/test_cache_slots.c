@@ -55,6 +55,7 @@ static long long db_int(const char *dir, const char *sql)
 	long long v = -1;
 	snprintf(path, sizeof(path), "%s/" CACHE_DB_NAME, dir);
 	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+	    sqlite3_busy_timeout(db, 5000) == SQLITE_OK &&
 	    sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW)
 		v = sqlite3_column_int64(st, 0);
@@ -71,6 +72,8 @@ static int db_exec(const char *dir, const char *sql)
 	int rc;
 	snprintf(path, sizeof(path), "%s/" CACHE_DB_NAME, dir);
 	rc = sqlite3_open(path, &db);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_busy_timeout(db, 5000);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
 	sqlite3_close(db);
