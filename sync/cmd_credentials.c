@@ -280,8 +280,6 @@ static int check_opt(void *ud, int id, const char *v, struct err *e)
 
 static int cmd_check(int argc, char **argv)
 {
-	static const char *const envs[] = {"E2_ENDPOINT", "E2_BUCKET", "E2_ACCESS_KEY",
-	                                   "E2_SECRET_KEY", "E2_REGION"};
 	const struct optdef *const tables[] = {check_opts, cli_global_opts, NULL};
 	struct cred_opts co = {0};
 	const struct opt_parser p = {tables, "h" CLI_GLOBAL_SHORTS, check_opt, NULL, &co};
@@ -318,18 +316,23 @@ static int cmd_check(int argc, char **argv)
 		else
 			printf("  %-11s (not set: us-east-1)\n", "region:");
 	}
-	if (co.endpoint)
-		printf("note: --endpoint is given and takes precedence over E2_ENDPOINT%s\n",
-		       path ? " and the file" : "");
-	if (co.bucket)
-		printf("note: --bucket is given and takes precedence over E2_BUCKET%s\n",
-		       path ? " and the file" : "");
-	for (i = 0; i < sizeof(envs) / sizeof(*envs); i++) {
-		const char *v = getenv(envs[i]);
-		if (!v || !*v || (i == 0 && co.endpoint) || (i == 1 && co.bucket))
-			continue;
-		printf("note: %s is set in the environment and takes precedence%s\n", envs[i],
-		       path ? " over the file" : "");
+	/* each setting from the first of: its flag, its variable, the file */
+	const struct {
+		const char *env, *flag, *given;
+	} order[] = {{"E2_ENDPOINT", "--endpoint", co.endpoint},
+	             {"E2_BUCKET", "--bucket", co.bucket},
+	             {"E2_ACCESS_KEY", NULL, NULL},
+	             {"E2_SECRET_KEY", NULL, NULL},
+	             {"E2_REGION", NULL, NULL}};
+	for (i = 0; i < sizeof(order) / sizeof(*order); i++)
+		if (order[i].given)
+			printf("note: %s is given and takes precedence over %s%s\n", order[i].flag,
+			       order[i].env, path ? " and the file" : "");
+	for (i = 0; i < sizeof(order) / sizeof(*order); i++) {
+		const char *v = getenv(order[i].env);
+		if (v && *v && !order[i].given)
+			printf("note: %s is set in the environment and takes precedence%s\n",
+			       order[i].env, path ? " over the file" : "");
 	}
 	rc = credentials_merge(&co, path ? &cf : NULL, &cfg, &e);
 	if (path)

@@ -83,7 +83,7 @@
  *   cache.db + blocks.dat   pages and slots in use (blocks with their page
  *                 overhead, the index, the listing and records in meta:
  *                 all counted) <= target, evicted by that measure too,
- *                 plus at most keep_free free pages (KEEP_FREE_BYTES, and
+ *                 plus at most keep_free_bytes of free pages (KEEP_FREE_BYTES, and
  *                 the pages of a batch evicted ahead; incremental vacuum
  *                 gives back the rest) and keep_free_slots free slots
  *   cache.db-journal  empty between transactions; during one, the old
@@ -267,8 +267,7 @@ struct cache {
 	 * share of the limit. */
 	uint64_t evict_ahead;
 	unsigned page_size;       /* of the database (PRAGMA page_size) */
-	uint64_t keep_free_bytes; /* free pages maybe_vacuum leaves for the next batch, */
-	long long keep_free;      /* and in pages */
+	uint64_t keep_free_bytes; /* free pages maybe_vacuum leaves for the next batch */
 	uint64_t keep_free_slots; /* free slots slots_shrink leaves for the next batch */
 
 	/* blocks.dat: read by every reader, written by the writer thread */
@@ -774,16 +773,21 @@ static int load_state(struct cache *c)
 	return SQLITE_OK;
 }
 
-/* The database's page size, and what follows from it.  Read each time the
- * disk use is: another process sharing the directory may have rewritten an
- * old cache with smaller pages (small_pages) since this one opened it. */
+/* The database's page size.  Read each time the disk use is: another
+ * process sharing the directory may have rewritten an old cache with
+ * smaller pages (small_pages) since this one opened it. */
 static int set_page_size(struct cache *c, long long size)
 {
 	if (size < 512 || size > CACHE_PAGE_MAX)
 		return SQLITE_CORRUPT;
 	c->page_size = (unsigned)size;
-	c->keep_free = (long long)(c->keep_free_bytes / c->page_size);
 	return SQLITE_OK;
+}
+
+/* keep_free_bytes in pages of the database. */
+static long long keep_free_pages(const struct cache *c)
+{
+	return (long long)(c->keep_free_bytes / c->page_size);
 }
 
 /* A cache made with larger pages (before the slot file) is rewritten with
@@ -1226,9 +1230,9 @@ static int maybe_vacuum(struct cache *c)
 	char sql[64];
 	int rc;
 	long long nfree = pragma_step(c->w.freelist, &rc);
-	if (rc != SQLITE_OK || nfree <= c->keep_free)
+	if (rc != SQLITE_OK || nfree <= keep_free_pages(c))
 		return rc;
-	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%lld)", nfree - c->keep_free);
+	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%lld)", nfree - keep_free_pages(c));
 	return exec(c->wdb, sql);
 }
 
@@ -1888,7 +1892,7 @@ int cache_open(const struct cache_opts *o, struct cache **out, struct err *e)
 		goto fail;
 	}
 	c->writer_started = 1;
-	if (c->bytes > c->limit || used > c->target || nfree > c->keep_free ||
+	if (c->bytes > c->limit || used > c->target || nfree > keep_free_pages(c) ||
 	    nfree_slots > (long long)c->keep_free_slots) {
 		/* a lower limit than last time, or a shrink cut short */
 		pthread_mutex_lock(&c->mu);

@@ -10,13 +10,15 @@
 # uses PORT..PORT+4), BENCH_RUNTIME (fio seconds, default 10), BENCH_DIR
 # (work dir, default a fresh /tmp dir, removed afterwards), IMGFS_OPTS (extra
 # imgfs flags), BENCH_PERF (a path: `perf record -g` of imgfs during each
-# cold read into PATH.ROUND and the first warm read into PATH.ROUND.warm, for
-# `perf report -i PATH.1 --no-children --sort dso`), BENCH_FULL_CACHE=1 (the measured read goes into a full cache: a
-# second object of SIZE_MIB is read first, with --cache-size SIZE_MIB M, so
-# that the measured read evicts it and reuses its pages; "after mounting"
-# is then after that fill), BENCH_WARM_READS=N (N warm reads, each after
-# dropping the page cache, each one's CPU printed; the figure in the summary
-# stays the first one's).  Needs root (drop_caches).
+# cold read into PATH.ROUND and the first warm read into PATH.ROUND.warm,
+# for `perf report -i PATH.1 --no-children --sort dso`), BENCH_FULL_CACHE=1
+# (the measured read goes into a full cache: a second object of SIZE_MIB is
+# read first, with --cache-size SIZE_MIB M, so that the measured read evicts
+# it and reuses its pages; "after mounting" is then after that fill),
+# BENCH_WARM_READS=N (N warm reads, each after dropping the page cache, each
+# one's CPU printed; the figure in the summary stays the first one's, unlike
+# mount.sh, which counts the best: here the first read's page costs are the
+# point).  Needs root (drop_caches).
 #
 # Counts that do not depend on how busy the host is: the block device's
 # write requests and cache flushes per cached GiB (from
