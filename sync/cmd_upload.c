@@ -30,7 +30,7 @@ static const struct optdef upload_opts[] = {
         {"parallel", OPT_PARALLEL, 1, "N", "parts uploaded at once (default 3)"},
         {"part-size", OPT_PART_SIZE, 1, "SIZE",
          "multipart part size, 5M to 1G (default: a file in N parts or a multiple of N, "
-         "at most 1G each; standard input in 8M parts)"},
+         "at most 128M each; standard input in 8M parts)"},
         CLI_OPT_CREDENTIALS,
         CLI_OPT_SOPS_AGE_KEY_FILE,
         CLI_OPT_CA_BUNDLE,

@@ -22,14 +22,21 @@
 #define MAX_PARTS     10000
 #define TIER_PARTS    2000          /* the part size doubles every TIER_PARTS parts ... */
 #define MAX_TIER      4             /* ... four times: 8 MiB base -> up to 496 GiB */
-#define FILE_PART_MAX (1024u * MIB) /* pipeline_send_file: what one retry re-sends */
+/* pipeline_send_file's largest default part.  Smaller parts start sooner: a
+ * signed part goes out only once the hash thread has hashed it, and the
+ * workers' reads stay nearer the hash thread's in the page cache.  A 1 GiB
+ * upload on loopback took 2.95-2.99 s in parts of 128 MiB against 3.34-3.36
+ * in three of 342 MiB (signed; unsigned 2.62-2.67 against 2.87-2.93), for the
+ * same CPU.  It is also what one retry re-sends. */
+#define FILE_PART_MAX (128u * MIB)
 
 struct pbuf {
 	unsigned char *data;
 	size_t cap;
 	size_t len;
-	int part;        /* 1-based part number */
-	uint64_t offset; /* of its first byte in the object */
+	int part;         /* 1-based part number */
+	uint64_t offset;  /* of its first byte in the object */
+	char payload[65]; /* signed bodies: the part's SHA-256 (hex), by the hash thread */
 	struct pbuf *next;
 };
 
@@ -54,8 +61,12 @@ struct pipeline {
 	struct s3 *s3; /* the producer's connection: create, complete, abort, PUT */
 	struct s3 **wconn;
 	char *upload_id;
-	struct sha256_state *whole;  /* the object's SHA-256: the hash thread, in order */
-	struct hash *mwhole;         /* ... and in alg, when that is not SHA-256 (or NULL) */
+	struct sha256_state *whole; /* the object's SHA-256: the hash thread, in order */
+	struct hash *mwhole;        /* ... and in alg, when that is not SHA-256 (or NULL) */
+	/* Signed bodies only (NULL when they go out as UNSIGNED-PAYLOAD): the
+	 * SHA-256 of the part being hashed, in the same pass as the two above,
+	 * so that no worker hashes its part again before sending it. */
+	struct sha256_state *part_sha;
 	unsigned char (*hashes)[32]; /* block map: the hash thread, in order */
 	size_t hashes_cap;
 	uint64_t submitted; /* bytes handed to the hash thread */
@@ -83,6 +94,8 @@ struct pipeline {
 	uint64_t file_size;
 	size_t file_part;
 	int file_nparts, file_next, file_exited;
+	char (*file_payload)[65];         /* signed bodies: each part's SHA-256 (hex) ... */
+	int file_hashed;                  /* ... ready for the parts up to this one */
 	volatile sig_atomic_t abort_flag; /* stops the workers' requests */
 	_Atomic uint64_t sent;            /* body bytes the workers sent */
 
@@ -156,25 +169,39 @@ static int all_zero(const unsigned char *d, size_t n)
 }
 
 /* The next len bytes of the object, in order, starting on a block boundary:
- * into the object's checksum(s), and the SHA-256 of each block into out (the
- * block map).  Zero blocks, common in disk images, take the precomputed zero
- * hash. */
+ * into the object's checksum(s) and into part (a signed part's SHA-256, or
+ * NULL), and the SHA-256 of each block into out (the block map).  Zero
+ * blocks, common in disk images, take the precomputed zero hash. */
 static void hash_part(struct pipeline *p, const unsigned char *data, size_t len,
-                      unsigned char (*out)[32])
+                      struct sha256_state *part, unsigned char (*out)[32])
 {
 	for (size_t i = 0, off = 0; off < len; i++, off += RECORD_DEFAULT_BLOCK_SIZE) {
 		size_t n = len - off < RECORD_DEFAULT_BLOCK_SIZE ? len - off
 		                                                 : RECORD_DEFAULT_BLOCK_SIZE;
-		if (all_zero(data + off, n)) {
-			sha256_update(p->whole, data + off, n);
+		const unsigned char *d = data + off;
+		int zero = all_zero(d, n);
+		if (zero)
 			record_zero_hash((uint32_t)n, out[i]);
-		} else {
-			/* both hashes in one pass, at about the cost of one */
-			sha256x2_block(p->whole, data + off, n, out[i]);
-		}
+		/* all the digests in one pass, at about the cost of one */
+		if (zero && part)
+			sha256x2_update(p->whole, d, part, d, n);
+		else if (zero)
+			sha256_update(p->whole, d, n);
+		else if (part)
+			sha256x3_block(p->whole, part, d, n, out[i]);
+		else
+			sha256x2_block(p->whole, d, n, out[i]);
 	}
 	if (p->mwhole)
 		hash_update(p->mwhole, data, len);
+}
+
+/* The signed part's SHA-256, in hex, once the hash thread fed it all. */
+static void part_payload(struct pipeline *p, char out[65])
+{
+	unsigned char d[32];
+	sha256_final(p->part_sha, d);
+	hex_encode(d, sizeof(d), out);
 }
 
 static void *hash_main(void *arg)
@@ -207,7 +234,9 @@ static void *hash_main(void *arg)
 			}
 		}
 		if (!failed)
-			hash_part(p, b->data, b->len, bh);
+			hash_part(p, b->data, b->len, p->part_sha, bh);
+		if (!failed && p->part_sha)
+			part_payload(p, b->payload);
 		pthread_mutex_lock(&p->mu);
 		/* into the map under the lock: submit() may grow it meanwhile */
 		if (!failed)
@@ -253,7 +282,7 @@ static void *worker_main(void *arg)
 		if (!failed) {
 			log_debug("%s: uploading part %d (%zu bytes)", p->key, b->part, b->len);
 			rc = s3_mpu_put_part(s3, p->key, p->upload_id, b->part, b->data, b->len,
-			                     etag, &e);
+			                     b->payload[0] ? b->payload : NULL, etag, &e);
 			if (rc) {
 				err_prefix(&e, "uploading part %d of %s", b->part, p->key);
 				set_failed(p, &e);
@@ -357,6 +386,10 @@ struct pipeline *pipeline_new(const struct pipeline_opts *o, struct err *e)
 	p->s3 = s3_open(&p->cfg, e);
 	if (!p->s3)
 		goto fail;
+	if (!s3_payload_unsigned(p->s3) && !(p->part_sha = sha256_state_new())) {
+		err_set(e, ERR_IO, "out of memory");
+		goto fail;
+	}
 	return p;
 fail:
 	pipeline_free(p);
@@ -608,13 +641,21 @@ static void *file_worker_main(void *arg)
 			break;
 		}
 		part = p->file_next++;
+		/* a signed body: its SHA-256 goes into the request's headers */
+		while (p->file_payload && p->file_hashed < part && !p->failed)
+			pthread_cond_wait(&p->cv, &p->mu);
+		if (p->failed) {
+			pthread_mutex_unlock(&p->mu);
+			break;
+		}
 		pthread_mutex_unlock(&p->mu);
 		off = (uint64_t)(part - 1) * p->file_part;
 		len = p->file_size - off < p->file_part ? (size_t)(p->file_size - off)
 		                                        : p->file_part;
 		log_debug("%s: uploading part %d (%zu bytes from offset %llu)", p->key, part, len,
 		          (unsigned long long)off);
-		if (s3_mpu_put_part_file(s3, p->key, p->upload_id, part, p->file_fd, off, len, etag,
+		if (s3_mpu_put_part_file(s3, p->key, p->upload_id, part, p->file_fd, off, len,
+		                         p->file_payload ? p->file_payload[part - 1] : NULL, etag,
 		                         &e)) {
 			err_prefix(&e, "uploading part %d of %s", part, p->key);
 			set_failed(p, &e);
@@ -683,7 +724,15 @@ static int hash_file(struct pipeline *p, void (*progress)(void *, uint64_t), voi
 		if (get_failure(p, e) || check_interrupt(e) ||
 		    read_full(p->file_fd, buf, n, off, e))
 			goto out;
-		hash_part(p, buf, n, &p->hashes[off / RECORD_DEFAULT_BLOCK_SIZE]);
+		hash_part(p, buf, n, p->part_sha, &p->hashes[off / RECORD_DEFAULT_BLOCK_SIZE]);
+		if (p->file_payload && ((off + n) % p->file_part == 0 || off + n == p->file_size)) {
+			/* the part is complete: its worker may send it */
+			pthread_mutex_lock(&p->mu);
+			part_payload(p, p->file_payload[p->file_hashed]);
+			p->file_hashed++;
+			pthread_cond_broadcast(&p->cv);
+			pthread_mutex_unlock(&p->mu);
+		}
 		if (progress)
 			progress(ud, sent < off + n ? sent : off + n);
 	}
@@ -726,7 +775,7 @@ int pipeline_send_file(struct pipeline *p, int fd, void (*progress)(void *, uint
 {
 	struct stat before, after;
 	double t0 = time_mono();
-	int started = 0;
+	int started = 0, failed;
 
 	if (p->bytes || p->upload_id || p->cur)
 		return err_set(e, ERR_IO, "%s: pipeline_send_file after pipeline_write", p->key);
@@ -739,7 +788,9 @@ int pipeline_send_file(struct pipeline *p, int fd, void (*progress)(void *, uint
 	plan_file_parts(p);
 	p->parts = calloc(p->file_nparts, sizeof(*p->parts));
 	p->hashes = malloc(nblocks(p->file_size) * 32 + 1); /* + 1: never malloc(0) */
-	if (!p->parts || !p->hashes)
+	if (p->part_sha)
+		p->file_payload = calloc(p->file_nparts, sizeof(*p->file_payload));
+	if (!p->parts || !p->hashes || (p->part_sha && !p->file_payload))
 		return err_set(e, ERR_IO, "out of memory");
 	p->parts_cap = p->file_nparts;
 	p->hashes_cap = nblocks(p->file_size);
@@ -767,17 +818,21 @@ int pipeline_send_file(struct pipeline *p, int fd, void (*progress)(void *, uint
 	wait_file_workers(p, started, progress, ud);
 	for (int i = 0; i < started; i++)
 		pthread_join(p->workers[i], NULL);
-	if (get_failure(p, e))
-		return -1;
+	failed = get_failure(p, e);
 	if (fstat(fd, &after))
-		return err_errno(e, "fstat");
-	/* the workers and this thread each read the file once: the record
-	 * describes what was sent only if nobody wrote to it meanwhile */
+		return failed ? -1 : err_errno(e, "fstat");
+	/* The workers and this thread each read the file once: the record
+	 * describes what was sent only if nobody wrote to it meanwhile.  A
+	 * change is also the likely cause of a failure (a signed part whose
+	 * bytes no longer match the hash thread's SHA-256), so it is what the
+	 * error says. */
 	if (!same_file(&before, &after))
 		return err_set(
 		        e, ERR_IO,
 		        "the file changed while it was uploaded (size or modification time); "
 		        "nothing was stored: upload it again once it is complete");
+	if (failed)
+		return -1;
 	p->bytes = p->submitted = p->file_size;
 	p->next_part = p->file_nparts + 1;
 	p->base_part = p->file_part;
@@ -1184,7 +1239,7 @@ int pipeline_finish(struct pipeline *p, struct record *out, struct err *e)
 				goto out;
 			}
 		}
-		hash_part(p, data, len, p->hashes);
+		hash_part(p, data, len, NULL, p->hashes); /* s3_put signs it */
 		if (make_record(p, len, &r, e) || verify(p, &r, e) || keep_previous(p, &r, e))
 			goto out;
 		if (s3_put(p->s3, p->key, data, len, "application/octet-stream", etag, e)) {
@@ -1304,7 +1359,9 @@ void pipeline_free(struct pipeline *p)
 	free(p->parts);
 	free(p->upload_id);
 	sha256_state_free(p->whole);
+	sha256_state_free(p->part_sha);
 	hash_free(p->mwhole);
+	free(p->file_payload);
 	free(p->hashes);
 	free(p->key);
 	free(p->meta_key);

@@ -1466,9 +1466,11 @@ out:
 	return rc;
 }
 
-/* UploadPart of the body r describes (from memory or from a file). */
+/* UploadPart of the body r describes (from memory or from a file), signed
+ * with payload_sha (its SHA-256 in hex) when the caller has it. */
 static int upload_part(struct s3 *s, const char *key, const char *upload_id, int number,
-                       struct req *r, char etag_out[S3_ETAG_MAX], struct err *e)
+                       struct req *r, const char *payload_sha, char etag_out[S3_ETAG_MAX],
+                       struct err *e)
 {
 	char num[16], w[WHAT_MAX];
 	struct sigv4_param params[] = {{"partNumber", num}, {"uploadId", upload_id}};
@@ -1479,10 +1481,12 @@ static int upload_part(struct s3 *s, const char *key, const char *upload_id, int
 	r->params = params;
 	r->nparams = 2;
 	r->what = w;
-	if (!r->body_from_fd)
-		body_payload_hash(s, r->body, r->body_len, r->payload_sha);
-	else if (s->unsigned_payload)
+	if (s->unsigned_payload)
 		snprintf(r->payload_sha, sizeof(r->payload_sha), "%s", SIGV4_UNSIGNED_PAYLOAD);
+	else if (payload_sha && strlen(payload_sha) == 64)
+		memcpy(r->payload_sha, payload_sha, 65);
+	else if (!r->body_from_fd)
+		hash_sha256_hex(r->body, r->body_len, r->payload_sha);
 	else if (file_payload_hash(r->body_fd, r->body_offset, r->body_len, r->payload_sha, e))
 		return err_prefix(e, "%s", w);
 	if (perform(s, r, NULL, e))
@@ -1494,17 +1498,19 @@ static int upload_part(struct s3 *s, const char *key, const char *upload_id, int
 }
 
 int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
-                    const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e)
+                    const void *data, size_t n, const char *payload_sha, char etag_out[S3_ETAG_MAX],
+                    struct err *e)
 {
 	struct req r = {.body = data, .body_len = n};
-	return upload_part(s, key, upload_id, number, &r, etag_out, e);
+	return upload_part(s, key, upload_id, number, &r, payload_sha, etag_out, e);
 }
 
 int s3_mpu_put_part_file(struct s3 *s, const char *key, const char *upload_id, int number, int fd,
-                         uint64_t offset, size_t n, char etag_out[S3_ETAG_MAX], struct err *e)
+                         uint64_t offset, size_t n, const char *payload_sha,
+                         char etag_out[S3_ETAG_MAX], struct err *e)
 {
 	struct req r = {.body_len = n, .body_fd = fd, .body_offset = offset, .body_from_fd = 1};
-	return upload_part(s, key, upload_id, number, &r, etag_out, e);
+	return upload_part(s, key, upload_id, number, &r, payload_sha, etag_out, e);
 }
 
 int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,

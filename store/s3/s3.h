@@ -102,12 +102,17 @@ int s3_delete_many(struct s3 *s, char *const *keys, size_t n, struct err *e);
 /* Multipart upload (struct s3_part is in s3_types.h). */
 int s3_mpu_create(struct s3 *s, const char *key, const char *content_type, char **upload_id,
                   struct err *e);
+/* payload_sha: the body's SHA-256 in hex, when the caller has it (a signed
+ * body needs it in the request's signature); NULL: computed here if needed
+ * (s3_payload_unsigned() says whether bodies are signed at all). */
 int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int number,
-                    const void *data, size_t n, char etag_out[S3_ETAG_MAX], struct err *e);
+                    const void *data, size_t n, const char *payload_sha, char etag_out[S3_ETAG_MAX],
+                    struct err *e);
 /* The part is n bytes of fd from offset, read (pread) as they are sent:
  * the file must not change meanwhile. */
 int s3_mpu_put_part_file(struct s3 *s, const char *key, const char *upload_id, int number, int fd,
-                         uint64_t offset, size_t n, char etag_out[S3_ETAG_MAX], struct err *e);
+                         uint64_t offset, size_t n, const char *payload_sha,
+                         char etag_out[S3_ETAG_MAX], struct err *e);
 /* etag_out (may be NULL) is the ETag the Complete answer gave this upload;
  * only when the answer has none (radosgw 16.2's <ETag></ETag>, a retried
  * request) is it read back with HEAD. */

@@ -5,7 +5,8 @@
  * reach any offset within a block.  Op, low 3 bits: 0 = sha256x2_update of
  * the same bytes into a and b, 1 = of different bytes (b's start shifted by
  * the op's high bits), 2 = sha256_update of a, 3 = of b, 4 = sha256x2_block
- * with a as the running state, 5 = sha256_final of both; 6, 7 = skip a byte.
+ * with a as the running state, 5 = sha256_final of both, 6 = sha256x3_block
+ * with a as the running state and b as the part's; 7 = skip a byte.
  * Every digest must equal OpenSSL's on the same bytes, or abort(). */
 #include "common/sha256x2.h"
 
@@ -41,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size)
 		unsigned char got[32], want[32];
 		unsigned int len = 32;
 
-		if ((op & 7) >= 6) {
+		if ((op & 7) == 7) {
 			i++;
 			continue;
 		}
@@ -73,6 +74,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size)
 		case 4:
 			sha256x2_block(a, in + off, n, got);
 			EVP_DigestUpdate(ra, in + off, n);
+			if (!EVP_Digest(in + off, n, want, &len, EVP_sha256(), NULL) ||
+			    memcmp(got, want, 32))
+				abort();
+			break;
+		case 6:
+			sha256x3_block(a, b, in + off, n, got);
+			EVP_DigestUpdate(ra, in + off, n);
+			EVP_DigestUpdate(rb, in + off, n);
 			if (!EVP_Digest(in + off, n, want, &len, EVP_sha256(), NULL) ||
 			    memcmp(got, want, 32))
 				abort();

@@ -186,7 +186,7 @@ static int cmd_mpu_put(struct s3 *s, const char *key, const char *file, const ch
 		size_t off = (size_t)(i * part), len = b.len - off < part ? b.len - off : part;
 		parts[i].number = (int)i + 1;
 		if (s3_mpu_put_part(s, key, id, parts[i].number, (const char *)b.data + off, len,
-		                    parts[i].etag, e))
+		                    NULL, parts[i].etag, e))
 			goto abort;
 	}
 	if (s3_mpu_complete(s, key, id, parts, n, etag, e))
