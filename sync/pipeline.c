@@ -20,8 +20,8 @@
 #define MIB           (1024u * 1024u)
 #define MIN_PART_SIZE (5u * MIB) /* S3: every part but the last */
 #define MAX_PARTS     10000
-#define TIER_PARTS    2000          /* the part size doubles every TIER_PARTS parts ... */
-#define MAX_TIER      4             /* ... four times: 8 MiB base -> up to 496 GiB */
+#define TIER_PARTS    2000 /* the part size doubles every TIER_PARTS parts ... */
+#define MAX_TIER      4    /* ... four times: 8 MiB base -> up to 496 GiB */
 /* pipeline_send_file's largest default part.  Smaller parts start sooner: a
  * signed part goes out only once the hash thread has hashed it, and the
  * workers' reads stay nearer the hash thread's in the page cache.  A 1 GiB
