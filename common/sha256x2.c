@@ -84,6 +84,18 @@ SHA_TARGET static inline __m128i schedule(__m128i w0, __m128i w1, __m128i w2, __
 	return _mm_sha256msg2_epu32(x, w3);
 }
 
+/* Message words 4i..4i+3 of the 64-byte block at p: loaded for the first
+ * four, scheduled from w (the last 16 words, in rotation) after that. */
+SHA_TARGET static inline __m128i message4(const unsigned char *p, __m128i w[4], int i)
+{
+	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+	if (i < 4)
+		w[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), bswap);
+	else
+		w[i & 3] = schedule(w[i & 3], w[(i + 1) & 3], w[(i + 2) & 3], w[(i + 3) & 3]);
+	return w[i & 3];
+}
+
 SHA_TARGET static inline void rounds4(__m128i *abef, __m128i *cdgh, __m128i w, int i)
 {
 	__m128i m = _mm_add_epi32(w, _mm_loadu_si128((const __m128i *)&K[4 * i]));
@@ -109,7 +121,6 @@ SHA_TARGET static inline __attribute__((always_inline)) void
 compress2_body(uint32_t ha[8], const unsigned char *pa, uint32_t hb[8], const unsigned char *pb,
                size_t nblocks)
 {
-	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
 	__m128i a0, a1, b0, b1;
 	load_state(ha, &a0, &a1);
 	load_state(hb, &b0, &b1);
@@ -118,18 +129,8 @@ compress2_body(uint32_t ha[8], const unsigned char *pa, uint32_t hb[8], const un
 		__m128i wa[4], wb[4];
 #pragma GCC unroll 16
 		for (int i = 0; i < 16; i++) {
-			if (i < 4) {
-				wa[i] = _mm_shuffle_epi8(
-				        _mm_loadu_si128((const __m128i *)(pa + 16 * i)), bswap);
-				wb[i] = _mm_shuffle_epi8(
-				        _mm_loadu_si128((const __m128i *)(pb + 16 * i)), bswap);
-			} else {
-				wa[i & 3] = schedule(wa[i & 3], wa[(i + 1) & 3], wa[(i + 2) & 3],
-				                     wa[(i + 3) & 3]);
-				wb[i & 3] = schedule(wb[i & 3], wb[(i + 1) & 3], wb[(i + 2) & 3],
-				                     wb[(i + 3) & 3]);
-			}
-			rounds4x2(&a0, &a1, wa[i & 3], &b0, &b1, wb[i & 3], i);
+			__m128i ma = message4(pa, wa, i), mb = message4(pb, wb, i);
+			rounds4x2(&a0, &a1, ma, &b0, &b1, mb, i);
 		}
 		a0 = _mm_add_epi32(a0, sa0);
 		a1 = _mm_add_epi32(a1, sa1);
@@ -162,62 +163,47 @@ SHA_TARGET static void compress2_same(uint32_t ha[8], uint32_t hb[8], const unsi
 SHA_TARGET static void compress3_same(uint32_t ha[8], uint32_t hb[8], uint32_t hc[8],
                                       const unsigned char *p, size_t nblocks)
 {
-	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-	__m128i a0, a1, b0, b1, c0, c1;
-	load_state(ha, &a0, &a1);
-	load_state(hb, &b0, &b1);
-	load_state(hc, &c0, &c1);
+	uint32_t *h[3] = {ha, hb, hc};
+	__m128i s[3][2]; /* each state as {A,B,E,F}, {C,D,G,H} */
+#pragma GCC unroll 3
+	for (int k = 0; k < 3; k++)
+		load_state(h[k], &s[k][0], &s[k][1]);
 	for (; nblocks; nblocks--, p += 64) {
-		__m128i sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1, sc0 = c0, sc1 = c1;
-		__m128i w[4];
+		__m128i saved[3][2], w[4];
+		memcpy(saved, s, sizeof(s));
 #pragma GCC unroll 16
 		for (int i = 0; i < 16; i++) {
-			__m128i m, mh;
-			if (i < 4)
-				w[i] = _mm_shuffle_epi8(
-				        _mm_loadu_si128((const __m128i *)(p + 16 * i)), bswap);
-			else
-				w[i & 3] = schedule(w[i & 3], w[(i + 1) & 3], w[(i + 2) & 3],
-				                    w[(i + 3) & 3]);
-			m = _mm_add_epi32(w[i & 3], _mm_loadu_si128((const __m128i *)&K[4 * i]));
-			mh = _mm_shuffle_epi32(m, 0x0E);
-			a1 = _mm_sha256rnds2_epu32(a1, a0, m);
-			b1 = _mm_sha256rnds2_epu32(b1, b0, m);
-			c1 = _mm_sha256rnds2_epu32(c1, c0, m);
-			a0 = _mm_sha256rnds2_epu32(a0, a1, mh);
-			b0 = _mm_sha256rnds2_epu32(b0, b1, mh);
-			c0 = _mm_sha256rnds2_epu32(c0, c1, mh);
+			__m128i m = _mm_add_epi32(message4(p, w, i),
+			                          _mm_loadu_si128((const __m128i *)&K[4 * i]));
+			__m128i mh = _mm_shuffle_epi32(m, 0x0E);
+#pragma GCC unroll 3
+			for (int k = 0; k < 3; k++)
+				s[k][1] = _mm_sha256rnds2_epu32(s[k][1], s[k][0], m);
+#pragma GCC unroll 3
+			for (int k = 0; k < 3; k++)
+				s[k][0] = _mm_sha256rnds2_epu32(s[k][0], s[k][1], mh);
 		}
-		a0 = _mm_add_epi32(a0, sa0);
-		a1 = _mm_add_epi32(a1, sa1);
-		b0 = _mm_add_epi32(b0, sb0);
-		b1 = _mm_add_epi32(b1, sb1);
-		c0 = _mm_add_epi32(c0, sc0);
-		c1 = _mm_add_epi32(c1, sc1);
+#pragma GCC unroll 3
+		for (int k = 0; k < 3; k++) {
+			s[k][0] = _mm_add_epi32(s[k][0], saved[k][0]);
+			s[k][1] = _mm_add_epi32(s[k][1], saved[k][1]);
+		}
 	}
-	store_state(ha, a0, a1);
-	store_state(hb, b0, b1);
-	store_state(hc, c0, c1);
+#pragma GCC unroll 3
+	for (int k = 0; k < 3; k++)
+		store_state(h[k], s[k][0], s[k][1]);
 }
 
 SHA_TARGET static void compress1(uint32_t h[8], const unsigned char *p, size_t nblocks)
 {
-	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
 	__m128i s0, s1;
 	load_state(h, &s0, &s1);
 	for (; nblocks; nblocks--, p += 64) {
 		__m128i o0 = s0, o1 = s1;
 		__m128i w[4];
 #pragma GCC unroll 16
-		for (int i = 0; i < 16; i++) {
-			if (i < 4)
-				w[i] = _mm_shuffle_epi8(
-				        _mm_loadu_si128((const __m128i *)(p + 16 * i)), bswap);
-			else
-				w[i & 3] = schedule(w[i & 3], w[(i + 1) & 3], w[(i + 2) & 3],
-				                    w[(i + 3) & 3]);
-			rounds4(&s0, &s1, w[i & 3], i);
-		}
+		for (int i = 0; i < 16; i++)
+			rounds4(&s0, &s1, message4(p, w, i), i);
 		s0 = _mm_add_epi32(s0, o0);
 		s1 = _mm_add_epi32(s1, o1);
 	}
