@@ -86,7 +86,8 @@ SHA_TARGET static inline __m128i schedule(__m128i w0, __m128i w1, __m128i w2, __
 
 /* Message words 4i..4i+3 of the 64-byte block at p: loaded for the first
  * four, scheduled from w (the last 16 words, in rotation) after that. */
-SHA_TARGET static inline __m128i message4(const unsigned char *p, __m128i w[4], int i)
+SHA_TARGET static inline __attribute__((always_inline)) __m128i message4(const unsigned char *p,
+                                                                         __m128i w[4], int i)
 {
 	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
 	if (i < 4)
