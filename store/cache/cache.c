@@ -152,10 +152,14 @@
 /* Blocks waiting for the writer (references to the reader's buffers, so
  * they count against its memory budget).  When the writer falls behind, a
  * block past this is not cached and a warm re-read fetches it again.  With
- * a WAL, 16 MiB dropped 8% of a cold 1 GiB read on a 2-core host; with the
- * rollback journal it drops none at a load of 9 and 1% at 12
- * (tests/bench/cold.sh), and leaves the reader 8 MiB of its 24 to read. */
-#define QUEUE_MAX_BYTES  (16u << 20)
+ * a WAL, 16 MiB dropped 8% of a cold 1 GiB read on a 2-core host.  With the
+ * rollback journal and the slot file, 16 MiB still dropped 4-28 blocks of
+ * 1024 per cold read, and 22 MiB 0-2, at the same cold rate (340-380 MB/s)
+ * and 1 MiB more peak RSS (BENCH_RUNTIME=2 tests/bench/cold.sh 1024 1, four
+ * runs each, alternating; mount.sh: 0 dropped against 19).  It leaves the
+ * reader 2 MiB of its 24: a writer that falls behind now slows the reads
+ * that wait for memory instead of losing their blocks. */
+#define QUEUE_MAX_BYTES  (22u << 20)
 #define BATCH_MAX_BLOCKS 256
 #define BATCH_MAX_BYTES  (4u << 20)
 #define DISK_SLACK       (8ull << 20) /* the contract: --cache-size + 8 MiB */
