@@ -1434,40 +1434,10 @@ out:
 	return rc;
 }
 
-/* SHA-256 of n bytes of fd from off, for a signed file body. */
-static int file_payload_hash(int fd, uint64_t off, size_t n, char out[65], struct err *e)
-{
-	enum { CHUNK = 1 << 20 };
-	unsigned char *b = malloc(CHUNK);
-	struct hash *h = hash_new(HASH_SHA256);
-	int rc = -1;
-	if (!b || !h) {
-		err_set(e, ERR_IO, "out of memory");
-		goto out;
-	}
-	while (n) {
-		ssize_t got = pread(fd, b, n < CHUNK ? n : CHUNK, (off_t)off);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got <= 0) {
-			err_set(e, ERR_IO, "reading the body from the file: %s",
-			        got < 0 ? strerror(errno) : "the file got shorter");
-			goto out;
-		}
-		hash_update(h, b, (size_t)got);
-		off += (uint64_t)got;
-		n -= (size_t)got;
-	}
-	hash_final_hex(h, out);
-	rc = 0;
-out:
-	hash_free(h);
-	free(b);
-	return rc;
-}
-
 /* UploadPart of the body r describes (from memory or from a file), signed
- * with payload_sha (its SHA-256 in hex) when the caller has it. */
+ * with payload_sha (its SHA-256 in hex) when the caller has it.  A file's
+ * bytes are hashed by the caller, in its own pass over them (the upload's
+ * hash thread): reading them once more here would double the read. */
 static int upload_part(struct s3 *s, const char *key, const char *upload_id, int number,
                        struct req *r, const char *payload_sha, char etag_out[S3_ETAG_MAX],
                        struct err *e)
@@ -1487,8 +1457,9 @@ static int upload_part(struct s3 *s, const char *key, const char *upload_id, int
 		memcpy(r->payload_sha, payload_sha, 65);
 	else if (!r->body_from_fd)
 		hash_sha256_hex(r->body, r->body_len, r->payload_sha);
-	else if (file_payload_hash(r->body_fd, r->body_offset, r->body_len, r->payload_sha, e))
-		return err_prefix(e, "%s", w);
+	else
+		return err_set(e, ERR_INVALID, "%s: a signed part from a file needs its SHA-256",
+		               w);
 	if (perform(s, r, NULL, e))
 		return -1;
 	if (!s->resp.etag[0])

@@ -109,7 +109,8 @@ int s3_mpu_put_part(struct s3 *s, const char *key, const char *upload_id, int nu
                     const void *data, size_t n, const char *payload_sha, char etag_out[S3_ETAG_MAX],
                     struct err *e);
 /* The part is n bytes of fd from offset, read (pread) as they are sent:
- * the file must not change meanwhile. */
+ * the file must not change meanwhile.  When bodies are signed
+ * (!s3_payload_unsigned()), payload_sha is required: ERR_INVALID without it. */
 int s3_mpu_put_part_file(struct s3 *s, const char *key, const char *upload_id, int number, int fd,
                          uint64_t offset, size_t n, const char *payload_sha,
                          char etag_out[S3_ETAG_MAX], struct err *e);

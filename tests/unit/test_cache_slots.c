@@ -444,9 +444,7 @@ static void test_schema_2_upgraded(void)
 	CHECK(file_size(dir, CACHE_BLOCKS_NAME) == MIB);
 }
 
-/* A cache made with 64 KiB pages (before the slot file) gets 4 KiB pages
- * at open when its database fits in the journal's room, and keeps its
- * pages when it does not; its blocks read back exact either way. */
+/* test_large_pages's blocks: their number and length */
 static const struct {
 	uint64_t i;
 	size_t n;
@@ -462,6 +460,9 @@ static size_t check_pages_blocks(struct cache *c, size_t n)
 	return good;
 }
 
+/* A cache made with 64 KiB pages (before the slot file) gets 4 KiB pages
+ * at open when its database fits in the journal's room, and keeps its
+ * pages when it does not; its blocks read back exact either way. */
 static void test_large_pages(void)
 {
 	const char *dir = scratch_dir("pages");
