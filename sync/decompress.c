@@ -1,5 +1,7 @@
 #include "sync/decompress.h"
 
+#include "sync/xz_blocks.h"
+
 #include <lzma.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@ struct decomp {
 	int ended; /* the stream (or the last gzip member / zstd frame) is complete */
 	int started;
 	lzma_stream xz;
+	struct xz_blocks *xzb; /* xz with more than one thread */
 	z_stream gz;
 	ZSTD_DStream *zs;
 	size_t zs_last; /* last ZSTD_decompressStream result: 0 at a frame boundary */
@@ -44,19 +47,6 @@ const char *decomp_name(enum decomp_kind k)
 	}
 }
 
-static const char *lzma_msg(lzma_ret r)
-{
-	switch (r) {
-	case LZMA_MEM_ERROR: return "out of memory";
-	case LZMA_MEMLIMIT_ERROR: return "memory limit reached";
-	case LZMA_FORMAT_ERROR: return "not an xz file";
-	case LZMA_OPTIONS_ERROR: return "unsupported xz options";
-	case LZMA_DATA_ERROR: return "corrupt xz data";
-	case LZMA_BUF_ERROR: return "the xz stream is truncated";
-	default: return "xz decoder error";
-	}
-}
-
 struct decomp *decomp_new(enum decomp_kind k, int threads, const struct decomp_out *out,
                           struct err *e)
 {
@@ -73,17 +63,14 @@ struct decomp *decomp_new(enum decomp_kind k, int threads, const struct decomp_o
 	case DECOMP_XZ: {
 		lzma_ret r;
 		if (threads > 1) {
-			lzma_mt mt = {0};
-			mt.flags = LZMA_CONCATENATED;
-			mt.threads = (uint32_t)threads;
-			mt.memlimit_threading = 96u << 20; /* beyond: one thread */
-			mt.memlimit_stop = UINT64_MAX;
-			r = lzma_stream_decoder_mt(&d->xz, &mt);
-		} else {
-			r = lzma_stream_decoder(&d->xz, UINT64_MAX, LZMA_CONCATENATED);
+			d->xzb = xz_blocks_new(threads, out, e);
+			if (!d->xzb)
+				goto fail;
+			break;
 		}
+		r = lzma_stream_decoder(&d->xz, UINT64_MAX, LZMA_CONCATENATED);
 		if (r != LZMA_OK) {
-			err_set(e, ERR_IO, "xz: %s", lzma_msg(r));
+			err_set(e, ERR_IO, "xz: %s", xz_ret_text(r));
 			goto fail;
 		}
 		break;
@@ -130,28 +117,7 @@ static int feed_none(struct decomp *d, const unsigned char *in, size_t n, struct
 
 static int run_xz(struct decomp *d, const void *in, size_t n, lzma_action action, struct err *e)
 {
-	d->xz.next_in = in;
-	d->xz.avail_in = n;
-	for (;;) {
-		void *buf;
-		size_t avail;
-		lzma_ret r;
-		if (d->out.buffer(d->out.ud, &buf, &avail, e))
-			return -1;
-		d->xz.next_out = buf;
-		d->xz.avail_out = avail;
-		r = lzma_code(&d->xz, action);
-		if (d->out.commit(d->out.ud, avail - d->xz.avail_out, e))
-			return -1;
-		if (r == LZMA_STREAM_END) {
-			d->ended = 1;
-			return 0;
-		}
-		if (r != LZMA_OK)
-			return err_set(e, ERR_INTEGRITY, "xz: %s", lzma_msg(r));
-		if (action == LZMA_RUN && !d->xz.avail_in && d->xz.avail_out)
-			return 0;
-	}
+	return xz_code(&d->xz, &d->out, in, n, action, &d->ended, e);
 }
 
 static int run_gzip(struct decomp *d, const unsigned char *in, size_t n, struct err *e)
@@ -224,7 +190,10 @@ int decomp_feed(struct decomp *d, const void *in, size_t n, struct err *e)
 		return 0;
 	d->fed = 1;
 	switch (d->kind) {
-	case DECOMP_XZ: return run_xz(d, in, n, LZMA_RUN, e);
+	case DECOMP_XZ:
+		if (d->xzb)
+			return xz_blocks_feed(d->xzb, in, n, e);
+		return run_xz(d, in, n, LZMA_RUN, e);
 	case DECOMP_GZIP: return run_gzip(d, in, n, e);
 	case DECOMP_ZSTD: return run_zstd(d, in, n, e);
 	default: return feed_none(d, in, n, e);
@@ -235,6 +204,8 @@ int decomp_finish(struct decomp *d, struct err *e)
 {
 	switch (d->kind) {
 	case DECOMP_XZ:
+		if (d->xzb)
+			return xz_blocks_finish(d->xzb, e);
 		if (run_xz(d, NULL, 0, LZMA_FINISH, e))
 			return -1;
 		break;
@@ -256,7 +227,9 @@ void decomp_free(struct decomp *d)
 	if (!d)
 		return;
 	if (d->started) {
-		if (d->kind == DECOMP_XZ)
+		if (d->kind == DECOMP_XZ && d->xzb)
+			xz_blocks_free(d->xzb);
+		else if (d->kind == DECOMP_XZ)
 			lzma_end(&d->xz);
 		else if (d->kind == DECOMP_GZIP)
 			inflateEnd(&d->gz);

@@ -22,8 +22,10 @@ struct decomp;
 int decomp_parse(const char *name, enum decomp_kind *out);
 const char *decomp_name(enum decomp_kind k);
 
-/* threads: for xz, decoder threads (1 = single-threaded; only multi-block
- * .xz files decode in parallel). */
+/* threads: for xz, decoder threads.  1 is liblzma's decoder; more is
+ * sync/xz_blocks.c, which decodes the blocks of multi-block files (xz -T)
+ * in parallel, the output calls then coming from its threads, in order and
+ * never overlapping, and none after decomp_feed or decomp_finish failed. */
 struct decomp *decomp_new(enum decomp_kind k, int threads, const struct decomp_out *out,
                           struct err *e);
 /* Feed compressed bytes (any amount; output is pushed as it comes). */

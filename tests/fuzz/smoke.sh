@@ -5,7 +5,7 @@
 #   tests/fuzz/smoke.sh BUILD_DIR LIMIT [NAME...]
 #     BUILD_DIR  a build configured with CC=clang -Dfuzz=true
 #     LIMIT      -max_total_time=SECONDS or -runs=N (then with -seed=1)
-#     NAME       manifest record recindex s3_xml sops age sha256x2 (default: all)
+#     NAME       manifest record recindex s3_xml sops age sha256x2 xz (default: all)
 #
 # The corpus is a temporary copy (what the fuzzer adds is thrown away), so
 # nothing is written to the source tree.  After a failure the temporary
@@ -19,7 +19,7 @@ BUILD=$(cd "$1" && pwd)
 LIMIT=$2
 shift 2
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(manifest record recindex s3_xml sops age sha256x2)
+[ ${#names[@]} -gt 0 ] || names=(manifest record recindex s3_xml sops age sha256x2 xz)
 
 # Per target: libFuzzer options, and seeds kept elsewhere in the repository.
 opts() {
@@ -31,6 +31,7 @@ opts() {
 	sops) echo "-max_len=8192 -dict=$HERE/sops.dict" ;;
 	age) echo "-max_len=4096 -dict=$HERE/age.dict" ;;
 	sha256x2) echo "-max_len=8192" ;;
+	xz) echo "-max_len=32768 -dict=$HERE/xz.dict" ;;
 	*) return 1 ;;
 	esac
 }
