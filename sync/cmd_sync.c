@@ -23,6 +23,9 @@
 #include <string.h>
 
 #define MAX_PARALLEL 16
+/* xz decoder threads per image: two overlap the blocks of xz -T files in
+ * bounded memory (sync/xz_blocks.c); more cost a dictionary and a stage each */
+#define SYNC_XZ_THREADS 2
 
 enum {
 	OPT_DRY_RUN = 1,
@@ -51,7 +54,8 @@ static const struct optdef sync_opts[] = {
         {"skip", OPT_SKIP, 1, "NAME", "every image but this one (repeatable)"},
         {"json", OPT_JSON, 0, NULL, "print one JSON document on stdout instead of the table"},
         {"xz-threads", OPT_XZ_THREADS, 1, "N",
-         "xz decoder threads per image (default 1; helps multi-block .xz files)"},
+         "xz decoder threads per image, 1 to 16 (default 2; helps multi-block .xz files, "
+         "as xz -T makes)"},
         CLI_OPT_CA_BUNDLE,
         CLI_OPT_END,
 };
@@ -544,9 +548,10 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 	r.n = ntodo;
 	r.cfg = &cfg;
 	r.ca_bundle = cli_ca_bundle(common);
-	r.xz_threads = a->xz_threads > 0 ? (int)a->xz_threads : 1;
-	/* several images at once: smaller parts keep memory near one image's */
-	r.part_size = a->parallel > 1 ? PIPELINE_PART_SIZE : JOB_PART_SIZE;
+	r.xz_threads = a->xz_threads > 0 ? (int)a->xz_threads : SYNC_XZ_THREADS;
+	/* several images at once: smaller parts keep memory near one image's;
+	 * one image: the job's default (which depends on the decoder) */
+	r.part_size = a->parallel > 1 ? PIPELINE_PART_SIZE : 0;
 	run_uploads(&r, a->parallel > 0 ? a->parallel : 1);
 	/* updateFile, in manifest order, for every image that is now in the bucket */
 	for (size_t i = 0; i < n; i++) {

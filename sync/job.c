@@ -96,7 +96,9 @@ int job_run(const struct image_job *j, struct job_result *res, struct err *e)
 	po.alg = eff_alg;
 	po.expected = eff;
 	po.workers = j->part_workers;
-	po.part_size = j->part_size ? j->part_size : JOB_PART_SIZE;
+	po.part_size = j->part_size                                      ? j->part_size
+	               : j->decompress == DECOMP_XZ && j->xz_threads > 1 ? JOB_XZ_PART_SIZE
+	                                                                 : JOB_PART_SIZE;
 	s.pipe = pipeline_new(&po, e);
 	if (!s.pipe)
 		goto out;
