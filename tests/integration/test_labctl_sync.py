@@ -382,7 +382,7 @@ def sync_within_128mib(lab, im, size):
 def test_sync_xz_blocks_bounded_memory(lab):
     """384 MiB as xz -T writes it (24 MiB blocks, 8 MiB dictionaries) on the
     default two decoder threads: 25 MiB of compressed input cycles through the
-    16 MiB ring, every part buffer, dictionary and stage is used, and the job
+    12 MiB ring, every part buffer, dictionary and stage is used, and the job
     stays under 128 MiB."""
     raw = lab.tmp / "blocks.raw"
     h = hashlib.sha256()
