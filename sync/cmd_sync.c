@@ -54,8 +54,8 @@ static const struct optdef sync_opts[] = {
         {"skip", OPT_SKIP, 1, "NAME", "every image but this one (repeatable)"},
         {"json", OPT_JSON, 0, NULL, "print one JSON document on stdout instead of the table"},
         {"xz-threads", OPT_XZ_THREADS, 1, "N",
-         "xz decoder threads per image, 1 to 16 (default 2; helps multi-block .xz files, "
-         "as xz -T makes)"},
+         "xz decoder threads per image, 1 to 16 (default 2, and 1 with --parallel; helps "
+         "multi-block .xz files, as xz -T makes)"},
         CLI_OPT_CA_BUNDLE,
         CLI_OPT_END,
 };
@@ -548,7 +548,10 @@ static int do_sync(const struct common_opts *common, const struct sync_args *a,
 	r.n = ntodo;
 	r.cfg = &cfg;
 	r.ca_bundle = cli_ca_bundle(common);
-	r.xz_threads = a->xz_threads > 0 ? (int)a->xz_threads : SYNC_XZ_THREADS;
+	/* several images at once already keep the cores busy */
+	r.xz_threads = a->xz_threads > 0 ? (int)a->xz_threads
+	               : a->parallel > 1 ? 1
+	                                 : SYNC_XZ_THREADS;
 	/* several images at once: smaller parts keep memory near one image's;
 	 * one image: the job's default (which depends on the decoder) */
 	r.part_size = a->parallel > 1 ? PIPELINE_PART_SIZE : 0;
