@@ -14,7 +14,7 @@
 # .xz are kept between runs; default /tmp/imgstore-bench-cache), XZ_THREADS
 # (threads used to compress the test image, default 2: multi-block .xz like
 # xz 5.4 -T makes; 1 gives one block), BENCH_SYNC_ARGS (extra labctl sync
-# options, e.g. "--xz-threads 2").
+# options, e.g. "--xz-threads 1" for liblzma's single-threaded decoder).
 #
 # The image is made of real files (a tar of /usr/lib and /usr/share) and
 # zeros, like a disk image: that decides how fast xz decompresses.
