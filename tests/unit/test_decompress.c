@@ -851,6 +851,38 @@ static void test_roundtrip(void)
 	}
 }
 
+/* More compressed input than the decoder's input ring (12 MiB) holds, all of
+ * it incompressible: the ring wraps, the download waits for room, and a
+ * block longer than the ring streams through it while it decodes. */
+static void test_ring(void)
+{
+	const size_t mib = 1024 * 1024, n = 28 * mib + 4097;
+	const size_t block[] = {3 * mib, 14 * mib};
+	struct buf data = {0};
+	uint64_t r = mix(17, 3);
+	buf_reserve(&data, n + 8);
+	for (size_t i = 0; i < n; i += 8) {
+		uint64_t v = xs(&r);
+		memcpy(data.p + i, &v, 8);
+	}
+	data.n = n;
+	for (size_t b = 0; b < sizeof(block) / sizeof(block[0]); b++) {
+		struct buf xz = {0};
+		char name[64];
+		enc_mt(&xz, data.p, data.n, block[b], 0, b ? LZMA_CHECK_CRC32 : LZMA_CHECK_CRC64);
+		EXPECT(xz.n > 24 * mib, "ring: only %zu bytes of xz", xz.n);
+		snprintf(name, sizeof(name), "ring, %zu MiB blocks", block[b] / mib);
+		for (int threads = 2; threads <= 3; threads++) {
+			decode_expect(name, xz.p, xz.n, &data, 1, threads, CH_RANDOM,
+			              mix(b, (uint64_t)threads), 0);
+			decode_expect(name, xz.p, xz.n, &data, 1, threads, CH_WHOLE,
+			              mix(b, (uint64_t)threads + 4), 0);
+		}
+		buf_free(&xz);
+	}
+	buf_free(&data);
+}
+
 /* ---- where things are in a stream (for the damaged inputs) ---- */
 
 struct rec {
@@ -1540,6 +1572,7 @@ int main(void)
 	make_inputs();
 	printf("%-16s %6.2f s (%zu inputs)\n", "inputs", now() - t, ninputs);
 	timed("roundtrip", test_roundtrip);
+	timed("ring", test_ring);
 	timed("truncated", test_truncated);
 	timed("flipped", test_flipped);
 	timed("trailing", test_trailing);
