@@ -19,9 +19,10 @@
  * sync has a larger memory budget (about (workers + 2) x part size). */
 #define JOB_PART_SIZE (16u * 1024u * 1024u)
 /* With xz decoded on two threads, whose second dictionary, stage and input
- * ring take 32 MiB more (sync/xz_blocks.c): a 1 GiB sync then peaks at
- * 121 MiB instead of 141 with 16 MiB parts, and takes 8.5-8.8 s against
- * 8.1-8.3 (one thread, 16 MiB parts: 10.0-10.9 s). */
+ * ring take 32 MiB more (sync/xz_blocks.c).  Single syncs of sync.sh's 1 GiB
+ * image with a 16 MiB ring (tests/bench/README.md, sync.sh section): 125 MiB
+ * peak and 8.5-8.8 s with 12 MiB parts, against 145 MiB and 8.1-8.3 s with
+ * 16 MiB (one thread, 16 MiB parts: 105-108 MiB, 10.0-10.9 s). */
 #define JOB_XZ_PART_SIZE (12u * 1024u * 1024u)
 
 struct image_job {

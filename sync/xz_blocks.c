@@ -28,9 +28,10 @@
  * The oldest block frees what it has consumed; a full ring makes the caller
  * wait, so a block of any size streams through.  A block behind the oldest
  * consumes at most the input of STAGE_MAX output, so a ring of half to one
- * compressed block lets both threads work: a 1 GiB sync took as long with
- * 12 MiB as with 16 (8.8-9.3 s against 8.5-9.5, alternating), at 4 MiB less
- * peak RSS.  (Separate buffers of 1-18 MiB, malloc'ed and freed, left
+ * compressed block lets both threads work: with 12 MiB as with 16, a 1 GiB
+ * sync took 1.08-1.17 against 1.10-1.13 times `curl | xz -dc`, at 4 MiB
+ * less peak RSS (tests/bench/sync.sh 1024 1, three rounds each, builds
+ * alternating; tests/bench/README.md).  (Separate buffers of 1-18 MiB, malloc'ed and freed, left
  * glibc's heap 25 MiB larger.) */
 #define RING_SIZE (12u * MIB)
 #define RING_WAKE (256u * 1024u)
@@ -386,7 +387,7 @@ static void *worker_main(void *arg)
 	for (;;) {
 		struct job *j;
 		struct err e = {0};
-		int rc;
+		int rc, last;
 		pthread_mutex_lock(&x->mu);
 		while (!x->stop && !x->pending)
 			pthread_cond_wait(&x->cv, &x->mu);
@@ -407,9 +408,11 @@ static void *worker_main(void *arg)
 			x->front++;
 		unlink_job(x, j);
 		x->inflight--;
+		last = --j->refs == 0; /* as job_release, under the same lock */
 		pthread_cond_broadcast(&x->cv);
 		pthread_mutex_unlock(&x->mu);
-		job_release(x, j);
+		if (last)
+			free(j);
 	}
 	lzma_end(&s);
 	return NULL;

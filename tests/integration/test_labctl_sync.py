@@ -392,8 +392,9 @@ def test_sync_xz_blocks_bounded_memory(lab):
             f.write(chunk)
             h.update(chunk)
     fname = f"{lab.tag}-blocks.raw.xz"
-    subprocess.run(["xz", "-T2", "--block-size=24MiB", "--lzma2=preset=1,dict=8MiB", "-c",
-                    str(raw)], stdout=open(lab.https.root / fname, "wb"), check=True)
+    with open(lab.https.root / fname, "wb") as out:
+        subprocess.run(["xz", "-T2", "--block-size=24MiB", "--lzma2=preset=1,dict=8MiB", "-c",
+                        str(raw)], stdout=out, check=True)
     blob = (lab.https.root / fname).read_bytes()
     assert len(blob) > 20 * MIB
     sync_within_128mib(lab, {"name": "blocks", "url": lab.https.url(fname),
